@@ -1,0 +1,563 @@
+//! The XEP-0114 component link to the XMPP server, kept up for as long as xup runs.
+//!
+//! One task owns the connection: it connects, performs the SHA-1 handshake over the stream id and
+//! the shared secret, then reads incoming stanzas and writes outgoing ones until the link breaks,
+//! and reconnects with capped exponential backoff and jitter, forever. Everyone else holds a
+//! cloneable [`Link`] to send stanzas through, so a reconnect is invisible to HTTP handlers: while
+//! the link is down, sends fail at once instead of queueing behind a dead socket.
+//!
+//! Incoming stanzas are routed here: `<register>` to the registrar, IQ answers to the relay's
+//! waiters, disco#info and ping answered directly, every other request refused with
+//! `service-unavailable`. An IQ `result` or `error` is never answered (RFC 6120 §8.2.3).
+//!
+//! tokio-xmpp's `Component` hides soft read timeouts and single malformed stanzas behind the same
+//! "end of stream" as a dead socket, so this module drives tokio-xmpp's XML stream layer itself:
+//! a quiet link gets a ping (so a half-open TCP connection is noticed), and a stanza that fails to
+//! parse gets a `bad-request` instead of costing us the link.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{SinkExt, StreamExt};
+use tokio::{
+    io::BufStream,
+    net::TcpStream,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::xmlstream::{
+    self, FallibleStreamElement, RawStanzaHeader, ReadError, StreamElementError, StreamHeader,
+    Timeouts, XmppStream, XmppStreamElement,
+};
+use xmpp_parsers::{
+    component::Handshake,
+    disco::{DiscoInfoResult, Identity},
+    iq::Iq,
+    jid::{BareJid, Jid},
+    minidom::Element,
+    ns,
+    ping::Ping,
+    stanza::Stanza,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+    stream_error,
+};
+
+use crate::{
+    config::ComponentConfig,
+    protocol,
+    register::Registrar,
+    relay::{Answer, Answers},
+};
+
+/// Silence on the link after which we ping the server, so a dead peer is found within
+/// `QUIET_BEFORE_PING + PEER_RESPONSE_TIMEOUT` rather than at the next TCP retransmit timeout.
+const QUIET_BEFORE_PING: Duration = Duration::from_secs(60);
+/// How long the server may take to answer anything once we pinged it.
+const PEER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Connecting and handshaking together; a server that takes longer is as good as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect delays double from the first to the cap (the cap is the issue's: 30 s).
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A link that stayed up this long was a success: the next outage starts again at `BACKOFF_FIRST`.
+/// A server that accepts and drops us at once keeps backing off instead.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+/// Stanzas queued for the writer; senders wait when it is full, so memory stays bounded.
+const OUTGOING_QUEUE: usize = 4096;
+/// How many queued stanzas are written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Bound on sending our stream footer at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The sending half of the component link. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    outgoing: mpsc::Sender<Stanza>,
+    up: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the component link to the XMPP server is down")]
+pub struct LinkDown;
+
+impl Link {
+    /// Queue `stanza` for the server. Fails at once while the link is down; waits (no internal
+    /// timeout) only while the outgoing queue is full.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), LinkDown> {
+        if !*self.up.borrow() {
+            return Err(LinkDown);
+        }
+        self.outgoing.send(stanza).await.map_err(|_| LinkDown)
+    }
+
+    /// Whether the handshake has completed and the link has not broken since.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+}
+
+/// Where incoming stanzas go.
+pub struct Router {
+    pub jid: BareJid,
+    pub registrar: Arc<Registrar>,
+    pub answers: Answers,
+}
+
+/// Start the task that keeps the link up until `shutdown` is cancelled.
+pub fn start(
+    config: ComponentConfig,
+    router: Router,
+    shutdown: CancellationToken,
+) -> (Link, JoinHandle<()>) {
+    let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+    let (up_sender, up) = watch::channel(false);
+    let task = tokio::spawn(keep_connected(config, router, queue, up_sender, shutdown));
+    (Link { outgoing, up }, task)
+}
+
+/// Why a connection attempt failed, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot reach {server}: {source}")]
+    Unreachable {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("no answer from {0} within 10 s")]
+    Timeout(String),
+    #[error("stream setup failed: {0}")]
+    Stream(std::io::Error),
+    #[error("the server sent no stream id")]
+    NoStreamId,
+    #[error("{0}")]
+    Refused(String),
+    #[error("the server closed the connection during the handshake")]
+    Closed,
+}
+
+/// How a session on an established link ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+type Stream = XmppStream<BufStream<TcpStream>>;
+
+async fn keep_connected(
+    config: ComponentConfig,
+    router: Router,
+    mut queue: mpsc::Receiver<Stanza>,
+    up: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    let mut last_failure = String::new();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config)) => attempt
+                .unwrap_or_else(|_| Err(ConnectError::Timeout(config.server.clone()))),
+        };
+        match attempt {
+            Ok(stream) => {
+                tracing::info!(jid = %config.jid, server = %config.server, "component link up");
+                last_failure.clear();
+                let since = Instant::now();
+                up.send_replace(true);
+                let ended = serve(stream, &router, &mut queue, &shutdown).await;
+                up.send_replace(false);
+                // Whatever waits for an answer will not get one on the next connection, and what
+                // is still queued was meant for a waiter that has just been failed.
+                router.answers.fail_all();
+                while queue.try_recv().is_ok() {}
+                match ended {
+                    Ended::Shutdown => {
+                        tracing::info!("component link closed");
+                        return;
+                    }
+                    Ended::Lost(reason) => {
+                        tracing::warn!(%reason, "component link down; reconnecting");
+                        if since.elapsed() >= STABLE_LINK {
+                            backoff = Backoff::default();
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if error != last_failure {
+                    tracing::warn!(%error, "component cannot connect; retrying with backoff");
+                } else {
+                    tracing::debug!(%error, "component still cannot connect");
+                }
+                last_failure = error;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Open the TCP connection, exchange stream headers and complete the XEP-0114 handshake.
+async fn connect(config: &ComponentConfig) -> Result<Stream, ConnectError> {
+    let tcp =
+        TcpStream::connect(&config.server)
+            .await
+            .map_err(|source| ConnectError::Unreachable {
+                server: config.server.clone(),
+                source,
+            })?;
+    // Pushes are small and latency-bound; Nagle would hold each one back for the previous ACK.
+    tcp.set_nodelay(true).map_err(ConnectError::Stream)?;
+    let timeouts = Timeouts {
+        read_timeout: QUIET_BEFORE_PING,
+        response_timeout: PEER_RESPONSE_TIMEOUT,
+    };
+    let header = StreamHeader {
+        from: None,
+        to: Some(config.jid.as_str().to_owned().into()),
+        id: None,
+    };
+    let mut pending =
+        xmlstream::initiate_stream(BufStream::new(tcp), ns::COMPONENT, header, timeouts)
+            .await
+            .map_err(ConnectError::Stream)?;
+    let stream_id = pending.take_header().id.ok_or(ConnectError::NoStreamId)?;
+    let mut stream: Stream = pending.skip_features();
+    let handshake = Handshake::from_stream_id_and_password(stream_id.into_owned(), &config.secret);
+    stream
+        .send(&XmppStreamElement::ComponentHandshake(handshake))
+        .await
+        .map_err(ConnectError::Stream)?;
+    loop {
+        match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
+                return Ok(stream);
+            }
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                return Err(ConnectError::Refused(explain_refusal(&e.0)));
+            }
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(ReadError::HardError(e))) => return Err(ConnectError::Stream(e)),
+            _ => return Err(ConnectError::Closed),
+        }
+    }
+}
+
+/// What a stream error during the handshake most likely means for this config.
+fn explain_refusal(error: &stream_error::StreamError) -> String {
+    use stream_error::DefinedCondition as C;
+    let hint = match error.condition {
+        C::NotAuthorized => "component.secret does not match the server's component secret",
+        C::HostUnknown | C::ImproperAddressing => {
+            "the server has no component configured for component.jid"
+        }
+        C::Conflict => "another component is already connected with this JID",
+        _ => "the server refused the component",
+    };
+    format!("{hint} ({error})")
+}
+
+/// Run an established link until it breaks or `shutdown` is cancelled.
+async fn serve(
+    mut stream: Stream,
+    router: &Router,
+    queue: &mut mpsc::Receiver<Stanza>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let keepalive_ids = AtomicU64::new(0);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<&Stanza>::close(&mut stream)).await;
+                return Ended::Shutdown;
+            }
+            Some(first) = queue.recv() => {
+                if let Err(e) = write_batch(&mut stream, first, queue).await {
+                    return Ended::Lost(format!("write failed: {e}"));
+                }
+            }
+            item = stream.next() => {
+                let reply = match item {
+                    None => return Ended::Lost("connection closed".into()),
+                    Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
+                        router.route(stanza)
+                    }
+                    Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                        return Ended::Lost(format!("stream error from the server: {}", e.0));
+                    }
+                    // Nonzas mean nothing once the handshake is done.
+                    Some(Ok(FallibleStreamElement::Ok(_))) => None,
+                    Some(Ok(FallibleStreamElement::Err(error))) => {
+                        tracing::debug!(%error, "malformed stanza");
+                        match error {
+                            StreamElementError::InvalidStanza { header, .. } => refuse_malformed(header),
+                            StreamElementError::InvalidNonza { .. } => None,
+                        }
+                    }
+                    Some(Err(ReadError::SoftTimeout)) => {
+                        let n = keepalive_ids.fetch_add(1, Ordering::Relaxed);
+                        Some(keepalive(&router.jid, n))
+                    }
+                    Some(Err(ReadError::ParseError(e))) => {
+                        tracing::debug!(error = %e, "ignoring an unparsable element");
+                        None
+                    }
+                    Some(Err(ReadError::HardError(e))) => return Ended::Lost(e.to_string()),
+                    Some(Err(ReadError::StreamFooterReceived)) => {
+                        return Ended::Lost("the server closed the stream".into());
+                    }
+                };
+                if let Some(reply) = reply
+                    && let Err(e) = stream.send(&reply).await
+                {
+                    return Ended::Lost(format!("write failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Write `first` and whatever else is already queued (up to a batch), then flush once.
+async fn write_batch(
+    stream: &mut Stream,
+    first: Stanza,
+    queue: &mut mpsc::Receiver<Stanza>,
+) -> std::io::Result<()> {
+    stream.feed(&first).await?;
+    for _ in 1..WRITE_BATCH {
+        match queue.try_recv() {
+            Ok(stanza) => stream.feed(&stanza).await?,
+            Err(_) => break,
+        }
+    }
+    SinkExt::<&Stanza>::flush(stream).await
+}
+
+/// A ping to ourselves: the server routes it back, so the link carries traffic both ways, and no
+/// other host is ever involved.
+fn keepalive(jid: &BareJid, n: u64) -> Stanza {
+    Iq::Get {
+        from: Some(jid.clone().into()),
+        to: Some(jid.clone().into()),
+        id: format!("keepalive-{n}"),
+        payload: Ping.into(),
+    }
+    .into()
+}
+
+/// An IQ request that did not parse still deserves an answer (RFC 6120 §8.2.3); any other
+/// malformed stanza is dropped.
+fn refuse_malformed(header: RawStanzaHeader) -> Option<Stanza> {
+    if !matches!(header.type_.as_deref(), Some("get" | "set")) {
+        return None;
+    }
+    let id = header.id?;
+    let to = header.from.and_then(|j| j.parse().ok());
+    let from = header.to.and_then(|j| j.parse().ok());
+    let error = StanzaError::new(
+        ErrorType::Modify,
+        DefinedCondition::BadRequest,
+        "en",
+        "malformed stanza",
+    );
+    Some(
+        Iq::Error {
+            from,
+            to,
+            id,
+            error,
+            payload: None,
+        }
+        .into(),
+    )
+}
+
+impl Router {
+    /// Handle one incoming stanza; returns the reply to send, if any.
+    fn route(&self, stanza: Stanza) -> Option<Stanza> {
+        let Stanza::Iq(iq) = stanza else {
+            // Presence and messages carry nothing for us yet.
+            return None;
+        };
+        let (from, to, id, outcome) = match iq {
+            Iq::Result { from, id, .. } => {
+                self.answers.resolve(&id, from.as_ref(), Answer::Result);
+                return None;
+            }
+            Iq::Error {
+                from, id, error, ..
+            } => {
+                self.answers
+                    .resolve(&id, from.as_ref(), Answer::Error(error));
+                return None;
+            }
+            Iq::Get {
+                from,
+                to,
+                id,
+                payload,
+            } => {
+                let outcome = self.get(payload);
+                (from, to, id, outcome)
+            }
+            Iq::Set {
+                from,
+                to,
+                id,
+                payload,
+            } => {
+                let outcome = self.set(from.as_ref(), payload);
+                (from, to, id, outcome)
+            }
+        };
+        // The reply comes from the address the client wrote to, as clients match on it.
+        let reply = match outcome {
+            Ok(payload) => Iq::Result {
+                from: to,
+                to: from,
+                id,
+                payload,
+            },
+            Err(error) => Iq::Error {
+                from: to,
+                to: from,
+                id,
+                error,
+                payload: None,
+            },
+        };
+        Some(reply.into())
+    }
+
+    fn get(&self, payload: Element) -> Result<Option<Element>, StanzaError> {
+        if payload.is("query", ns::DISCO_INFO) {
+            if payload.attr("node").is_some() {
+                return Err(StanzaError::new(
+                    ErrorType::Cancel,
+                    DefinedCondition::ItemNotFound,
+                    "en",
+                    "no such node",
+                ));
+            }
+            return Ok(Some(disco_info().into()));
+        }
+        if payload.is("ping", ns::PING) {
+            return Ok(None);
+        }
+        Err(unsupported())
+    }
+
+    fn set(&self, from: Option<&Jid>, payload: Element) -> Result<Option<Element>, StanzaError> {
+        if payload.is("register", protocol::NS) {
+            return match self.registrar.register(from, payload, SystemTime::now()) {
+                Ok(registered) => Ok(Some(registered.into())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "register refused");
+                    Err(e.to_stanza_error())
+                }
+            };
+        }
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StanzaError {
+    StanzaError::new(
+        ErrorType::Cancel,
+        DefinedCondition::ServiceUnavailable,
+        "en",
+        "not supported by this service",
+    )
+}
+
+fn disco_info() -> DiscoInfoResult {
+    DiscoInfoResult {
+        node: None,
+        identities: vec![Identity::new(
+            "component",
+            "generic",
+            "en",
+            "xup UnifiedPush provider",
+        )],
+        features: BTreeSet::from([ns::DISCO_INFO, ns::PING, protocol::NS].map(str::to_owned)),
+        extensions: vec![],
+    }
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper half of the current
+/// step, so many xup instances restarted together do not reconnect in lockstep.
+struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            step: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(BACKOFF_CAP);
+        step.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_stays_there() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] <= BACKOFF_FIRST);
+        assert!(delays.iter().all(|d| *d <= BACKOFF_CAP));
+        assert!(delays[11] >= BACKOFF_CAP / 2);
+    }
+
+    #[test]
+    fn disco_info_advertises_unified_push() {
+        let elem: Element = disco_info().into();
+        let features: Vec<&str> = elem
+            .children()
+            .filter(|c| c.is("feature", ns::DISCO_INFO))
+            .filter_map(|c| c.attr("var"))
+            .collect();
+        assert!(features.contains(&protocol::NS));
+        assert!(features.contains(&ns::PING));
+    }
+
+    fn header(type_: &str) -> RawStanzaHeader {
+        RawStanzaHeader {
+            from: Some("juliet@example.org/phone".into()),
+            to: Some("up.example.org".into()),
+            type_: Some(type_.into()),
+            id: Some("x".into()),
+        }
+    }
+
+    #[test]
+    fn a_malformed_request_gets_bad_request_and_a_malformed_answer_nothing() {
+        let Some(Stanza::Iq(Iq::Error { error, to, .. })) = refuse_malformed(header("set")) else {
+            panic!("no error reply");
+        };
+        assert_eq!(error.defined_condition, DefinedCondition::BadRequest);
+        assert_eq!(to, Some("juliet@example.org/phone".parse().expect("jid")));
+        assert!(refuse_malformed(header("result")).is_none());
+        assert!(refuse_malformed(header("error")).is_none());
+    }
+}

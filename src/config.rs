@@ -1,0 +1,414 @@
+//! The JSON configuration file: its shape, its defaults, and validation whose every error names the
+//! field at fault.
+//!
+//! Parsing happens in two steps. Serde reads the file into [`RawConfig`] (unknown keys are refused,
+//! so a typo such as `"lifetme"` is an error, not a silently ignored setting); [`Config::validate`]
+//! then checks meaning and produces the typed [`Config`] the rest of xup uses. `xup check` runs the
+//! same code, so what it accepts is exactly what the daemon accepts.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use xmpp_parsers::jid::{BareJid, Jid};
+
+use crate::protocol;
+
+/// The validated configuration.
+pub struct Config {
+    pub component: ComponentConfig,
+    pub http: HttpConfig,
+    pub registration: RegistrationConfig,
+    pub delivery: DeliveryConfig,
+    pub store: StoreConfig,
+}
+
+pub struct ComponentConfig {
+    /// The component's domain JID, e.g. `up.example.org`.
+    pub jid: BareJid,
+    /// `host:port` of the XMPP server's component listener; resolved at every connect so a
+    /// server that moves address is followed.
+    pub server: String,
+    pub secret: String,
+}
+
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// The public base URL, without a trailing slash.
+    pub public_url: String,
+}
+
+pub struct RegistrationConfig {
+    /// The first one encrypts new tokens; every one decrypts.
+    pub secrets: Vec<String>,
+    pub lifetime: Duration,
+    pub allow: Vec<AllowEntry>,
+}
+
+pub struct DeliveryConfig {
+    pub timeout: Duration,
+}
+
+pub struct StoreConfig {
+    /// A directory; xup keeps its database file inside.
+    pub path: PathBuf,
+}
+
+/// One entry of `registration.allow`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AllowEntry {
+    /// `"*"`: anyone whose server routes to us.
+    Anyone,
+    /// `"example.org"`: every account on that domain.
+    Domain(String),
+    /// `"juliet@example.org"`: that account, from any of its clients.
+    Account(BareJid),
+}
+
+impl AllowEntry {
+    /// Whether the sender of a `<register>` falls under this entry.
+    pub fn admits(&self, sender: &Jid) -> bool {
+        match self {
+            AllowEntry::Anyone => true,
+            AllowEntry::Domain(domain) => sender.domain().as_str() == domain,
+            AllowEntry::Account(bare) => sender.to_bare() == *bare,
+        }
+    }
+}
+
+/// A config that cannot be used, and where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The file as written; every field optional that has a sensible default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    component: RawComponent,
+    http: RawHttp,
+    registration: RawRegistration,
+    #[serde(default)]
+    delivery: RawDelivery,
+    store: RawStore,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    jid: String,
+    #[serde(default = "default_server")]
+    server: String,
+    secret: String,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    public_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    secrets: Vec<String>,
+    lifetime: Option<String>,
+    allow: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+}
+
+/// Secrets shorter than this are too easy to guess offline from one captured token.
+const MIN_SECRET_LEN: usize = 16;
+
+/// No HTTP request should wait longer than this for a phone; senders time out around here.
+const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Config {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let message = if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            };
+            ConfigError::Syntax {
+                path: PathBuf::new(),
+                message,
+            }
+        })?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let jid = BareJid::new(&raw.component.jid)
+            .map_err(|e| invalid("component.jid", format!("not a JID: {e}")))?;
+        if jid.node().is_some() {
+            return Err(invalid(
+                "component.jid",
+                "a component is a bare domain such as up.example.org, without a user part",
+            ));
+        }
+        if raw
+            .component
+            .server
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                "component.server",
+                "expected host:port, e.g. 127.0.0.1:5347",
+            ));
+        }
+        if raw.component.secret.is_empty() {
+            return Err(invalid("component.secret", "must not be empty"));
+        }
+
+        let listen = raw.http.listen.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                "expected an IP address and port, e.g. 127.0.0.1:8080",
+            )
+        })?;
+        let public_url = raw.http.public_url.trim_end_matches('/').to_owned();
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
+            || public_url.contains(['?', '#'])
+        {
+            return Err(invalid(
+                "http.public_url",
+                "expected an http(s) URL without query or fragment, e.g. https://up.example.org",
+            ));
+        }
+
+        if raw.registration.secrets.is_empty() {
+            return Err(invalid(
+                "registration.secrets",
+                "needs at least one secret (the first encrypts new endpoints)",
+            ));
+        }
+        for (i, secret) in raw.registration.secrets.iter().enumerate() {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(invalid(
+                    format!("registration.secrets[{i}]"),
+                    format!("must be at least {MIN_SECRET_LEN} characters long"),
+                ));
+            }
+        }
+        let lifetime = match &raw.registration.lifetime {
+            Some(text) => duration("registration.lifetime", text)?,
+            None => protocol::DEFAULT_LIFETIME,
+        };
+        if lifetime < protocol::MIN_LIFETIME {
+            return Err(invalid(
+                "registration.lifetime",
+                "must be at least 2d: Conversations renews endpoints that have less than 24 h left",
+            ));
+        }
+        let allow = match raw.registration.allow {
+            Some(entries) => entries
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| allow_entry(&format!("registration.allow[{i}]"), entry))
+                .collect::<Result<_, _>>()?,
+            None => vec![default_allow(&jid)],
+        };
+
+        let timeout = match &raw.delivery.timeout {
+            Some(text) => duration("delivery.timeout", text)?,
+            None => protocol::DEFAULT_DELIVERY_TIMEOUT,
+        };
+        if timeout.is_zero() || timeout > MAX_DELIVERY_TIMEOUT {
+            return Err(invalid(
+                "delivery.timeout",
+                "must be more than 0s and at most 120s",
+            ));
+        }
+
+        if raw.store.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must name a directory"));
+        }
+
+        Ok(Config {
+            component: ComponentConfig {
+                jid,
+                server: raw.component.server,
+                secret: raw.component.secret,
+            },
+            http: HttpConfig { listen, public_url },
+            registration: RegistrationConfig {
+                secrets: raw.registration.secrets,
+                lifetime,
+                allow,
+            },
+            delivery: DeliveryConfig { timeout },
+            store: StoreConfig {
+                path: raw.store.path,
+            },
+        })
+    }
+}
+
+fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        invalid(
+            field,
+            format!("{e}; write durations like \"15s\" or \"7d\""),
+        )
+    })
+}
+
+fn allow_entry(field: &str, entry: &str) -> Result<AllowEntry, ConfigError> {
+    if entry == "*" {
+        return Ok(AllowEntry::Anyone);
+    }
+    let jid = BareJid::new(entry).map_err(|e| {
+        invalid(
+            field,
+            format!("{entry:?} is neither \"*\", a domain nor a bare JID: {e}"),
+        )
+    })?;
+    Ok(match jid.node() {
+        Some(_) => AllowEntry::Account(jid),
+        None => AllowEntry::Domain(jid.domain().to_string()),
+    })
+}
+
+/// Users of the server the component hangs off: `example.org` for `up.example.org`.
+fn default_allow(component: &BareJid) -> AllowEntry {
+    let domain = component.domain().as_str();
+    let parent = domain.split_once('.').map_or(domain, |(_, rest)| rest);
+    AllowEntry::Domain(parent.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+      "component":    { "jid": "up.example.org", "server": "127.0.0.1:5347", "secret": "s" },
+      "http":         { "listen": "127.0.0.1:8080", "public_url": "https://up.example.org/" },
+      "registration": { "secrets": ["0123456789abcdef"], "lifetime": "7d", "allow": ["example.org"] },
+      "delivery":     { "timeout": "15s" },
+      "store":        { "path": "/var/lib/xup" }
+    }"#;
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("config was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.http.public_url, "https://up.example.org");
+        assert_eq!(config.registration.lifetime, Duration::from_secs(7 * 86400));
+        assert_eq!(config.delivery.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn allow_defaults_to_the_parent_domain() {
+        let text = GOOD.replace(r#", "allow": ["example.org"]"#, "");
+        let config = Config::parse(&text).expect("valid");
+        assert_eq!(
+            config.registration.allow,
+            vec![AllowEntry::Domain("example.org".into())]
+        );
+    }
+
+    #[test]
+    fn a_short_lifetime_is_refused_naming_the_field() {
+        let e = error_of(&GOOD.replace(r#""7d""#, r#""1d""#));
+        assert!(e.starts_with("registration.lifetime:"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_path() {
+        let e = error_of(&GOOD.replace(r#""timeout""#, r#""timeot""#));
+        assert!(e.contains("delivery") && e.contains("timeot"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_field() {
+        let e = error_of(&GOOD.replace(r#""15s""#, r#""soon""#));
+        assert!(e.starts_with("delivery.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn a_short_secret_names_its_index() {
+        let e = error_of(&GOOD.replace(
+            r#"["0123456789abcdef"]"#,
+            r#"["0123456789abcdef", "short"]"#,
+        ));
+        assert!(e.starts_with("registration.secrets[1]:"), "{e}");
+    }
+
+    #[test]
+    fn allow_entries_are_typed() {
+        let text = GOOD.replace(
+            r#"["example.org"]"#,
+            r#"["*", "example.org", "juliet@example.org"]"#,
+        );
+        let allow = Config::parse(&text).expect("valid").registration.allow;
+        let romeo: Jid = "romeo@example.net/phone".parse().expect("jid");
+        let juliet: Jid = "juliet@example.org/phone".parse().expect("jid");
+        assert!(allow[0].admits(&romeo));
+        assert!(!allow[1].admits(&romeo) && allow[1].admits(&juliet));
+        assert!(allow[2].admits(&juliet));
+    }
+
+    #[test]
+    fn a_component_jid_with_a_user_part_is_refused() {
+        let e = error_of(&GOOD.replace(r#""up.example.org""#, r#""up@example.org""#));
+        assert!(e.starts_with("component.jid:"), "{e}");
+    }
+}

@@ -1,0 +1,219 @@
+//! The `<register>` IQ: who may register, what a valid request looks like, and the endpoint it earns.
+//!
+//! Registration is pure computation: validate, check the access list, issue a token, answer. No
+//! state is written, which is what lets xup serve any number of endpoints in constant memory.
+
+use std::{sync::Arc, time::SystemTime};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use xmpp_parsers::{
+    jid::Jid,
+    minidom::Element,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+};
+
+use crate::{
+    config::{AllowEntry, Config},
+    protocol::{self, Register, Registered},
+    token::{self, KeyRing},
+};
+
+/// Why a `<register>` was refused; each maps to the stanza error a client expects.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegisterError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("registrations are only accepted from a full JID (a connected client)")]
+    NotFullJid,
+    #[error("this provider does not serve your account")]
+    NotAllowed,
+    #[error("the endpoint would be longer than 1000 bytes; use a shorter resource")]
+    EndpointTooLong,
+    #[error("internal error while issuing the endpoint")]
+    Internal,
+}
+
+impl RegisterError {
+    /// The stanza error sent back to the client, with our reason as its text.
+    pub fn to_stanza_error(&self) -> StanzaError {
+        let (kind, condition) = match self {
+            RegisterError::BadRequest(_) => (ErrorType::Modify, DefinedCondition::BadRequest),
+            RegisterError::NotFullJid | RegisterError::NotAllowed => {
+                (ErrorType::Auth, DefinedCondition::Forbidden)
+            }
+            RegisterError::EndpointTooLong => (ErrorType::Modify, DefinedCondition::NotAcceptable),
+            RegisterError::Internal => (ErrorType::Wait, DefinedCondition::InternalServerError),
+        };
+        StanzaError::new(kind, condition, "en", self.to_string())
+    }
+}
+
+/// Everything a registration needs, built once from the config.
+pub struct Registrar {
+    keys: Arc<KeyRing>,
+    allow: Vec<AllowEntry>,
+    lifetime: std::time::Duration,
+    /// `public_url` + `/push/`.
+    endpoint_prefix: String,
+}
+
+impl Registrar {
+    pub fn new(config: &Config, keys: Arc<KeyRing>) -> Registrar {
+        Registrar {
+            keys,
+            allow: config.registration.allow.clone(),
+            lifetime: config.registration.lifetime,
+            endpoint_prefix: format!("{}/push/", config.http.public_url),
+        }
+    }
+
+    /// Answer the `<register>` payload of an IQ-set from `from`, as of `now`.
+    pub fn register(
+        &self,
+        from: Option<&Jid>,
+        payload: Element,
+        now: SystemTime,
+    ) -> Result<Registered, RegisterError> {
+        let request = Register::try_from(payload).map_err(|_| {
+            RegisterError::BadRequest(
+                "<register> needs exactly the attributes application and instance",
+            )
+        })?;
+        if !is_digest(&request.application) {
+            return Err(RegisterError::BadRequest(
+                "application must be padded base64 of 32 bytes (44 characters)",
+            ));
+        }
+        if !is_digest(&request.instance) {
+            return Err(RegisterError::BadRequest(
+                "instance must be padded base64 of 32 bytes (44 characters)",
+            ));
+        }
+        let from = from.ok_or(RegisterError::NotFullJid)?;
+        if from.resource().is_none() {
+            return Err(RegisterError::NotFullJid);
+        }
+        if !self.allow.iter().any(|entry| entry.admits(from)) {
+            return Err(RegisterError::NotAllowed);
+        }
+
+        let claims = token::claims_for(
+            from.as_str(),
+            &request.application,
+            &request.instance,
+            now,
+            self.lifetime,
+        );
+        let token = self.keys.issue(&claims).map_err(|e| {
+            tracing::error!(error = %e, "cannot issue endpoint token");
+            RegisterError::Internal
+        })?;
+        let endpoint = format!("{}{token}", self.endpoint_prefix);
+        if endpoint.len() > protocol::MAX_ENDPOINT_LEN {
+            return Err(RegisterError::EndpointTooLong);
+        }
+        Ok(Registered {
+            expiration: humantime::format_rfc3339_millis(claims.expires_at).to_string(),
+            endpoint,
+        })
+    }
+}
+
+/// Padded standard base64 of exactly 32 bytes, as a SHA-256 digest is.
+fn is_digest(value: &str) -> bool {
+    value.len() == protocol::DIGEST_B64_LEN
+        && STANDARD.decode(value).is_ok_and(|bytes| bytes.len() == 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
+    const INS: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
+
+    fn registrar() -> Registrar {
+        let config = Config::parse(
+            r#"{
+              "component":    { "jid": "up.example.org", "secret": "s" },
+              "http":         { "listen": "127.0.0.1:8080", "public_url": "https://up.example.org" },
+              "registration": { "secrets": ["0123456789abcdef"] },
+              "store":        { "path": "/tmp/x" }
+            }"#,
+        )
+        .expect("config");
+        let keys = KeyRing::new(&config.registration.secrets, "up.example.org").expect("keys");
+        Registrar::new(&config, Arc::new(keys))
+    }
+
+    fn request(application: &str, instance: &str) -> Element {
+        Element::from(Register {
+            application: application.into(),
+            instance: instance.into(),
+        })
+    }
+
+    fn jid(s: &str) -> Jid {
+        s.parse().expect("jid")
+    }
+
+    #[test]
+    fn a_valid_request_earns_an_endpoint_with_a_z_timestamp() {
+        let registered = registrar()
+            .register(
+                Some(&jid("juliet@example.org/phone")),
+                request(APP, INS),
+                SystemTime::now(),
+            )
+            .expect("registered");
+        assert!(
+            registered.expiration.ends_with('Z'),
+            "{}",
+            registered.expiration
+        );
+        assert!(
+            registered
+                .endpoint
+                .starts_with("https://up.example.org/push/v4.local.")
+        );
+        assert!(registered.endpoint.len() <= protocol::MAX_ENDPOINT_LEN);
+    }
+
+    #[test]
+    fn malformed_digests_are_bad_requests() {
+        let from = jid("juliet@example.org/phone");
+        let unpadded = APP.trim_end_matches('=');
+        let short = STANDARD.encode([0u8; 31]);
+        for (app, ins) in [
+            (unpadded, INS),
+            (APP, short.as_str()),
+            ("x", INS),
+            (APP, ""),
+        ] {
+            let e = registrar()
+                .register(Some(&from), request(app, ins), SystemTime::now())
+                .expect_err("refused");
+            assert!(
+                matches!(e, RegisterError::BadRequest(_)),
+                "{app} {ins}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strangers_and_bare_jids_are_forbidden() {
+        let r = registrar();
+        let now = SystemTime::now();
+        let stranger = r.register(Some(&jid("eve@example.net/x")), request(APP, INS), now);
+        assert_eq!(stranger, Err(RegisterError::NotAllowed));
+        let bare = r.register(Some(&jid("juliet@example.org")), request(APP, INS), now);
+        assert_eq!(bare, Err(RegisterError::NotFullJid));
+    }
+
+    #[test]
+    fn a_huge_resource_is_refused_not_truncated() {
+        let from = jid(&format!("juliet@example.org/{}", "r".repeat(900)));
+        let e = registrar().register(Some(&from), request(APP, INS), SystemTime::now());
+        assert_eq!(e, Err(RegisterError::EndpointTooLong));
+    }
+}

@@ -1,0 +1,240 @@
+//! What xup must remember across restarts: revoked registrations.
+//!
+//! Tokens are stateless, so the only way to kill an endpoint before it expires is to remember that
+//! its registration was revoked. A revocation is keyed by a digest of (full JID, application,
+//! instance) and holds the moment of revocation: every token of that triple issued up to then is
+//! dead, one issued later (a fresh `<register>` after a reinstall) works. An entry is dropped once
+//! every token it can kill has expired, so memory grows with revoked apps, never with live endpoints.
+//!
+//! The embedded store is one SQLite file under `store.path`, written with full sync before a
+//! revocation is reported, and mirrored in memory so the push path never waits on disk.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, params};
+use sha2::{Digest, Sha256};
+
+use crate::token::Claims;
+
+const DATABASE_FILE: &str = "xup.sqlite3";
+
+/// The digest that names one registration triple.
+pub type RegistrationKey = [u8; 32];
+
+/// The key of the registration `claims` belong to. Each part is length-prefixed so that no two
+/// different triples can run together into the same bytes.
+pub fn registration_key(claims: &Claims) -> RegistrationKey {
+    let mut hash = Sha256::new();
+    for part in [&claims.subject, &claims.application, &claims.instance] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize().into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create store directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Times in microseconds since the epoch: the resolution of a token's `iat`, so that a revocation
+/// compares the same before and after a restart.
+#[derive(Clone, Copy)]
+struct Revocation {
+    revoked_at_us: i64,
+    forget_at_us: i64,
+}
+
+/// The revocation store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: Arc<Mutex<Connection>>,
+    revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
+}
+
+impl Store {
+    /// Open (or create) the database in directory `dir` and load the revocations still in force.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = Connection::open(dir.join(DATABASE_FILE))?;
+        // WAL with full sync: a revocation we answered 404 for is on disk before the answer.
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS revocations (
+                 registration BLOB PRIMARY KEY,
+                 revoked_at_us INTEGER NOT NULL,
+                 forget_at_us INTEGER NOT NULL
+             )",
+        )?;
+        let now_us = micros(SystemTime::now());
+        db.execute(
+            "DELETE FROM revocations WHERE forget_at_us <= ?1",
+            params![now_us],
+        )?;
+        let mut revoked = HashMap::new();
+        {
+            let mut rows =
+                db.prepare("SELECT registration, revoked_at_us, forget_at_us FROM revocations")?;
+            let mut rows = rows.query([])?;
+            while let Some(row) = rows.next()? {
+                let key: Vec<u8> = row.get(0)?;
+                let Ok(key) = RegistrationKey::try_from(key.as_slice()) else {
+                    continue;
+                };
+                revoked.insert(
+                    key,
+                    Revocation {
+                        revoked_at_us: row.get(1)?,
+                        forget_at_us: row.get(2)?,
+                    },
+                );
+            }
+        }
+        Ok(Store {
+            db: Arc::new(Mutex::new(db)),
+            revoked: RwLock::new(revoked),
+        })
+    }
+
+    /// Whether the registration that issued `claims` was revoked after the token was issued.
+    /// Memory only; never waits.
+    pub fn is_revoked(&self, claims: &Claims) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked
+            .get(&registration_key(claims))
+            .is_some_and(|r| micros(claims.issued_at) <= r.revoked_at_us)
+    }
+
+    /// Revoke every token of `claims`' registration issued up to `now`, durably. The entry is kept
+    /// until the last token it can kill has expired: one issued at `now` lives `lifetime`. Returns once the revocation is on disk;
+    /// dropping the future does not undo a write that has started.
+    pub async fn revoke(
+        &self,
+        claims: &Claims,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(), StoreError> {
+        let key = registration_key(claims);
+        let revocation = Revocation {
+            revoked_at_us: micros(now),
+            forget_at_us: micros((now + lifetime).max(claims.expires_at)),
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = db.lock().unwrap_or_else(|e| e.into_inner());
+            db.execute(
+                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
+                 VALUES (?1, ?2, ?3)
+                 ON CONFLICT (registration) DO UPDATE SET
+                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
+                     forget_at_us = max(forget_at_us, excluded.forget_at_us)",
+                params![
+                    key.as_slice(),
+                    revocation.revoked_at_us,
+                    revocation.forget_at_us
+                ],
+            )
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let entry = revoked.entry(key).or_insert(revocation);
+        entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
+        entry.forget_at_us = entry.forget_at_us.max(revocation.forget_at_us);
+        Ok(())
+    }
+
+    /// Forget revocations that can no longer kill any token.
+    pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let db = self.db.clone();
+        let now_us = micros(now);
+        tokio::task::spawn_blocking(move || {
+            let db = db.lock().unwrap_or_else(|e| e.into_inner());
+            db.execute(
+                "DELETE FROM revocations WHERE forget_at_us <= ?1",
+                params![now_us],
+            )
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let before = revoked.len();
+        revoked.retain(|_, r| r.forget_at_us > now_us);
+        Ok(before - revoked.len())
+    }
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::claims_for;
+
+    const WEEK: Duration = Duration::from_secs(7 * 86400);
+
+    fn claims(at: SystemTime) -> Claims {
+        claims_for("juliet@example.org/phone", "app", "ins", at, WEEK)
+    }
+
+    #[tokio::test]
+    async fn revocation_kills_older_tokens_and_spares_newer_ones_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = SystemTime::now();
+        let revoked_at = t0 + Duration::from_secs(10);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert!(!store.is_revoked(&claims(t0)));
+            store
+                .revoke(&claims(t0), revoked_at, WEEK)
+                .await
+                .expect("revoke");
+            assert!(store.is_revoked(&claims(t0)));
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert!(store.is_revoked(&claims(t0)));
+        assert!(store.is_revoked(&claims(revoked_at)));
+        assert!(!store.is_revoked(&claims(revoked_at + Duration::from_micros(1))));
+    }
+
+    #[tokio::test]
+    async fn other_instances_are_not_affected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::now();
+        store.revoke(&claims(t0), t0, WEEK).await.expect("revoke");
+        let other = claims_for("juliet@example.org/phone", "app", "other", t0, WEEK);
+        assert!(!store.is_revoked(&other));
+    }
+
+    #[tokio::test]
+    async fn entries_are_forgotten_once_every_token_they_kill_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let t0 = SystemTime::now();
+        store.revoke(&claims(t0), t0, WEEK).await.expect("revoke");
+        let almost = t0 + WEEK - Duration::from_secs(1);
+        assert_eq!(store.prune(almost).await.expect("prune"), 0);
+        let forgotten = store.prune(t0 + WEEK).await;
+        assert_eq!(forgotten.expect("prune"), 1);
+    }
+}

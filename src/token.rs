@@ -1,0 +1,299 @@
+//! Endpoint tokens: PASETO v4.local tokens that carry a whole registration, so xup keeps no state
+//! per live endpoint.
+//!
+//! A token says who registered (the full JID), for which application and instance, when, and until
+//! when. It is encrypted, not just signed, so an application server never learns the user's JID.
+//! The implicit assertion is the component's JID: a token is only good at the provider that issued it.
+//!
+//! Keys form a ring: the first secret encrypts, every secret decrypts, and the token's footer names
+//! the key by a short id, so an operator can rotate the secret without killing live endpoints.
+//! Keys are derived from the configured secrets with HKDF-SHA256 under a fixed label, so a secret
+//! of any length and alphabet becomes a uniform 32-byte key, and the key id (derived under another
+//! label) says nothing about the key.
+
+use std::time::{Duration, SystemTime};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hkdf::Hkdf;
+use pasetors::{
+    keys::SymmetricKey,
+    token::UntrustedToken,
+    version4::{LocalToken, V4},
+};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// HKDF labels; changing one invalidates every endpoint ever issued.
+const KEY_LABEL: &[u8] = b"xup endpoint token key v1";
+const KEY_ID_LABEL: &[u8] = b"xup endpoint token key id v1";
+
+/// Longer strings are not tokens xup made; refuse them before any base64 or crypto work.
+const MAX_TOKEN_LEN: usize = crate::protocol::MAX_ENDPOINT_LEN;
+
+/// What a token proves once it has been opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claims {
+    /// The full JID that registered: pushes go there and nowhere else.
+    pub subject: String,
+    pub application: String,
+    pub instance: String,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+/// The JSON inside the token; times as RFC 3339, as PASETO's registered claims are.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    sub: String,
+    app: String,
+    ins: String,
+    iat: String,
+    exp: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Footer {
+    kid: String,
+}
+
+/// Why a token was not accepted. Every one of these is a dead endpoint to the outside (404); the
+/// distinction is for logs and tests.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TokenError {
+    #[error("not a token issued by this provider")]
+    Malformed,
+    #[error("token names a key that is no longer configured")]
+    UnknownKey,
+    #[error("token failed authentication")]
+    Forged,
+    #[error("token expired")]
+    Expired,
+    #[error("token could not be created: {0}")]
+    Create(String),
+}
+
+struct Key {
+    id: String,
+    key: SymmetricKey<V4>,
+}
+
+/// The configured keys. Deliberately not `Debug`: it holds secrets.
+pub struct KeyRing {
+    keys: Vec<Key>,
+    /// The component JID, bound into every token as PASETO's implicit assertion.
+    audience: String,
+}
+
+impl KeyRing {
+    /// Derive one key per secret; the first one issues new tokens. `secrets` must not be empty.
+    pub fn new(secrets: &[String], audience: &str) -> Result<KeyRing, TokenError> {
+        if secrets.is_empty() {
+            return Err(TokenError::Create("no secret configured".into()));
+        }
+        let keys = secrets
+            .iter()
+            .map(|secret| {
+                let hkdf = Hkdf::<Sha256>::new(None, secret.as_bytes());
+                let mut key = [0u8; 32];
+                let mut id = [0u8; 6];
+                hkdf.expand(KEY_LABEL, &mut key)
+                    .and_then(|()| hkdf.expand(KEY_ID_LABEL, &mut id))
+                    .map_err(|e| TokenError::Create(e.to_string()))?;
+                let key =
+                    SymmetricKey::from(&key).map_err(|e| TokenError::Create(e.to_string()))?;
+                Ok(Key {
+                    id: URL_SAFE_NO_PAD.encode(id),
+                    key,
+                })
+            })
+            .collect::<Result<_, TokenError>>()?;
+        Ok(KeyRing {
+            keys,
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// Encrypt `claims` under the first key.
+    pub fn issue(&self, claims: &Claims) -> Result<String, TokenError> {
+        let key = &self.keys[0];
+        let payload = serde_json::to_vec(&Payload {
+            sub: claims.subject.clone(),
+            app: claims.application.clone(),
+            ins: claims.instance.clone(),
+            iat: humantime::format_rfc3339_micros(claims.issued_at).to_string(),
+            exp: humantime::format_rfc3339_millis(claims.expires_at).to_string(),
+        })
+        .map_err(|e| TokenError::Create(e.to_string()))?;
+        let footer = serde_json::to_vec(&Footer {
+            kid: key.id.clone(),
+        })
+        .map_err(|e| TokenError::Create(e.to_string()))?;
+        LocalToken::encrypt(
+            &key.key,
+            &payload,
+            Some(&footer),
+            Some(self.audience.as_bytes()),
+        )
+        .map_err(|e| TokenError::Create(e.to_string()))
+    }
+
+    /// Decrypt and check a token as of `now`. Costs one decryption at most, and nothing at all for
+    /// strings that cannot be tokens.
+    pub fn open(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN || !token.starts_with("v4.local.") {
+            return Err(TokenError::Malformed);
+        }
+        let untrusted = UntrustedToken::<pasetors::token::Local, V4>::try_from(token)
+            .map_err(|_| TokenError::Malformed)?;
+        let footer: Footer = serde_json::from_slice(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == footer.kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let trusted =
+            LocalToken::decrypt(&key.key, &untrusted, None, Some(self.audience.as_bytes()))
+                .map_err(|_| TokenError::Forged)?;
+        // Authenticated from here on: a payload that does not parse is our own bug, not an attack.
+        let payload: Payload =
+            serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Malformed)?;
+        let time = |s: &str| humantime::parse_rfc3339(s).map_err(|_| TokenError::Malformed);
+        let claims = Claims {
+            issued_at: time(&payload.iat)?,
+            expires_at: time(&payload.exp)?,
+            subject: payload.sub,
+            application: payload.app,
+            instance: payload.ins,
+        };
+        if claims.expires_at <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// Claims for a registration made `now` that lives `lifetime`.
+pub fn claims_for(
+    subject: &str,
+    application: &str,
+    instance: &str,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Claims {
+    Claims {
+        subject: subject.to_owned(),
+        application: application.to_owned(),
+        instance: instance.to_owned(),
+        issued_at: now,
+        expires_at: now + lifetime,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
+    const INS: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
+
+    fn ring(secrets: &[&str]) -> KeyRing {
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        KeyRing::new(&secrets, "up.example.org").expect("ring")
+    }
+
+    fn sample(now: SystemTime) -> Claims {
+        claims_for(
+            "juliet@example.org/Conversations.r4nD",
+            APP,
+            INS,
+            now,
+            Duration::from_secs(7 * 86400),
+        )
+    }
+
+    #[test]
+    fn a_token_opens_to_its_claims() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let token = keys.issue(&sample(now)).expect("issued");
+        let claims = keys.open(&token, now).expect("opens");
+        assert_eq!(claims.subject, "juliet@example.org/Conversations.r4nD");
+        assert_eq!(claims.application, APP);
+        let micros = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after epoch")
+                .as_micros()
+        };
+        assert_eq!(micros(claims.issued_at), micros(now));
+    }
+
+    #[test]
+    fn a_token_does_not_leak_the_jid() {
+        let token = ring(&["first secret 0123"])
+            .issue(&sample(SystemTime::now()))
+            .expect("issued");
+        assert!(!token.contains("juliet"));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let token = keys.issue(&sample(now)).expect("issued");
+        let later = now + Duration::from_secs(7 * 86400);
+        assert_eq!(keys.open(&token, later), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_flipped_character_is_refused() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let token = keys.issue(&sample(now)).expect("issued");
+        let mut bytes = token.into_bytes();
+        bytes[20] = if bytes[20] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("ascii");
+        assert_eq!(keys.open(&tampered, now), Err(TokenError::Forged));
+    }
+
+    #[test]
+    fn another_providers_token_is_refused() {
+        let now = SystemTime::now();
+        let secrets = vec!["first secret 0123".to_string()];
+        let ours = KeyRing::new(&secrets, "up.example.org").expect("ring");
+        let theirs = KeyRing::new(&secrets, "up.example.net").expect("ring");
+        let token = theirs.issue(&sample(now)).expect("issued");
+        assert_eq!(ours.open(&token, now), Err(TokenError::Forged));
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_until_the_old_secret_goes() {
+        let now = SystemTime::now();
+        let old = ring(&["old secret 012345"]);
+        let token = old.issue(&sample(now)).expect("issued");
+        let rotated = ring(&["new secret 012345", "old secret 012345"]);
+        assert!(rotated.open(&token, now).is_ok());
+        let fresh = rotated.issue(&sample(now)).expect("issued");
+        assert_eq!(old.open(&fresh, now), Err(TokenError::UnknownKey));
+        let retired = ring(&["new secret 012345"]);
+        assert_eq!(retired.open(&token, now), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let keys = ring(&["first secret 0123"]);
+        for garbage in [
+            "",
+            "v4.local.",
+            "v4.local.!!!",
+            "v2.local.AAAA",
+            "x".repeat(5000).as_str(),
+        ] {
+            assert_eq!(
+                keys.open(garbage, SystemTime::now()),
+                Err(TokenError::Malformed),
+                "{garbage:.20}"
+            );
+        }
+    }
+}
