@@ -398,7 +398,7 @@ impl Router {
                 from, id, error, ..
             } => {
                 self.answers
-                    .resolve(&id, from.as_ref(), Answer::Error(error));
+                    .resolve(&id, from.as_ref(), Answer::Error(error.defined_condition));
                 return None;
             }
             Iq::Get {
@@ -432,42 +432,46 @@ impl Router {
                 from: to,
                 to: from,
                 id,
-                error,
+                error: *error,
                 payload: None,
             },
         };
         Some(reply.into())
     }
 
-    fn get(&self, payload: Element) -> Result<Option<Element>, StanzaError> {
+    fn get(&self, payload: Element) -> Result<Option<Element>, Box<StanzaError>> {
         if payload.is("query", ns::DISCO_INFO) {
             if payload.attr("node").is_some() {
-                return Err(StanzaError::new(
+                return Err(Box::new(StanzaError::new(
                     ErrorType::Cancel,
                     DefinedCondition::ItemNotFound,
                     "en",
                     "no such node",
-                ));
+                )));
             }
             return Ok(Some(disco_info().into()));
         }
         if payload.is("ping", ns::PING) {
             return Ok(None);
         }
-        Err(unsupported())
+        Err(Box::new(unsupported()))
     }
 
-    fn set(&self, from: Option<&Jid>, payload: Element) -> Result<Option<Element>, StanzaError> {
+    fn set(
+        &self,
+        from: Option<&Jid>,
+        payload: Element,
+    ) -> Result<Option<Element>, Box<StanzaError>> {
         if payload.is("register", protocol::NS) {
             return match self.registrar.register(from, payload, SystemTime::now()) {
                 Ok(registered) => Ok(Some(registered.into())),
                 Err(e) => {
                     tracing::debug!(error = %e, "register refused");
-                    Err(e.to_stanza_error())
+                    Err(Box::new(e.to_stanza_error()))
                 }
             };
         }
-        Err(unsupported())
+        Err(Box::new(unsupported()))
     }
 }
 

@@ -22,7 +22,7 @@ use xmpp_parsers::{
     iq::Iq,
     jid::{BareJid, Jid},
     minidom::Element,
-    stanza_error::{DefinedCondition, StanzaError},
+    stanza_error::DefinedCondition,
 };
 
 use crate::{component::Link, protocol::Push, store::Store, token::Claims};
@@ -31,7 +31,7 @@ use crate::{component::Link, protocol::Push, store::Store, token::Claims};
 #[derive(Debug)]
 pub enum Answer {
     Result,
-    Error(StanzaError),
+    Error(DefinedCondition),
 }
 
 struct Waiting {
@@ -193,15 +193,15 @@ impl Relay {
         };
         match answer {
             Answer::Result => Ok(Outcome::Delivered { id }),
-            Answer::Error(error) if means_gone(&error.defined_condition) => {
+            Answer::Error(condition) if means_gone(&condition) => {
                 self.store
                     .revoke(claims, SystemTime::now(), self.lifetime)
                     .await?;
                 Ok(Outcome::Revoked)
             }
-            Answer::Error(error) => Ok(Outcome::Unavailable(Unavailable::Refused(condition_name(
-                &error.defined_condition,
-            )))),
+            Answer::Error(condition) => Ok(Outcome::Unavailable(Unavailable::Refused(
+                condition_name(&condition),
+            ))),
         }
     }
 }
