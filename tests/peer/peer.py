@@ -1,0 +1,157 @@
+"""A scripted XMPP client that plays the distributor (Conversations) in xup's tests.
+
+It is a real c2s client (slixmpp) so that the tests exercise xup through a real XMPP server. The
+test harness drives it with one JSON command per line on stdin and reads one JSON event per line
+from stdout:
+
+commands
+  {"cmd": "answer", "ref": N, "with": "result" | "silent" | "<stanza error condition>"}
+      how to answer the <push> IQs that arrive from now on (default: result); acknowledged
+      with an "ack" event carrying the same ref once in force
+  {"cmd": "iq", "ref": N, "type": "get" | "set", "to": JID, "xml": "<payload/>"}
+      send an IQ and report its answer as an "iq" event carrying the same ref
+  {"cmd": "quit"}
+      disconnect cleanly and exit
+
+events
+  {"event": "online", "jid": FULL_JID}
+  {"event": "ack", "ref": N}
+  {"event": "push", "id", "from", "to", "application", "instance", "data"}
+  {"event": "iq", "ref": N, "type": "result" | "error", "condition", "error_type", "text",
+   "payload": {"name", "ns", "attrs"} | null}
+  {"event": "offline"}
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import xml.etree.ElementTree as ET
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+UP_NS = "http://gultsch.de/xmpp/drafts/unified-push"
+
+
+def emit(**event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Peer(slixmpp.ClientXMPP):
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        # Loopback tests run the XMPP server without TLS.
+        self.enable_starttls = False
+        self.enable_direct_tls = False
+        self.enable_plaintext = True
+        self.plugin["feature_mechanisms"].unencrypted_plain = True
+        self.answer_with = "result"
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("disconnected", self.on_disconnected)
+        self.register_handler(
+            Callback(
+                "unified-push",
+                MatchXPath("{jabber:client}iq/{%s}push" % UP_NS),
+                self.on_push,
+            )
+        )
+
+    async def on_start(self, _event):
+        self.send_presence()
+        emit(event="online", jid=str(self.boundjid.full))
+
+    def on_disconnected(self, _event):
+        emit(event="offline")
+
+    def on_push(self, iq):
+        push = iq.xml.find("{%s}push" % UP_NS)
+        emit(
+            event="push",
+            id=iq["id"],
+            to=str(iq["to"]),
+            **{"from": str(iq["from"])},
+            application=push.get("application"),
+            instance=push.get("instance"),
+            data=push.text or "",
+        )
+        if self.answer_with == "silent":
+            return
+        reply = iq.reply()
+        if self.answer_with != "result":
+            reply["type"] = "error"
+            reply["error"]["condition"] = self.answer_with
+            reply["error"]["type"] = "cancel"
+        reply.send()
+
+    async def send_iq(self, ref, kind, to, payload):
+        iq = self.Iq()
+        iq["type"] = kind
+        iq["to"] = to
+        iq.append(ET.fromstring(payload))
+        try:
+            answer = await iq.send(timeout=10)
+        except IqError as e:
+            err = e.iq["error"]
+            emit(
+                event="iq",
+                ref=ref,
+                type="error",
+                condition=err["condition"],
+                error_type=err["type"],
+                text=err["text"],
+                payload=None,
+            )
+            return
+        except IqTimeout:
+            emit(event="iq", ref=ref, type="timeout", payload=None)
+            return
+        children = list(answer.xml)
+        payload = None
+        if children:
+            child = children[0]
+            ns, _, name = child.tag[1:].partition("}")
+            payload = {"name": name, "ns": ns, "attrs": dict(child.attrib)}
+        emit(event="iq", ref=ref, type="result", payload=payload)
+
+    def command(self, line):
+        cmd = json.loads(line)
+        if cmd["cmd"] == "answer":
+            self.answer_with = cmd["with"]
+            emit(event="ack", ref=cmd["ref"])
+        elif cmd["cmd"] == "iq":
+            asyncio.ensure_future(
+                self.send_iq(cmd["ref"], cmd["type"], cmd["to"], cmd["xml"])
+            )
+        elif cmd["cmd"] == "quit":
+            self.disconnect()
+
+
+def read_commands(peer, loop):
+    for line in sys.stdin:
+        if line.strip():
+            loop.call_soon_threadsafe(peer.command, line)
+    # The harness went away: leave rather than linger as an orphan.
+    loop.call_soon_threadsafe(peer.disconnect)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jid", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+
+    peer = Peer(args.jid, args.password)
+    loop = asyncio.get_event_loop()
+    threading.Thread(target=read_commands, args=(peer, loop), daemon=True).start()
+    peer.connect("127.0.0.1", args.port)
+    loop.run_until_complete(peer.disconnected)
+
+
+if __name__ == "__main__":
+    main()
