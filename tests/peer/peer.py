@@ -18,7 +18,7 @@ events
   {"event": "ack", "ref": N}
   {"event": "push", "id", "from", "to", "application", "instance", "data"}
   {"event": "iq", "ref": N, "type": "result" | "error", "condition", "error_type", "text",
-   "payload": {"name", "ns", "attrs"} | null}
+   "payload": {"name", "ns", "attrs", "children": [{"name", "attrs"}]} | null}
   {"event": "offline"}
 """
 
@@ -115,7 +115,15 @@ class Peer(slixmpp.ClientXMPP):
         if children:
             child = children[0]
             ns, _, name = child.tag[1:].partition("}")
-            payload = {"name": name, "ns": ns, "attrs": dict(child.attrib)}
+            payload = {
+                "name": name,
+                "ns": ns,
+                "attrs": dict(child.attrib),
+                "children": [
+                    {"name": c.tag.partition("}")[2], "attrs": dict(c.attrib)}
+                    for c in child
+                ],
+            }
         emit(event="iq", ref=ref, type="result", payload=payload)
 
     def command(self, line):
