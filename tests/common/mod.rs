@@ -60,31 +60,15 @@ impl Prosody {
             dir,
             child: None,
         };
-        let root = prosody.dir.path().display().to_string();
-        let config = format!(
-            r#"
-pidfile = "{root}/prosody.pid"
-data_path = "{root}/data"
-run_as_root = true
-log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{root}/prosody.log" }} }}
-interfaces = {{ "127.0.0.1" }}
-c2s_ports = {{ {c2s} }}
-component_ports = {{ {component} }}
-component_interface = "127.0.0.1"
-modules_enabled = {{ "roster", "saslauth", "disco", "ping" }}
-modules_disabled = {{ "s2s" }}
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-authentication = "internal_plain"
-storage = "internal"
-VirtualHost "{DOMAIN}"
-VirtualHost "{OTHER_DOMAIN}"
-Component "{COMPONENT}"
-  component_secret = "{COMPONENT_SECRET}"
-"#,
-            c2s = prosody.c2s_port,
-            component = prosody.component_port,
-        );
+        let template = include_str!("../prosody/prosody.cfg.lua.in");
+        let config = template
+            .replace("@ROOT@", &prosody.dir.path().display().to_string())
+            .replace("@C2S_PORT@", &prosody.c2s_port.to_string())
+            .replace("@COMPONENT_PORT@", &prosody.component_port.to_string())
+            .replace("@DOMAIN@", DOMAIN)
+            .replace("@OTHER_DOMAIN@", OTHER_DOMAIN)
+            .replace("@COMPONENT@", COMPONENT)
+            .replace("@COMPONENT_SECRET@", COMPONENT_SECRET);
         std::fs::write(prosody.config_path(), config).expect("write prosody config");
         prosody.launch().await;
         prosody
