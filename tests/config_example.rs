@@ -1,0 +1,38 @@
+//! The shipped example config and `xup check` stay in step with the code.
+
+use std::process::Command;
+
+#[test]
+fn the_example_config_passes_xup_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .args(["check", "--config", example])
+        .output()
+        .expect("xup runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn xup_check_names_the_field_at_fault_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.json");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config.example.json"
+    ))
+    .expect("example");
+    std::fs::write(&path, example.replace("\"7d\"", "\"1d\"")).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("xup runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("registration.lifetime"), "{stderr}");
+}
