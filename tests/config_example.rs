@@ -20,11 +20,9 @@ fn the_example_config_passes_xup_check() {
 fn xup_check_names_the_field_at_fault_and_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.json");
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config.example.json"
-    ))
-    .expect("example");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
     std::fs::write(&path, example.replace("\"7d\"", "\"1d\"")).expect("write");
     let output = Command::new(env!("CARGO_BIN_EXE_xup"))
         .arg("check")
