@@ -183,13 +183,15 @@ impl Relay {
             }),
         };
         let mut ticket = self.answers.expect(id.clone(), peer);
-        if self.link.send(iq.into()).await.is_err() {
-            return Ok(Outcome::Unavailable(Unavailable::LinkDown));
-        }
-        let answer = match tokio::time::timeout(self.timeout, &mut ticket.reply).await {
+        // One deadline for queueing and answering alike: a full outgoing queue counts against it.
+        let exchange = async {
+            self.link.send(iq.into()).await.ok()?;
+            (&mut ticket.reply).await.ok()
+        };
+        let answer = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Ok(Outcome::Unavailable(Unavailable::Timeout)),
-            Ok(Err(_)) => return Ok(Outcome::Unavailable(Unavailable::LinkDown)),
-            Ok(Ok(answer)) => answer,
+            Ok(None) => return Ok(Outcome::Unavailable(Unavailable::LinkDown)),
+            Ok(Some(answer)) => answer,
         };
         match answer {
             Answer::Result => Ok(Outcome::Delivered { id }),

@@ -401,3 +401,28 @@ async fn disco_ping_and_unknown_requests_are_answered() {
     assert_eq!(unknown["type"], "error");
     assert_eq!(unknown["condition"], "service-unavailable");
 }
+
+#[tokio::test]
+async fn a_wrong_component_secret_is_explained_and_pushes_get_503() {
+    let prosody = Prosody::start().await;
+    let store = tempfile::tempdir().expect("store dir");
+    let mut settings = XupSettings::new(store.path());
+    settings.component_secret = "not the secret Prosody has".into();
+    let mut xup = Xup::spawn(&prosody, &settings);
+    let line = xup.wait_log("component cannot connect").await;
+    assert!(line.contains("component.secret"), "{line}");
+
+    // HTTP is served all the same, and a valid endpoint is told to retry, not that it is dead.
+    let token = xup::token::KeyRing::new(&[SECRET_A.to_owned()], COMPONENT)
+        .expect("keys")
+        .issue(&xup::token::claims_for(
+            "juliet@localhost/phone",
+            APP,
+            INSTANCE,
+            SystemTime::now(),
+            Duration::from_secs(7 * 86400),
+        ))
+        .expect("token");
+    let response = post(&format!("{}/push/{token}", xup.base_url), "x").await;
+    assert_eq!(response.status(), 503);
+}

@@ -143,6 +143,7 @@ async fn wait_for_port(port: u16) {
 
 /// Settings for one xup run; `store` outlives the process so restarts can be tested.
 pub struct XupSettings {
+    pub component_secret: String,
     pub secrets: Vec<String>,
     pub timeout: &'static str,
     pub allow: Option<Vec<String>>,
@@ -153,6 +154,7 @@ pub struct XupSettings {
 impl XupSettings {
     pub fn new(store: &Path) -> XupSettings {
         XupSettings {
+            component_secret: COMPONENT_SECRET.into(),
             secrets: vec![SECRET_A.into()],
             timeout: "3s",
             allow: None,
@@ -170,7 +172,7 @@ impl XupSettings {
             "component": {
                 "jid": COMPONENT,
                 "server": format!("127.0.0.1:{}", prosody.component_port),
-                "secret": COMPONENT_SECRET,
+                "secret": self.component_secret,
             },
             "http": {
                 "listen": format!("127.0.0.1:{}", self.http_port),
@@ -194,6 +196,14 @@ pub struct Xup {
 impl Xup {
     /// Start xup and return once it serves HTTP and its component link is up.
     pub async fn start(prosody: &Prosody, settings: &XupSettings) -> Xup {
+        let mut xup = Xup::spawn(prosody, settings);
+        xup.wait_log("listening for pushes").await;
+        xup.wait_log("component link up").await;
+        xup
+    }
+
+    /// Start xup without waiting for anything.
+    pub fn spawn(prosody: &Prosody, settings: &XupSettings) -> Xup {
         let config = tempfile::NamedTempFile::new().expect("config file");
         std::fs::write(config.path(), settings.config_json(prosody).to_string())
             .expect("write config");
@@ -218,15 +228,12 @@ impl Xup {
                 }
             }
         });
-        let mut xup = Xup {
+        Xup {
             child,
             logs,
             base_url: format!("http://127.0.0.1:{}", settings.http_port),
             _config: config,
-        };
-        xup.wait_log("listening for pushes").await;
-        xup.wait_log("component link up").await;
-        xup
+        }
     }
 
     /// Wait for a log line containing `needle`; lines before it are consumed.
