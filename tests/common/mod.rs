@@ -126,6 +126,28 @@ impl Prosody {
     }
 }
 
+/// The first item from `items` that `matches`, skipping the others; panics (naming `what`) if
+/// the sender ends or nothing matches within [`WAIT`].
+async fn first_matching<T>(
+    items: &mut mpsc::UnboundedReceiver<T>,
+    what: &str,
+    matches: impl Fn(&T) -> bool,
+) -> T {
+    let found = async {
+        while let Some(item) = items.recv().await {
+            if matches(&item) {
+                return Some(item);
+            }
+        }
+        None
+    };
+    match timeout(WAIT, found).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("the process ended before {what}"),
+        Err(_) => panic!("no {what} within {WAIT:?}"),
+    }
+}
+
 /// Wait until something accepts connections on `port` (the only readiness signal Prosody gives).
 async fn wait_for_port(port: u16) {
     let ready = async {
@@ -238,19 +260,8 @@ impl Xup {
 
     /// Wait for a log line containing `needle`; lines before it are consumed.
     pub async fn wait_log(&mut self, needle: &str) -> String {
-        let found = async {
-            while let Some(line) = self.logs.recv().await {
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        };
-        match timeout(WAIT, found).await {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("xup exited before logging {needle:?}"),
-            Err(_) => panic!("xup did not log {needle:?} in time"),
-        }
+        let what = format!("xup logging {needle:?}");
+        first_matching(&mut self.logs, &what, |line| line.contains(needle)).await
     }
 
     /// Stop xup the way systemd does (SIGTERM) and wait for it to exit.
@@ -358,19 +369,17 @@ impl Peer {
     }
 
     async fn next_event(&mut self, kind: &str) -> Value {
-        let found = async {
-            while let Some(event) = self.events.recv().await {
-                if event["event"] == kind {
-                    return Some(event);
-                }
-            }
-            None
-        };
-        match timeout(WAIT, found).await {
-            Ok(Some(event)) => event,
-            Ok(None) => panic!("peer exited before {kind:?}"),
-            Err(_) => panic!("peer saw no {kind:?} in time"),
-        }
+        let what = format!("a {kind:?} event from the peer");
+        first_matching(&mut self.events, &what, |e| e["event"] == kind).await
+    }
+
+    /// The `kind` event that answers command `sent`.
+    async fn reply_to(&mut self, kind: &str, sent: u64) -> Value {
+        let what = format!("a {kind:?} event for command {sent}");
+        first_matching(&mut self.events, &what, |e| {
+            e["event"] == kind && e["ref"] == sent
+        })
+        .await
     }
 
     async fn command(&mut self, mut command: Value) -> u64 {
@@ -389,12 +398,7 @@ impl Peer {
         let sent = self
             .command(json!({ "cmd": "iq", "type": kind, "to": to, "xml": xml }))
             .await;
-        loop {
-            let event = self.next_event("iq").await;
-            if event["ref"] == sent {
-                return event;
-            }
-        }
+        self.reply_to("iq", sent).await
     }
 
     /// `<register>` with exactly these attributes (`None` leaves one out).
