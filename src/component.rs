@@ -130,7 +130,7 @@ enum ConnectError {
         server: String,
         source: std::io::Error,
     },
-    #[error("no answer from {0} within {:?}", CONNECT_TIMEOUT)]
+    #[error("no answer from {} within {:?}", .0, CONNECT_TIMEOUT)]
     Timeout(String),
     #[error("stream setup failed: {0}")]
     Stream(std::io::Error),
