@@ -219,8 +219,16 @@ impl Xup {
     /// Start xup and return once it serves HTTP and its component link is up.
     pub async fn start(prosody: &Prosody, settings: &XupSettings) -> Xup {
         let mut xup = Xup::spawn(prosody, settings);
-        xup.wait_log("listening for pushes").await;
-        xup.wait_log("component link up").await;
+        // HTTP and the component link come up concurrently: their lines arrive in either order.
+        let mut awaited = vec!["listening for pushes", "component link up"];
+        while !awaited.is_empty() {
+            let what = format!("xup logging {awaited:?}");
+            let line = first_matching(&mut xup.logs, &what, |line| {
+                awaited.iter().any(|needle| line.contains(needle))
+            })
+            .await;
+            awaited.retain(|needle| !line.contains(needle));
+        }
         xup
     }
 
