@@ -2,8 +2,6 @@
 //! `xup` binary itself, and scripted XMPP clients (`tests/peer/peer.py`, slixmpp) that play the
 //! distributor. Every process is killed when its handle drops, and every wait has a deadline.
 
-#![allow(dead_code)] // each test binary uses its own part of the harness
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -119,10 +117,6 @@ impl Prosody {
     pub async fn restart(&mut self) {
         self.kill().await;
         self.launch().await;
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
     }
 }
 
