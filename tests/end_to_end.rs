@@ -28,7 +28,7 @@ impl Stack {
         let store = tempfile::tempdir().expect("store dir");
         let mut settings = XupSettings::new(store.path());
         adjust(&mut settings);
-        let xup = Xup::start(&prosody, &settings).await;
+        let xup = Xup::start(xup_binary(), &prosody, &settings).await;
         Stack {
             prosody,
             xup,
@@ -45,7 +45,7 @@ impl Stack {
     async fn restart_xup(&mut self, adjust: impl FnOnce(&mut XupSettings)) {
         adjust(&mut self.settings);
         assert!(self.xup.stop().await.success(), "xup exits 0 on SIGTERM");
-        self.xup = Xup::start(&self.prosody, &self.settings).await;
+        self.xup = Xup::start(xup_binary(), &self.prosody, &self.settings).await;
     }
 }
 
@@ -404,7 +404,7 @@ async fn a_wrong_component_secret_is_explained_and_pushes_get_503() {
     let store = tempfile::tempdir().expect("store dir");
     let mut settings = XupSettings::new(store.path());
     settings.component_secret = "not the secret Prosody has".into();
-    let mut xup = Xup::spawn(&prosody, &settings);
+    let mut xup = Xup::spawn(xup_binary(), &prosody, &settings);
     let line = xup.wait_log("component cannot connect").await;
     assert!(line.contains("component.secret"), "{line}");
 

@@ -1,0 +1,205 @@
+//! The application servers: HTTP POSTs of numbered messages at a fixed concurrency.
+//!
+//! Each of the C workers keeps one HTTP/1.1 connection alive and sends its requests one after the
+//! other, so exactly C requests are in flight until the messages run out. Every request is
+//! recorded with its start, end and status; a request that fails below HTTP counts with status 0
+//! and the worker reconnects, so a broken provider shows up as errors, never as a hang.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Semaphore};
+
+use crate::ledger::MessageId;
+
+/// Bound on one request, far above any sane answer: a provider that never answers is a failure,
+/// not a benchmark that never ends.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where a provider's endpoints are served, and the endpoints themselves.
+pub struct Target {
+    /// The socket to connect to, whatever host the endpoint URLs name.
+    pub addr: SocketAddr,
+    /// `Host` header for each request: the endpoints' authority.
+    pub host: String,
+    /// Endpoint paths; message `seq` goes to `paths[seq % paths.len()]`.
+    pub paths: Vec<String>,
+}
+
+impl Target {
+    /// Build a target from endpoint URLs, all served by `addr`.
+    pub fn new(addr: SocketAddr, endpoints: &[String]) -> anyhow::Result<Target> {
+        let mut host = None;
+        let mut paths = Vec::with_capacity(endpoints.len());
+        for url in endpoints {
+            let rest = url
+                .strip_prefix("http://")
+                .with_context(|| format!("not an http:// endpoint: {url}"))?;
+            let slash = rest.find('/').context("an endpoint without a path")?;
+            host.get_or_insert_with(|| rest[..slash].to_owned());
+            paths.push(rest[slash..].to_owned());
+        }
+        Ok(Target {
+            addr,
+            host: host.context("no endpoints")?,
+            paths,
+        })
+    }
+}
+
+/// One HTTP request as the application server saw it; times in nanoseconds after the epoch.
+#[derive(Clone, Copy)]
+pub struct Sample {
+    pub seq: u64,
+    pub start: u64,
+    pub end: u64,
+    /// 0 when the request failed below HTTP.
+    pub status: u16,
+}
+
+impl Sample {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// The settings of one load run.
+#[derive(Clone, Copy)]
+pub struct Load {
+    pub run: u32,
+    pub messages: u64,
+    pub concurrency: usize,
+    pub body_len: usize,
+    pub epoch: Instant,
+}
+
+/// POST `load.messages` messages at `load.concurrency`, each worker on its own connection.
+pub async fn fire(target: Arc<Target>, load: &Load) -> Vec<Sample> {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..load.concurrency)
+        .map(|_| {
+            let (target, next) = (target.clone(), next.clone());
+            let (run, messages, body_len, epoch) =
+                (load.run, load.messages, load.body_len, load.epoch);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut connection = None;
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= messages {
+                        return samples;
+                    }
+                    let body = MessageId { run, seq }.body(body_len);
+                    samples.push(post(&target, &mut connection, seq, body, epoch).await);
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(load.messages as usize);
+    for worker in workers {
+        samples.extend(worker.await.unwrap_or_default());
+    }
+    samples
+}
+
+/// POST each of `load.messages` messages on a connection of its own, all at once: every request
+/// is in flight together until the provider answers. Connecting is throttled (`connecting` at a
+/// time) so the listener's accept backlog is not overrun.
+pub async fn fire_all_at_once(target: Arc<Target>, load: &Load, connecting: usize) -> Vec<Sample> {
+    let gate = Arc::new(Semaphore::new(connecting));
+    let tasks: Vec<_> = (0..load.messages)
+        .map(|seq| {
+            let (target, gate) = (target.clone(), gate.clone());
+            let body = MessageId { run: load.run, seq }.body(load.body_len);
+            let epoch = load.epoch;
+            tokio::spawn(async move {
+                let mut connection = {
+                    let _permit = gate.acquire().await;
+                    connect(&target).await.ok()
+                };
+                post(&target, &mut connection, seq, body, epoch).await
+            })
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(sample) = task.await {
+            samples.push(sample);
+        }
+    }
+    samples
+}
+
+type Connection = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(target: &Target) -> anyhow::Result<Connection> {
+    let tcp = TcpStream::connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One POST on `connection` (opened first if there is none; dropped if it failed).
+async fn post(
+    target: &Target,
+    connection: &mut Option<Connection>,
+    seq: u64,
+    body: Vec<u8>,
+    epoch: Instant,
+) -> Sample {
+    let start = epoch.elapsed().as_nanos() as u64;
+    let status = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        exchange(target, connection, seq, body),
+    )
+    .await
+    {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) | Err(_) => {
+            *connection = None;
+            0
+        }
+    };
+    Sample {
+        seq,
+        start,
+        end: epoch.elapsed().as_nanos() as u64,
+        status,
+    }
+}
+
+async fn exchange(
+    target: &Target,
+    connection: &mut Option<Connection>,
+    seq: u64,
+    body: Vec<u8>,
+) -> anyhow::Result<u16> {
+    let sender = match connection {
+        Some(sender) => sender,
+        None => connection.insert(connect(target).await?),
+    };
+    sender.ready().await?;
+    let path = &target.paths[(seq % target.paths.len() as u64) as usize];
+    let request = Request::post(path.as_str())
+        .header(hyper::header::HOST, target.host.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        // RFC 8030 §5.2: application servers must say how long a message may be kept.
+        .header("TTL", "86400")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}

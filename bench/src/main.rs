@@ -1,0 +1,431 @@
+//! xup-bench: xup side by side with Prosody's own `mod_unified_push`, in one run on one machine.
+//!
+//! One throwaway Prosody hosts both providers: xup as an external component and
+//! `mod_unified_push` (Debian's `prosody-modules`, storage backend) as an internal one. P client
+//! sessions register K endpoints with each, then M numbered messages are POSTed at concurrency C
+//! to each provider in turn, for every C asked for. Each run reports throughput, HTTP and delivery
+//! latency, refusals, lost and duplicated pushes, and the CPU and peak memory of xup, of Prosody
+//! and of the load tool itself. After that: registrations per second (over XMPP, and the token
+//! code alone) and xup's memory with many pushes in flight to clients that hold their answers.
+//!
+//! Everything runs on loopback, is bounded in count and time, and stops by itself. The table goes
+//! to stdout, one JSON line per measurement to `--json`. The exit code is 1 if any run lost or
+//! duplicated a push.
+
+mod ledger;
+mod load;
+mod procstat;
+mod report;
+mod session;
+mod tokens;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::Parser;
+use futures::future::{join_all, try_join_all};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use xmpp_parsers::jid::Jid;
+use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Prosody, Xup, XupSettings, wait_for_port};
+
+use crate::{
+    ledger::Ledger,
+    load::{Load, Target},
+    procstat::Proc,
+    report::{Run, Usage},
+    session::Session,
+};
+
+/// mod_unified_push as an internal component beside xup, its endpoints on Prosody's HTTP port.
+const MOD_UNIFIED_PUSH: &str = r#"
+Component "push.localhost" "unified_push"
+  -- Prosody 0.12 has no util.paseto: the storage backend is what 0.12 users run.
+  unified_push_backend = "storage"
+  http_host = "localhost"
+  http_external_url = "http://localhost:@HTTP_PORT@/"
+"#;
+const MOD_UNIFIED_PUSH_JID: &str = "push.localhost";
+
+/// How long after the last HTTP answer a pushed message may still arrive before it counts as lost.
+const ARRIVAL_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(version, about = "Benchmark xup against Prosody's mod_unified_push")]
+struct Args {
+    /// The xup binary to measure [default: `xup` beside this program]
+    #[arg(long)]
+    xup: Option<PathBuf>,
+    /// Client sessions (P), each a distributor on its own c2s connection.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Registered endpoints (K) per provider, spread over the sessions.
+    #[arg(long, default_value_t = 256)]
+    endpoints: usize,
+    /// Messages (M) POSTed per provider and concurrency.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Concurrencies (C) to run at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    concurrency: Vec<usize>,
+    /// Bytes per message body (at least 16).
+    #[arg(long, default_value_t = 256)]
+    body: usize,
+    /// Unmeasured messages before each measured run.
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
+    /// Registrations per provider for the registration rate (at least --endpoints).
+    #[arg(long, default_value_t = 2_000)]
+    registrations: usize,
+    /// Iterations for the in-process token code rate (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    token_iterations: u64,
+    /// Pushes held in flight at once for xup's memory figure (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: u64,
+    /// Providers to measure, in this order.
+    #[arg(long, value_delimiter = ',', default_values_t = ["xup".to_owned(), "mod_unified_push".to_owned()])]
+    providers: Vec<String>,
+    /// Append one JSON line per measurement here.
+    #[arg(long, default_value = "target/xup-bench.jsonl")]
+    json: PathBuf,
+}
+
+/// A push provider under test.
+struct Provider {
+    name: &'static str,
+    jid: Jid,
+    /// Where its endpoints are served.
+    http: SocketAddr,
+    /// Its own process, when it has one (xup); `mod_unified_push` lives inside Prosody.
+    process: Option<Proc>,
+    target: Option<Arc<Target>>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("xup-bench: a run lost or duplicated pushes (see the table)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("xup-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The whole benchmark; `Ok(false)` when a run lost or duplicated a push.
+async fn run(args: Args) -> anyhow::Result<bool> {
+    if args.body < ledger::ID_LEN || args.clients == 0 || args.endpoints == 0 {
+        bail!("--body must be at least 16, --clients and --endpoints at least 1");
+    }
+    let open_files = procstat::raise_open_files_limit();
+    let xup_binary = match args.xup.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("xup"),
+    };
+    let context = json!({
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "clients": args.clients,
+        "endpoints": args.endpoints,
+        "xup": xup_binary,
+    });
+    let mut out = Output::open(&args.json)?;
+
+    let prosody = Prosody::start_with(MOD_UNIFIED_PUSH).await;
+    wait_for_port(prosody.http_port).await;
+    let prosody_process = Proc::Pid(prosody.pid().context("Prosody's pid")?);
+    let store = tempfile::tempdir()?;
+    let mut settings = XupSettings::new(store.path());
+    // Long enough for the in-flight measurement to fill up before the first answer is due.
+    settings.timeout = "60s";
+    settings.log_filter = "xup=info";
+    let xup = Xup::start(&xup_binary, &prosody, &settings).await;
+
+    let epoch = Instant::now();
+    let (ledgers, ledger) = watch::channel(Arc::new(Ledger::new(0, 0, epoch)));
+    let sessions = try_join_all((0..args.clients).map(|i| {
+        let user = format!("bench{i}");
+        prosody.add_user(&user, DOMAIN);
+        let (port, ledger) = (prosody.c2s_port, ledger.clone());
+        async move { Session::connect(port, &user, DOMAIN, PASSWORD, ledger).await }
+    }))
+    .await?;
+
+    let mut providers = Vec::new();
+    for name in &args.providers {
+        providers.push(match name.as_str() {
+            "xup" => Provider {
+                name: "xup",
+                jid: COMPONENT.parse()?,
+                http: ([127, 0, 0, 1], settings.http_port).into(),
+                process: Some(Proc::Pid(xup.pid().context("xup's pid")?)),
+                target: None,
+            },
+            "mod_unified_push" => Provider {
+                name: "mod_unified_push",
+                jid: MOD_UNIFIED_PUSH_JID.parse()?,
+                http: ([127, 0, 0, 1], prosody.http_port).into(),
+                process: None,
+                target: None,
+            },
+            other => bail!("unknown provider {other:?} (xup, mod_unified_push)"),
+        });
+    }
+
+    println!(
+        "xup-bench: {} client sessions, {} endpoints per provider, {} messages of {} bytes per run",
+        args.clients, args.endpoints, args.messages, args.body
+    );
+    println!(
+        "\nregistrations over XMPP ({} per provider):",
+        args.registrations.max(args.endpoints)
+    );
+    for provider in &mut providers {
+        let (endpoints, per_second) =
+            register(&sessions, provider, args.registrations.max(args.endpoints)).await?;
+        println!("  {:<16} {per_second:>8.0} registrations/s", provider.name);
+        out.line(json!({
+            "kind": "registrations", "context": context, "provider": provider.name,
+            "count": endpoints.len(), "registrations_per_second": per_second,
+        }))?;
+        let endpoints = &endpoints[..args.endpoints];
+        provider.target = Some(Arc::new(Target::new(provider.http, endpoints)?));
+    }
+    if args.token_iterations > 0 {
+        let rates = tokens::measure(args.token_iterations)?;
+        println!(
+            "  token code alone: {:.0} registrations/s, {:.0} token opens/s (in process)",
+            rates["registrations_per_second"]
+                .as_f64()
+                .unwrap_or_default(),
+            rates["token_opens_per_second"].as_f64().unwrap_or_default(),
+        );
+        out.line(json!({ "context": context, "measurement": rates }))?;
+    }
+
+    println!("\npushes:\n{}", Run::HEADER);
+    let mut sound = true;
+    let mut next_run = 1;
+    for &concurrency in &args.concurrency {
+        for provider in &providers {
+            let mut load = Load {
+                run: next_run,
+                messages: args.warmup,
+                concurrency,
+                body_len: args.body,
+                epoch,
+            };
+            if args.warmup > 0 {
+                measure(provider, &load, &ledgers, prosody_process).await?;
+            }
+            load.run += 1;
+            load.messages = args.messages;
+            next_run += 2;
+            let run = measure(provider, &load, &ledgers, prosody_process).await?;
+            println!("{}", run.row());
+            out.line(run.json(&context))?;
+            sound &= run.is_sound();
+        }
+    }
+
+    if args.in_flight > 0
+        && let Some(xup_provider) = providers.iter().find(|p| p.name == "xup")
+    {
+        // The load tool holds one socket per request; xup holds one too, plus its own files.
+        let in_flight = args.in_flight.min(open_files.saturating_sub(256));
+        let load = Load {
+            run: next_run,
+            messages: in_flight,
+            concurrency: in_flight as usize,
+            body_len: args.body,
+            epoch,
+        };
+        let result = in_flight_memory(xup_provider, &load, &sessions, &ledgers).await?;
+        println!(
+            "\nxup with {} pushes in flight: {:.1} MiB resident at the peak ({:.1} MiB before), {} of {} answered 2xx after release",
+            in_flight,
+            result["peak_rss_mib"].as_f64().unwrap_or_default(),
+            result["rss_before_mib"].as_f64().unwrap_or_default(),
+            result["accepted"],
+            in_flight,
+        );
+        sound &= result["lost"] == 0 && result["duplicated"] == 0;
+        out.line(json!({ "kind": "in_flight", "context": context, "result": result }))?;
+    }
+    println!("\nJSON lines appended to {}", args.json.display());
+    Ok(sound)
+}
+
+/// Register `count` endpoints with `provider`, spread evenly over the sessions and pipelined on
+/// each; returns them interleaved by session (endpoint i belongs to session i mod P) and the rate.
+async fn register(
+    sessions: &[Session],
+    provider: &Provider,
+    count: usize,
+) -> anyhow::Result<(Vec<String>, f64)> {
+    let random_digest = || {
+        let bytes: [u8; 32] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let started = Instant::now();
+    let per_session = try_join_all(sessions.iter().enumerate().map(|(i, session)| {
+        let mine = (i..count).step_by(sessions.len()).count();
+        try_join_all(
+            (0..mine)
+                .map(|_| session.register(provider.jid.as_str(), random_digest(), random_digest())),
+        )
+    }))
+    .await
+    .with_context(|| format!("registering with {}", provider.name))?;
+    let per_second = count as f64 / started.elapsed().as_secs_f64();
+    let mut endpoints = Vec::with_capacity(count);
+    for round in 0.. {
+        let before = endpoints.len();
+        endpoints.extend(
+            per_session
+                .iter()
+                .filter_map(|mine| mine.get(round).cloned()),
+        );
+        if endpoints.len() == before {
+            break;
+        }
+    }
+    Ok((endpoints, per_second))
+}
+
+/// One run: fire the load at `provider`, then tally what the clients received and what it cost.
+async fn measure(
+    provider: &Provider,
+    load: &Load,
+    ledgers: &watch::Sender<Arc<Ledger>>,
+    prosody: Proc,
+) -> anyhow::Result<Run> {
+    let target = provider.target.clone().context("no endpoints registered")?;
+    let ledger = Arc::new(Ledger::new(load.run, load.messages as usize, load.epoch));
+    ledgers.send_replace(ledger.clone());
+    let watched: Vec<Proc> = provider.process.into_iter().chain([prosody]).collect();
+    for process in &watched {
+        // Without the right to reset it, the peak covers the process's whole life instead.
+        let _ = process.reset_peak();
+    }
+    let cpu_before = cpu_seconds(&watched)?;
+    let tool_before = Proc::Myself.cpu_seconds()?;
+
+    let samples = load::fire(target, load).await;
+    let accepted = samples.iter().filter(|s| s.ok()).count() as u64;
+    let deadline = Instant::now() + ARRIVAL_GRACE;
+    while ledger.distinct() < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let tool = Proc::Myself.cpu_seconds()? - tool_before;
+    let cpu_after = cpu_seconds(&watched)?;
+    let mut run = Run::tally(provider.name, load, &samples, &ledger);
+    let usage = |i: usize| -> anyhow::Result<Usage> {
+        Ok(Usage {
+            cpu_seconds: cpu_after[i] - cpu_before[i],
+            peak_rss_kib: watched[i].peak_rss_kib()?,
+        })
+    };
+    if provider.process.is_some() {
+        run.xup = Some(usage(0)?);
+        run.prosody = usage(1)?;
+    } else {
+        run.prosody = usage(0)?;
+    }
+    run.tool = Usage {
+        cpu_seconds: tool,
+        peak_rss_kib: 0,
+    };
+    Ok(run)
+}
+
+fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
+    processes
+        .iter()
+        .map(|p| p.cpu_seconds().context("reading CPU time from /proc"))
+        .collect()
+}
+
+/// xup's memory with `load.messages` pushes in flight at once: every client holds its answers,
+/// every message goes out on its own connection, and once all have reached a client (so xup is
+/// waiting on every one of them) its resident memory is read; then the clients answer them all.
+async fn in_flight_memory(
+    xup: &Provider,
+    load: &Load,
+    sessions: &[Session],
+    ledgers: &watch::Sender<Arc<Ledger>>,
+) -> anyhow::Result<Value> {
+    let process = xup.process.context("xup's process")?;
+    let target = xup.target.clone().context("no endpoints registered")?;
+    let ledger = Arc::new(Ledger::new(load.run, load.messages as usize, load.epoch));
+    ledgers.send_replace(ledger.clone());
+    try_join_all(sessions.iter().map(|s| s.hold(true))).await?;
+    let _ = process.reset_peak();
+    let rss_before = process.rss_kib()?;
+
+    let firing = tokio::spawn({
+        let load = *load;
+        async move { load::fire_all_at_once(target, &load, 256).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while ledger.distinct() < load.messages && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = ledger.distinct();
+    let rss_held = process.rss_kib()?;
+    join_all(sessions.iter().map(|s| s.hold(false))).await;
+    let samples = firing.await?;
+    let peak = process.peak_rss_kib()?;
+
+    let run = Run::tally(xup.name, load, &samples, &ledger);
+    Ok(json!({
+        "in_flight": load.messages,
+        "held_by_clients_at_once": held,
+        "rss_before_mib": rss_before as f64 / 1024.0,
+        "rss_with_all_in_flight_mib": rss_held as f64 / 1024.0,
+        "peak_rss_mib": peak as f64 / 1024.0,
+        "accepted": run.accepted,
+        "non_2xx": run.refused,
+        "lost": run.lost,
+        "duplicated": run.duplicated,
+    }))
+}
+
+/// Where JSON lines go; the directory is made if need be.
+struct Output {
+    file: std::fs::File,
+}
+
+impl Output {
+    fn open(path: &std::path::Path) -> anyhow::Result<Output> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Output { file })
+    }
+
+    fn line(&mut self, value: Value) -> anyhow::Result<()> {
+        use std::io::Write;
+        writeln!(self.file, "{value}")?;
+        Ok(())
+    }
+}

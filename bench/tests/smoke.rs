@@ -1,0 +1,75 @@
+//! A tiny run of the whole benchmark, so that it cannot rot: both providers, two concurrencies,
+//! the registration rates and the in-flight measurement, against a real Prosody. It checks that
+//! every part reports and that no push was lost, duplicated or refused; it asserts no timing.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+#[test]
+fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
+    // `cargo test --workspace` builds xup's binary for xup's own tests, into the same directory.
+    let xup = bench.with_file_name("xup");
+    assert!(
+        xup.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test does)",
+        xup.display()
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("results.jsonl");
+    let status = Command::new(bench)
+        .arg("--xup")
+        .arg(&xup)
+        .args(["--clients", "2", "--endpoints", "4", "--registrations", "8"])
+        .args(["--messages", "40", "--warmup", "5", "--concurrency", "1,4"])
+        .args(["--token-iterations", "50", "--in-flight", "20"])
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .expect("xup-bench runs");
+    assert!(status.success(), "xup-bench failed: {status}");
+
+    let lines: Vec<Value> = std::fs::read_to_string(&json)
+        .expect("JSON lines written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == kind || l["measurement"]["kind"] == kind)
+            .collect()
+    };
+
+    let pushes = of_kind("push");
+    assert_eq!(pushes.len(), 4, "two providers at two concurrencies");
+    for run in &pushes {
+        assert_eq!(run["messages"], 40);
+        assert_eq!(run["non_2xx"], 0, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+        assert!(run["pushes_per_second"].as_f64().expect("rate") > 0.0);
+        assert!(run["prosody"]["cpu_seconds"].as_f64().is_some());
+    }
+    for provider in ["xup", "mod_unified_push"] {
+        assert_eq!(
+            pushes.iter().filter(|r| r["provider"] == provider).count(),
+            2,
+            "{provider} measured at both concurrencies"
+        );
+    }
+    assert!(
+        pushes
+            .iter()
+            .filter(|r| r["provider"] == "xup")
+            .all(|r| r["xup"]["peak_rss_mib"].as_f64().expect("xup's memory") > 0.0)
+    );
+
+    assert_eq!(of_kind("registrations").len(), 2);
+    assert_eq!(of_kind("token_code").len(), 1);
+    let in_flight = of_kind("in_flight");
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(in_flight[0]["result"]["held_by_clients_at_once"], 20);
+    assert_eq!(in_flight[0]["result"]["accepted"], 20);
+}

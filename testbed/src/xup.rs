@@ -1,0 +1,148 @@
+//! The `xup` binary, started with a config written from [`XupSettings`], whose log lines can be
+//! awaited.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+    time::timeout,
+};
+
+use crate::{COMPONENT, COMPONENT_SECRET, Prosody, SECRET_A, WAIT, first_matching, free_port};
+
+/// Settings for one xup run; `store` outlives the process so restarts can be tested.
+pub struct XupSettings {
+    pub component_secret: String,
+    pub secrets: Vec<String>,
+    pub timeout: &'static str,
+    pub allow: Option<Vec<String>>,
+    pub http_port: u16,
+    pub store: PathBuf,
+    /// `RUST_LOG` for the process: tests want every debug line, the benchmark only info.
+    pub log_filter: &'static str,
+}
+
+impl XupSettings {
+    pub fn new(store: &Path) -> XupSettings {
+        XupSettings {
+            component_secret: COMPONENT_SECRET.into(),
+            secrets: vec![SECRET_A.into()],
+            timeout: "3s",
+            allow: None,
+            http_port: free_port(),
+            store: store.to_owned(),
+            log_filter: "xup=debug",
+        }
+    }
+
+    pub fn config_json(&self, prosody: &Prosody) -> Value {
+        let mut registration = json!({ "secrets": self.secrets });
+        if let Some(allow) = &self.allow {
+            registration["allow"] = json!(allow);
+        }
+        json!({
+            "component": {
+                "jid": COMPONENT,
+                "server": format!("127.0.0.1:{}", prosody.component_port),
+                "secret": self.component_secret,
+            },
+            "http": {
+                "listen": format!("127.0.0.1:{}", self.http_port),
+                "public_url": format!("http://127.0.0.1:{}", self.http_port),
+            },
+            "registration": registration,
+            "delivery": { "timeout": self.timeout },
+            "store": { "path": self.store },
+        })
+    }
+}
+
+/// A running `xup` binary whose log lines can be waited for.
+pub struct Xup {
+    child: Child,
+    logs: mpsc::UnboundedReceiver<String>,
+    pub base_url: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Xup {
+    /// Start the xup at `binary` and return once it serves HTTP and its component link is up.
+    pub async fn start(binary: &Path, prosody: &Prosody, settings: &XupSettings) -> Xup {
+        let mut xup = Xup::spawn(binary, prosody, settings);
+        // HTTP and the component link come up concurrently: their lines arrive in either order.
+        let mut awaited = vec!["listening for pushes", "component link up"];
+        while !awaited.is_empty() {
+            let what = format!("xup logging {awaited:?}");
+            let line = first_matching(&mut xup.logs, &what, |line| {
+                awaited.iter().any(|needle| line.contains(needle))
+            })
+            .await;
+            awaited.retain(|needle| !line.contains(needle));
+        }
+        xup
+    }
+
+    /// Start xup without waiting for anything.
+    pub fn spawn(binary: &Path, prosody: &Prosody, settings: &XupSettings) -> Xup {
+        let config = tempfile::NamedTempFile::new().expect("config file");
+        std::fs::write(config.path(), settings.config_json(prosody).to_string())
+            .expect("write config");
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", settings.log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("xup| {line}");
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Xup {
+            child,
+            logs,
+            base_url: format!("http://127.0.0.1:{}", settings.http_port),
+            _config: config,
+        }
+    }
+
+    /// The process id, for reading xup's CPU time and memory from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Wait for a log line containing `needle`; lines before it are consumed.
+    pub async fn wait_log(&mut self, needle: &str) -> String {
+        let what = format!("xup logging {needle:?}");
+        first_matching(&mut self.logs, &what, |line| line.contains(needle)).await
+    }
+
+    /// Stop xup the way systemd does (SIGTERM) and wait for it to exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        timeout(WAIT, self.child.wait())
+            .await
+            .expect("xup exits after SIGTERM")
+            .expect("xup exit status")
+    }
+}
