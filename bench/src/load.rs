@@ -4,6 +4,9 @@
 //! other, so exactly C requests are in flight until the messages run out. Every request is
 //! recorded with its start, end and status; a request that fails below HTTP counts with status 0
 //! and the worker reconnects, so a broken provider shows up as errors, never as a hang.
+//!
+//! The in-flight measurement instead sends everything at once, over HTTP/1.1 with a connection per
+//! message or multiplexed over a few HTTP/2 connections ([`Transport`]).
 
 use std::{
     net::SocketAddr,
@@ -17,8 +20,11 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    Request,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{net::TcpStream, sync::Semaphore};
 
 use crate::ledger::MessageId;
@@ -113,20 +119,55 @@ pub async fn fire(target: Arc<Target>, load: &Load) -> Vec<Sample> {
     samples
 }
 
-/// POST each of `load.messages` messages on a connection of its own, all at once: every request
-/// is in flight together until the provider answers. Connecting is throttled (`connecting` at a
-/// time) so the listener's accept backlog is not overrun.
-pub async fn fire_all_at_once(target: Arc<Target>, load: &Load, connecting: usize) -> Vec<Sample> {
+/// How the in-flight measurement reaches the provider.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    /// HTTP/1.1, one connection per message: what application servers without HTTP/2 do.
+    Http1PerMessage,
+    /// HTTP/2 (prior knowledge, RFC 8030's own transport), messages multiplexed over this many
+    /// connections.
+    Http2 { connections: usize },
+}
+
+/// POST all of `load.messages` messages at once, so every one is in flight together until the
+/// provider answers. Connecting is throttled (`connecting` at a time) so the listener's accept
+/// backlog is not overrun.
+pub async fn fire_all_at_once(
+    target: Arc<Target>,
+    load: &Load,
+    transport: Transport,
+    connecting: usize,
+) -> anyhow::Result<Vec<Sample>> {
+    let shared = match transport {
+        Transport::Http1PerMessage => Vec::new(),
+        Transport::Http2 { connections } => {
+            let mut senders = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                let tcp = TcpStream::connect(target.addr).await?;
+                tcp.set_nodelay(true)?;
+                let (sender, connection) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+                tokio::spawn(connection);
+                senders.push(sender);
+            }
+            senders
+        }
+    };
     let gate = Arc::new(Semaphore::new(connecting));
     let tasks: Vec<_> = (0..load.messages)
         .map(|seq| {
             let (target, gate) = (target.clone(), gate.clone());
             let body = MessageId { run: load.run, seq }.body(load.body_len);
             let epoch = load.epoch;
+            let multiplexed =
+                (!shared.is_empty()).then(|| shared[seq as usize % shared.len()].clone());
             tokio::spawn(async move {
-                let mut connection = {
-                    let _permit = gate.acquire().await;
-                    connect(&target).await.ok()
+                let mut connection = match multiplexed {
+                    Some(sender) => Some(Connection::Http2(sender)),
+                    None => {
+                        let _permit = gate.acquire().await;
+                        connect(&target).await.ok()
+                    }
                 };
                 post(&target, &mut connection, seq, body, epoch).await
             })
@@ -134,21 +175,22 @@ pub async fn fire_all_at_once(target: Arc<Target>, load: &Load, connecting: usiz
         .collect();
     let mut samples = Vec::with_capacity(tasks.len());
     for task in tasks {
-        if let Ok(sample) = task.await {
-            samples.push(sample);
-        }
+        samples.push(task.await?);
     }
-    samples
+    Ok(samples)
 }
 
-type Connection = http1::SendRequest<Full<Bytes>>;
+enum Connection {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
 
 async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let tcp = TcpStream::connect(target.addr).await?;
     tcp.set_nodelay(true)?;
     let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(connection);
-    Ok(sender)
+    Ok(Connection::Http1(sender))
 }
 
 /// One POST on `connection` (opened first if there is none; dropped if it failed).
@@ -186,11 +228,10 @@ async fn exchange(
     seq: u64,
     body: Vec<u8>,
 ) -> anyhow::Result<u16> {
-    let sender = match connection {
-        Some(sender) => sender,
+    let connection = match connection {
+        Some(connection) => connection,
         None => connection.insert(connect(target).await?),
     };
-    sender.ready().await?;
     let path = &target.paths[(seq % target.paths.len() as u64) as usize];
     let request = Request::post(path.as_str())
         .header(hyper::header::HOST, target.host.as_str())
@@ -198,7 +239,16 @@ async fn exchange(
         // RFC 8030 §5.2: application servers must say how long a message may be kept.
         .header("TTL", "86400")
         .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await?;
+    let response = match connection {
+        Connection::Http1(sender) => {
+            sender.ready().await?;
+            sender.send_request(request).await?
+        }
+        Connection::Http2(sender) => {
+            sender.ready().await?;
+            sender.send_request(request).await?
+        }
+    };
     let status = response.status().as_u16();
     response.into_body().collect().await?;
     Ok(status)

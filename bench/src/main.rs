@@ -38,7 +38,7 @@ use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Prosody, Xup, XupSettings, wait_f
 
 use crate::{
     ledger::Ledger,
-    load::{Load, Target},
+    load::{Load, Target, Transport},
     procstat::Proc,
     report::{Run, Usage},
     session::Session,
@@ -90,6 +90,10 @@ struct Args {
     /// Pushes held in flight at once for xup's memory figure (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     in_flight: u64,
+    /// Transports for the in-flight figure: http2 (multiplexed over 64 connections), http1 (a
+    /// connection per push).
+    #[arg(long, value_delimiter = ',', default_values_t = ["http2".to_owned(), "http1".to_owned()])]
+    in_flight_over: Vec<String>,
     /// Providers to measure, in this order.
     #[arg(long, value_delimiter = ',', default_values_t = ["xup".to_owned(), "mod_unified_push".to_owned()])]
     providers: Vec<String>,
@@ -244,26 +248,40 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.in_flight > 0
         && let Some(xup_provider) = providers.iter().find(|p| p.name == "xup")
     {
-        // The load tool holds one socket per request; xup holds one too, plus its own files.
+        // Over HTTP/1.1 the load tool holds one socket per message and xup one more.
         let in_flight = args.in_flight.min(open_files.saturating_sub(256));
-        let load = Load {
-            run: next_run,
-            messages: in_flight,
-            concurrency: in_flight as usize,
-            body_len: args.body,
-            epoch,
-        };
-        let result = in_flight_memory(xup_provider, &load, &sessions, &ledgers).await?;
-        println!(
-            "\nxup with {} pushes in flight: {:.1} MiB resident at the peak ({:.1} MiB before), {} of {} answered 2xx after release",
-            in_flight,
-            result["peak_rss_mib"].as_f64().unwrap_or_default(),
-            result["rss_before_mib"].as_f64().unwrap_or_default(),
-            result["accepted"],
-            in_flight,
-        );
-        sound &= result["lost"] == 0 && result["duplicated"] == 0;
-        out.line(json!({ "kind": "in_flight", "context": context, "result": result }))?;
+        println!("\nxup with {in_flight} pushes in flight to clients that hold their answers:");
+        // Keep HTTP/2 first: memory freed after the HTTP/1.1 run is not all returned to the system.
+        for name in &args.in_flight_over {
+            let transport = match name.as_str() {
+                "http2" => Transport::Http2 { connections: 64 },
+                "http1" => Transport::Http1PerMessage,
+                other => bail!("unknown --in-flight-over {other:?} (http2, http1)"),
+            };
+            let load = Load {
+                run: next_run,
+                messages: in_flight,
+                concurrency: in_flight as usize,
+                body_len: args.body,
+                epoch,
+            };
+            next_run += 1;
+            let result =
+                in_flight_memory(xup_provider, &load, transport, &sessions, &ledgers).await?;
+            println!(
+                "  {:<34} {:>6.1} MiB resident with all in flight ({:.1} MiB before, peak {:.1}); {} of {} answered 2xx",
+                format!("{transport:?}"),
+                result["rss_with_all_in_flight_mib"]
+                    .as_f64()
+                    .unwrap_or_default(),
+                result["rss_before_mib"].as_f64().unwrap_or_default(),
+                result["peak_rss_mib"].as_f64().unwrap_or_default(),
+                result["accepted"],
+                in_flight,
+            );
+            sound &= result["lost"] == 0 && result["duplicated"] == 0;
+            out.line(json!({ "kind": "in_flight", "context": context, "result": result }))?;
+        }
     }
     println!("\nJSON lines appended to {}", args.json.display());
     Ok(sound)
@@ -361,11 +379,12 @@ fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
 }
 
 /// xup's memory with `load.messages` pushes in flight at once: every client holds its answers,
-/// every message goes out on its own connection, and once all have reached a client (so xup is
+/// every message is sent at once over `transport`, and once all have reached a client (so xup is
 /// waiting on every one of them) its resident memory is read; then the clients answer them all.
 async fn in_flight_memory(
     xup: &Provider,
     load: &Load,
+    transport: Transport,
     sessions: &[Session],
     ledgers: &watch::Sender<Arc<Ledger>>,
 ) -> anyhow::Result<Value> {
@@ -379,7 +398,7 @@ async fn in_flight_memory(
 
     let firing = tokio::spawn({
         let load = *load;
-        async move { load::fire_all_at_once(target, &load, 256).await }
+        async move { load::fire_all_at_once(target, &load, transport, 256).await }
     });
     let deadline = Instant::now() + Duration::from_secs(50);
     while ledger.distinct() < load.messages && Instant::now() < deadline {
@@ -388,12 +407,13 @@ async fn in_flight_memory(
     let held = ledger.distinct();
     let rss_held = process.rss_kib()?;
     join_all(sessions.iter().map(|s| s.hold(false))).await;
-    let samples = firing.await?;
+    let samples = firing.await??;
     let peak = process.peak_rss_kib()?;
 
     let run = Run::tally(xup.name, load, &samples, &ledger);
     Ok(json!({
         "in_flight": load.messages,
+        "transport": format!("{transport:?}"),
         "held_by_clients_at_once": held,
         "rss_before_mib": rss_before as f64 / 1024.0,
         "rss_with_all_in_flight_mib": rss_held as f64 / 1024.0,
