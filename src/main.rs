@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
+/// One thread: a push costs xup far less CPU than it costs the XMPP server to route it (see
+/// docs/BENCHMARKS.md), so one core already outruns the server, and on one thread no task is ever
+/// woken across cores. Blocking store writes still go to tokio's blocking pool.
+#[tokio::main(flavor = "current_thread")]
 async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
