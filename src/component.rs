@@ -79,7 +79,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The sending half of the component link. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
-    outgoing: mpsc::Sender<Stanza>,
+    /// Boxed: a stanza is 400 bytes inline, and every push waiting to be queued holds one.
+    outgoing: mpsc::Sender<Box<Stanza>>,
     up: watch::Receiver<bool>,
 }
 
@@ -90,7 +91,7 @@ pub struct LinkDown;
 impl Link {
     /// Queue `stanza` for the server. Fails at once while the link is down; waits (no internal
     /// timeout) only while the outgoing queue is full.
-    pub async fn send(&self, stanza: Stanza) -> Result<(), LinkDown> {
+    pub async fn send(&self, stanza: Box<Stanza>) -> Result<(), LinkDown> {
         if !*self.up.borrow() {
             return Err(LinkDown);
         }
@@ -153,7 +154,7 @@ type Stream = XmppStream<BufStream<TcpStream>>;
 async fn keep_connected(
     config: ComponentConfig,
     router: Router,
-    mut queue: mpsc::Receiver<Stanza>,
+    mut queue: mpsc::Receiver<Box<Stanza>>,
     up: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -271,7 +272,7 @@ fn explain_refusal(error: &stream_error::StreamError) -> String {
 async fn serve(
     mut stream: Stream,
     router: &Router,
-    queue: &mut mpsc::Receiver<Stanza>,
+    queue: &mut mpsc::Receiver<Box<Stanza>>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let keepalive_ids = AtomicU64::new(0);
@@ -330,13 +331,13 @@ async fn serve(
 /// Write `first` and whatever else is already queued (up to a batch), then flush once.
 async fn write_batch(
     stream: &mut Stream,
-    first: Stanza,
-    queue: &mut mpsc::Receiver<Stanza>,
+    first: Box<Stanza>,
+    queue: &mut mpsc::Receiver<Box<Stanza>>,
 ) -> std::io::Result<()> {
-    stream.feed(&first).await?;
+    stream.feed(&*first).await?;
     for _ in 1..WRITE_BATCH {
         match queue.try_recv() {
-            Ok(stanza) => stream.feed(&stanza).await?,
+            Ok(stanza) => stream.feed(&*stanza).await?,
             Err(_) => break,
         }
     }

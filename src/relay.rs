@@ -22,6 +22,7 @@ use xmpp_parsers::{
     iq::Iq,
     jid::{BareJid, Jid},
     minidom::Element,
+    stanza::Stanza,
     stanza_error::DefinedCondition,
 };
 
@@ -172,20 +173,23 @@ impl Relay {
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let iq = Iq::Set {
-            from: Some(self.component.clone().into()),
-            to: Some(peer.clone()),
-            id: id.clone(),
-            payload: Element::from(Push {
-                application: claims.application.clone(),
-                instance: claims.instance.clone(),
-                data: STANDARD.encode(body),
-            }),
-        };
+        let iq: Box<Stanza> = Box::new(
+            Iq::Set {
+                from: Some(self.component.clone().into()),
+                to: Some(peer.clone()),
+                id: id.clone(),
+                payload: Element::from(Push {
+                    application: claims.application.clone(),
+                    instance: claims.instance.clone(),
+                    data: STANDARD.encode(body),
+                }),
+            }
+            .into(),
+        );
         let mut ticket = self.answers.expect(id.clone(), peer);
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
         let exchange = async {
-            self.link.send(iq.into()).await.ok()?;
+            self.link.send(iq).await.ok()?;
             (&mut ticket.reply).await.ok()
         };
         let answer = match tokio::time::timeout(self.timeout, exchange).await {
