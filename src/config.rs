@@ -46,6 +46,16 @@ pub struct RegistrationConfig {
 
 pub struct DeliveryConfig {
     pub timeout: Duration,
+    /// How long a message is held for an unreachable client when the sender gave no `TTL`.
+    pub default_ttl: Duration,
+    /// The longest a message is ever held, whatever the sender asked for.
+    pub max_ttl: Duration,
+    /// Held messages per registration; past it the oldest is dropped for the newest.
+    pub max_held_per_registration: usize,
+    /// Held messages in all; past it new ones are refused (`503`) rather than held.
+    pub max_held: usize,
+    /// How often held messages are offered again to clients that never announce themselves.
+    pub retry_interval: Duration,
 }
 
 pub struct StoreConfig {
@@ -140,6 +150,11 @@ struct RawRegistration {
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
     timeout: Option<String>,
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    max_held_per_registration: Option<usize>,
+    max_held: Option<usize>,
+    retry_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +165,9 @@ struct RawStore {
 
 /// Secrets shorter than this are too easy to guess offline from one captured token.
 const MIN_SECRET_LEN: usize = 16;
+
+/// Retries more often than this would mostly bounce off clients that are still offline.
+const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// No HTTP request should wait longer than this for a phone; senders time out around here.
 const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -272,6 +290,42 @@ impl Config {
             ));
         }
 
+        let default_ttl = match &raw.delivery.default_ttl {
+            Some(text) => duration("delivery.default_ttl", text)?,
+            None => protocol::DEFAULT_TTL,
+        };
+        let max_ttl = match &raw.delivery.max_ttl {
+            Some(text) => duration("delivery.max_ttl", text)?,
+            None => protocol::DEFAULT_MAX_TTL,
+        };
+        if default_ttl > max_ttl {
+            return Err(invalid(
+                "delivery.default_ttl",
+                "must not be longer than delivery.max_ttl",
+            ));
+        }
+        let max_held_per_registration = raw
+            .delivery
+            .max_held_per_registration
+            .unwrap_or(protocol::DEFAULT_MAX_HELD_PER_REGISTRATION);
+        if max_held_per_registration == 0 {
+            return Err(invalid(
+                "delivery.max_held_per_registration",
+                "must be at least 1 (set delivery.max_ttl to 0s to hold nothing)",
+            ));
+        }
+        let max_held = raw.delivery.max_held.unwrap_or(protocol::DEFAULT_MAX_HELD);
+        let retry_interval = match &raw.delivery.retry_interval {
+            Some(text) => duration("delivery.retry_interval", text)?,
+            None => protocol::DEFAULT_RETRY_INTERVAL,
+        };
+        if retry_interval < MIN_RETRY_INTERVAL {
+            return Err(invalid(
+                "delivery.retry_interval",
+                "must be at least 10s: every retry offers each waiting client a message",
+            ));
+        }
+
         if raw.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must name a directory"));
         }
@@ -288,7 +342,14 @@ impl Config {
                 lifetime,
                 allow,
             },
-            delivery: DeliveryConfig { timeout },
+            delivery: DeliveryConfig {
+                timeout,
+                default_ttl,
+                max_ttl,
+                max_held_per_registration,
+                max_held,
+                retry_interval,
+            },
             store: StoreConfig {
                 path: raw.store.path,
             },

@@ -7,6 +7,7 @@
 
 pub mod component;
 pub mod config;
+pub mod held;
 pub mod http;
 pub mod protocol;
 pub mod register;

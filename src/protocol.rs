@@ -34,6 +34,76 @@ pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// up or reconnect, short enough that a sender's retry still carries a fresh notification.
 pub const RETRY_AFTER_SECS: u64 = 60;
 
+/// How long a message is held for an unreachable client when the sender sent no `TTL`: RFC 8030
+/// makes the header mandatory, but UnifiedPush application servers often omit it (a 400 would
+/// lose their notifications), and a day covers a phone that is off overnight.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest xup holds any message, whatever the sender asks: a week-old notification is stale.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Held messages per registration: a chat app's backlog after a weekend offline, not a mailbox.
+pub const DEFAULT_MAX_HELD_PER_REGISTRATION: usize = 100;
+
+/// Held messages in all, so a flood for phones that never come back cannot fill the disk.
+pub const DEFAULT_MAX_HELD: usize = 100_000;
+
+/// How often held messages are offered again to clients that never send presence to xup.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// RFC 8030 §5.4: a `Topic` is at most 32 characters of the URL-safe base64 alphabet.
+pub const MAX_TOPIC_LEN: usize = 32;
+
+/// RFC 8030 §5.3 `Urgency`. Stored with a held message and reported; `<push>` has no attribute
+/// to carry it to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Urgency {
+    VeryLow,
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Urgency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::VeryLow => "very-low",
+            Urgency::Low => "low",
+            Urgency::Normal => "normal",
+            Urgency::High => "high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Urgency> {
+        [
+            Urgency::VeryLow,
+            Urgency::Low,
+            Urgency::Normal,
+            Urgency::High,
+        ]
+        .into_iter()
+        .find(|u| u.as_str() == text)
+    }
+}
+
+/// RFC 8030 §5.2 `TTL`: delta-seconds, digits only.
+pub fn parse_ttl(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // More digits than fit mean "a very long time", which the cap shortens anyway.
+    Some(text.parse().unwrap_or(u64::MAX))
+}
+
+/// RFC 8030 §5.4 `Topic`: 1 to 32 characters of the URL-safe base64 alphabet.
+pub fn is_topic(text: &str) -> bool {
+    (1..=MAX_TOPIC_LEN).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `application` and `instance` are padded standard base64 of a SHA-256 digest.
 pub const DIGEST_B64_LEN: usize = 44;
 
@@ -115,5 +185,43 @@ mod tests {
         let elem = Element::from(push.clone());
         assert_eq!(elem.text(), "AAEC/w==");
         assert_eq!(Push::try_from(elem).expect("parses"), push);
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_digits_only_and_saturates() {
+        assert_eq!(parse_ttl("0"), Some(0));
+        assert_eq!(parse_ttl("86400"), Some(86400));
+        assert_eq!(parse_ttl("99999999999999999999999"), Some(u64::MAX));
+        for bad in ["", "-1", "1.5", " 60", "60s", "abc"] {
+            assert_eq!(parse_ttl(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn topics_are_short_url_safe_base64() {
+        assert!(is_topic("new-mail_42"));
+        assert!(is_topic(&"a".repeat(32)));
+        for bad in ["", "has space", "slash/", "plus+", "pad=", &"a".repeat(33)] {
+            assert!(!is_topic(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urgency_has_four_words() {
+        for u in [
+            Urgency::VeryLow,
+            Urgency::Low,
+            Urgency::Normal,
+            Urgency::High,
+        ] {
+            assert_eq!(Urgency::parse(u.as_str()), Some(u));
+        }
+        assert_eq!(Urgency::parse("urgent"), None);
+        assert_eq!(Urgency::parse("HIGH"), None);
     }
 }

@@ -7,7 +7,8 @@
 //! every token it can kill has expired, so memory grows with revoked apps, never with live endpoints.
 //!
 //! The embedded store is one SQLite file under `store.path`, written with full sync before a
-//! revocation is reported, and mirrored in memory so the push path never waits on disk.
+//! revocation is reported, and mirrored in memory so the push path never waits on disk. The same
+//! file holds the messages kept for unreachable clients (`held.rs`), through the shared [`Database`].
 
 use std::{
     collections::HashMap,
@@ -58,9 +59,37 @@ struct Revocation {
     forget_at_us: i64,
 }
 
+/// The SQLite connection, shared by the revocations and the held messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Database(Arc<Mutex<Connection>>);
+
+impl Database {
+    /// Run `work` on the connection in tokio's blocking pool, so the async threads never wait on
+    /// disk. Returns once `work` has finished: with `synchronous=FULL`, a write is then on disk.
+    /// Dropping the future does not undo work that has started.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut db)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(StoreError::from)
+    }
+
+    /// The connection, for work at startup before anything else runs.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The revocation store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: Arc<Mutex<Connection>>,
+    db: Database,
     revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
 }
 
@@ -107,9 +136,14 @@ impl Store {
             }
         }
         Ok(Store {
-            db: Arc::new(Mutex::new(db)),
+            db: Database(Arc::new(Mutex::new(db))),
             revoked: RwLock::new(revoked),
         })
+    }
+
+    /// The database, for the other tables that live in the same file.
+    pub fn database(&self) -> Database {
+        self.db.clone()
     }
 
     /// Whether the registration that issued `claims` was revoked after the token was issued.
@@ -135,24 +169,22 @@ impl Store {
             revoked_at_us: micros(now),
             forget_at_us: micros((now + lifetime).max(claims.expires_at)),
         };
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = db.lock().unwrap_or_else(|e| e.into_inner());
-            db.execute(
-                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
+        self.db
+            .run(move |db| {
+                db.execute(
+                    "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
                  VALUES (?1, ?2, ?3)
                  ON CONFLICT (registration) DO UPDATE SET
                      revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
                      forget_at_us = max(forget_at_us, excluded.forget_at_us)",
-                params![
-                    key.as_slice(),
-                    revocation.revoked_at_us,
-                    revocation.forget_at_us
-                ],
-            )
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+                    params![
+                        key.as_slice(),
+                        revocation.revoked_at_us,
+                        revocation.forget_at_us
+                    ],
+                )
+            })
+            .await?;
         let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let entry = revoked.entry(key).or_insert(revocation);
         entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
@@ -162,17 +194,15 @@ impl Store {
 
     /// Forget revocations that can no longer kill any token.
     pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
-        let db = self.db.clone();
         let now_us = micros(now);
-        tokio::task::spawn_blocking(move || {
-            let db = db.lock().unwrap_or_else(|e| e.into_inner());
-            db.execute(
-                "DELETE FROM revocations WHERE forget_at_us <= ?1",
-                params![now_us],
-            )
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.db
+            .run(move |db| {
+                db.execute(
+                    "DELETE FROM revocations WHERE forget_at_us <= ?1",
+                    params![now_us],
+                )
+            })
+            .await?;
         let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let before = revoked.len();
         revoked.retain(|_, r| r.forget_at_us > now_us);
@@ -180,7 +210,8 @@ impl Store {
     }
 }
 
-fn micros(t: SystemTime) -> i64 {
+/// Microseconds since the epoch, the store's one time format.
+pub fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

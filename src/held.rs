@@ -1,0 +1,515 @@
+//! Messages held for clients that could not take them when they arrived.
+//!
+//! RFC 8030 lets a push service keep a message for its `TTL` while the user agent is away. xup keeps
+//! one when the client is offline, answers with a temporary error, stays silent past
+//! `delivery.timeout`, or when the component link is down; it is written to the store **before** the
+//! sender gets its `201`, so a crash after the answer loses nothing. Held messages go out again, in
+//! the order they arrived, when the client announces itself (directed presence), on a periodic
+//! retry, and after the component link comes back (`deliver.rs` does that).
+//!
+//! Bounds: per registration (the oldest is dropped for the newest), and in total (past it, new
+//! messages are refused with `503`, so the sender keeps them instead). A newer message with the same
+//! `Topic` replaces the held one. Expired messages are never sent and are pruned.
+//!
+//! The rows live in the same SQLite file as the revocations; an in-memory count per client keeps
+//! the push path from asking the disk whether a client has anything waiting.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::params;
+
+use crate::{
+    protocol::Urgency,
+    store::{Database, RegistrationKey, StoreError, micros, registration_key},
+    token::Claims,
+};
+
+/// One message as the sender gave it, with what xup needs to deliver it later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Names the message in `Location` and is the id of every `<push>` IQ that carries it, so a
+    /// late answer to an earlier attempt still finds it.
+    pub id: String,
+    /// The full JID that registered, and the app instance: the `<push>`'s addressee and attributes.
+    pub subject: String,
+    pub application: String,
+    pub instance: String,
+    pub body: Vec<u8>,
+    pub topic: Option<String>,
+    pub urgency: Urgency,
+    pub expires_at: SystemTime,
+}
+
+impl Message {
+    /// The registration this message is for, as revocations name it.
+    pub fn registration(&self) -> RegistrationKey {
+        registration_key(&Claims {
+            subject: self.subject.clone(),
+            application: self.application.clone(),
+            instance: self.instance.clone(),
+            issued_at: UNIX_EPOCH,
+            expires_at: UNIX_EPOCH,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("the store holds delivery.max_held messages already")]
+    Full,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What holding a message did besides keeping it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Held {
+    /// Older messages with the same topic that it replaced.
+    pub replaced: usize,
+    /// Oldest messages of the registration dropped to stay within the per-registration bound.
+    pub dropped: usize,
+}
+
+/// The held messages: durable in the store, counted in memory per client.
+pub struct HeldMessages {
+    db: Database,
+    per_registration: usize,
+    max_total: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    by_subject: HashMap<String, usize>,
+    total: usize,
+}
+
+impl HeldMessages {
+    /// Create the table if need be, forget what expired while xup was stopped, and count the rest.
+    pub fn open(
+        db: Database,
+        per_registration: usize,
+        max_total: usize,
+    ) -> Result<HeldMessages, StoreError> {
+        let counts = {
+            let conn = db.lock();
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS held (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     id TEXT NOT NULL UNIQUE,
+                     registration BLOB NOT NULL,
+                     subject TEXT NOT NULL,
+                     application TEXT NOT NULL,
+                     instance TEXT NOT NULL,
+                     topic TEXT,
+                     urgency TEXT NOT NULL,
+                     body BLOB NOT NULL,
+                     expires_at_us INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS held_by_subject ON held (subject, seq);
+                 CREATE INDEX IF NOT EXISTS held_by_registration ON held (registration, seq);",
+            )?;
+            conn.execute(
+                "DELETE FROM held WHERE expires_at_us <= ?1",
+                params![micros(SystemTime::now())],
+            )?;
+            count_all(&conn)?
+        };
+        Ok(HeldMessages {
+            db,
+            per_registration,
+            max_total,
+            counts: Mutex::new(counts),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether anything waits for `subject`; memory only. A new message for a client with a
+    /// backlog is held behind it rather than sent ahead of it.
+    pub fn has_any(&self, subject: &str) -> bool {
+        self.counts().by_subject.contains_key(subject)
+    }
+
+    /// Every client with messages waiting.
+    pub fn subjects(&self) -> Vec<String> {
+        self.counts().by_subject.keys().cloned().collect()
+    }
+
+    /// How many messages are held in all.
+    pub fn total(&self) -> usize {
+        self.counts().total
+    }
+
+    /// Keep `message` durably; returns once it is on disk.
+    pub async fn hold(&self, message: Message) -> Result<Held, HoldError> {
+        let registration = message.registration();
+        let per_registration = self.per_registration;
+        let max_total = self.max_total;
+        let subject = message.subject.clone();
+        let (held, subject_count, total) = self
+            .db
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let mut held = Held::default();
+                if let Some(topic) = &message.topic {
+                    held.replaced = tx.execute(
+                        "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
+                        params![registration.as_slice(), topic],
+                    )?;
+                }
+                let mine = count(
+                    &tx,
+                    "SELECT COUNT(*) FROM held WHERE registration = ?1",
+                    params![registration.as_slice()],
+                )?;
+                if mine >= per_registration {
+                    held.dropped = tx.execute(
+                        "DELETE FROM held WHERE seq IN (SELECT seq FROM held
+                             WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
+                        params![
+                            registration.as_slice(),
+                            (mine + 1 - per_registration) as i64
+                        ],
+                    )?;
+                }
+                let total = count_total(&tx)?;
+                if total >= max_total {
+                    // Nothing is changed: the transaction rolls back when dropped.
+                    return Ok(None);
+                }
+                tx.execute(
+                    "INSERT INTO held (id, registration, subject, application, instance, topic,
+                                       urgency, body, expires_at_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        message.id,
+                        registration.as_slice(),
+                        message.subject,
+                        message.application,
+                        message.instance,
+                        message.topic,
+                        message.urgency.as_str(),
+                        message.body,
+                        micros(message.expires_at),
+                    ],
+                )?;
+                let subject_count = count_subject(&tx, &message.subject)?;
+                tx.commit()?;
+                // `total` was counted after the replaced and dropped rows left.
+                Ok(Some((held, subject_count, total + 1)))
+            })
+            .await?
+            .ok_or(HoldError::Full)?;
+        self.set_count(subject, subject_count, total);
+        Ok(held)
+    }
+
+    /// The messages waiting for `subject` that have not expired by `now`, oldest first.
+    pub async fn waiting_for(
+        &self,
+        subject: &str,
+        now: SystemTime,
+    ) -> Result<Vec<Message>, StoreError> {
+        let subject = subject.to_owned();
+        self.db
+            .run(move |conn| {
+                let mut query = conn.prepare(
+                    "SELECT id, subject, application, instance, body, topic, urgency,
+                            expires_at_us
+                     FROM held WHERE subject = ?1 AND expires_at_us > ?2 ORDER BY seq",
+                )?;
+                let rows = query.query_map(params![subject, micros(now)], |row| {
+                    let urgency: String = row.get(6)?;
+                    Ok(Message {
+                        id: row.get(0)?,
+                        subject: row.get(1)?,
+                        application: row.get(2)?,
+                        instance: row.get(3)?,
+                        body: row.get(4)?,
+                        topic: row.get(5)?,
+                        urgency: Urgency::parse(&urgency).unwrap_or_default(),
+                        expires_at: from_micros(row.get(7)?),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    /// The client took message `id`: forget it. Only `subject` (who it was for) can have taken it.
+    /// Returns whether there was such a message.
+    pub async fn remove(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
+        let (id, owned_subject) = (id.to_owned(), subject.to_owned());
+        let removed = self
+            .db
+            .run(move |conn| {
+                let removed = conn.execute(
+                    "DELETE FROM held WHERE id = ?1 AND subject = ?2",
+                    params![id, owned_subject],
+                )?;
+                let counts = (count_subject(conn, &owned_subject)?, count_total(conn)?);
+                Ok((removed > 0, counts))
+            })
+            .await?;
+        let (removed, (subject_count, total)) = removed;
+        self.set_count(subject.to_owned(), subject_count, total);
+        Ok(removed)
+    }
+
+    /// The app is gone: drop everything held for its registration.
+    pub async fn drop_registration(&self, claims: &Claims) -> Result<usize, StoreError> {
+        let registration = registration_key(claims);
+        let subject = claims.subject.clone();
+        let (dropped, subject_count, total) = self
+            .db
+            .run(move |conn| {
+                let dropped = conn.execute(
+                    "DELETE FROM held WHERE registration = ?1",
+                    params![registration.as_slice()],
+                )?;
+                Ok((dropped, count_subject(conn, &subject)?, count_total(conn)?))
+            })
+            .await?;
+        self.set_count(claims.subject.clone(), subject_count, total);
+        Ok(dropped)
+    }
+
+    /// Forget messages whose TTL has run out.
+    pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let (pruned, counts) = self
+            .db
+            .run(move |conn| {
+                let pruned = conn.execute(
+                    "DELETE FROM held WHERE expires_at_us <= ?1",
+                    params![micros(now)],
+                )?;
+                Ok((pruned, count_all(conn)?))
+            })
+            .await?;
+        *self.counts() = counts;
+        Ok(pruned)
+    }
+
+    fn set_count(&self, subject: String, count: usize, total: usize) {
+        let mut counts = self.counts();
+        if count == 0 {
+            counts.by_subject.remove(&subject);
+        } else {
+            counts.by_subject.insert(subject, count);
+        }
+        counts.total = total;
+    }
+}
+
+/// The one number a `SELECT COUNT(*) …` query returns.
+fn count(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    let n: i64 = conn.query_row(sql, params, |row| row.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+fn count_subject(conn: &rusqlite::Connection, subject: &str) -> rusqlite::Result<usize> {
+    count(
+        conn,
+        "SELECT COUNT(*) FROM held WHERE subject = ?1",
+        params![subject],
+    )
+}
+
+fn count_total(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    count(conn, "SELECT COUNT(*) FROM held", [])
+}
+
+fn count_all(conn: &rusqlite::Connection) -> rusqlite::Result<Counts> {
+    let mut counts = Counts::default();
+    let mut query = conn.prepare("SELECT subject, COUNT(*) FROM held GROUP BY subject")?;
+    let mut rows = query.query([])?;
+    while let Some(row) = rows.next()? {
+        let n = usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        counts.total += n;
+        counts.by_subject.insert(row.get(0)?, n);
+    }
+    Ok(counts)
+}
+
+fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// Whether a row with this id exists; for tests.
+#[cfg(test)]
+fn exists(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT 1 FROM held WHERE id = ?1", params![id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    fn message(id: &str, instance: &str, topic: Option<&str>) -> Message {
+        Message {
+            id: id.into(),
+            subject: "juliet@example.org/phone".into(),
+            application: "app".into(),
+            instance: instance.into(),
+            body: id.as_bytes().to_vec(),
+            topic: topic.map(str::to_owned),
+            urgency: Urgency::High,
+            expires_at: SystemTime::now() + DAY,
+        }
+    }
+
+    fn open(dir: &std::path::Path, per_registration: usize, max: usize) -> HeldMessages {
+        let store = Store::open(dir).expect("store");
+        HeldMessages::open(store.database(), per_registration, max).expect("held")
+    }
+
+    async fn ids(held: &HeldMessages) -> Vec<String> {
+        held.waiting_for("juliet@example.org/phone", SystemTime::now())
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn messages_come_back_in_order_across_a_reopen_and_leave_when_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = message("m1", "i", None);
+        {
+            let held = open(dir.path(), 100, 1000);
+            held.hold(first.clone()).await.expect("hold");
+            for id in ["m2", "m3"] {
+                held.hold(message(id, "i", None)).await.expect("hold");
+            }
+        }
+        let held = open(dir.path(), 100, 1000);
+        assert!(held.has_any("juliet@example.org/phone"));
+        let waiting = held
+            .waiting_for("juliet@example.org/phone", SystemTime::now())
+            .await
+            .expect("read");
+        // Microseconds are what the store keeps.
+        let mut expected = first;
+        expected.expires_at = from_micros(micros(expected.expires_at));
+        assert_eq!(waiting[0], expected);
+        assert_eq!(ids(&held).await, ["m1", "m2", "m3"]);
+
+        assert!(
+            !held
+                .remove("m2", "eve@example.org/x")
+                .await
+                .expect("remove")
+        );
+        assert!(
+            held.remove("m2", "juliet@example.org/phone")
+                .await
+                .expect("remove")
+        );
+        assert_eq!(ids(&held).await, ["m1", "m3"]);
+        held.remove("m1", "juliet@example.org/phone")
+            .await
+            .expect("remove");
+        held.remove("m3", "juliet@example.org/phone")
+            .await
+            .expect("remove");
+        assert!(!held.has_any("juliet@example.org/phone"));
+        assert_eq!(held.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_topic_replaces_and_the_oldest_goes_past_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), 3, 1000);
+        held.hold(message("a", "i", Some("t"))).await.expect("hold");
+        held.hold(message("b", "i", None)).await.expect("hold");
+        let replaced = held.hold(message("c", "i", Some("t"))).await.expect("hold");
+        assert_eq!(
+            replaced,
+            Held {
+                replaced: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(ids(&held).await, ["b", "c"]);
+        held.hold(message("d", "i", None)).await.expect("hold");
+        let dropped = held.hold(message("e", "i", None)).await.expect("hold");
+        assert_eq!(
+            dropped,
+            Held {
+                replaced: 0,
+                dropped: 1
+            }
+        );
+        assert_eq!(ids(&held).await, ["c", "d", "e"]);
+        // Another instance of the same client has a bound of its own.
+        held.hold(message("x", "other", None)).await.expect("hold");
+        assert_eq!(held.total(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), 10, 2);
+        held.hold(message("a", "i", None)).await.expect("hold");
+        held.hold(message("b", "i", None)).await.expect("hold");
+        assert!(matches!(
+            held.hold(message("c", "i", None)).await,
+            Err(HoldError::Full)
+        ));
+        assert!(!exists(&held.db.lock(), "c").expect("query"));
+        assert_eq!(held.total(), 2);
+    }
+
+    #[tokio::test]
+    async fn expired_messages_are_never_offered_and_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), 10, 10);
+        let mut stale = message("old", "i", None);
+        stale.expires_at = SystemTime::now() + Duration::from_secs(1);
+        held.hold(stale).await.expect("hold");
+        held.hold(message("new", "i", None)).await.expect("hold");
+        let later = SystemTime::now() + Duration::from_secs(2);
+        let waiting = held
+            .waiting_for("juliet@example.org/phone", later)
+            .await
+            .expect("read");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(held.prune(later).await.expect("prune"), 1);
+        assert_eq!(held.total(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_gone_app_takes_its_messages_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), 10, 10);
+        held.hold(message("a", "i", None)).await.expect("hold");
+        held.hold(message("b", "other", None)).await.expect("hold");
+        let claims = Claims {
+            subject: "juliet@example.org/phone".into(),
+            application: "app".into(),
+            instance: "i".into(),
+            issued_at: SystemTime::now(),
+            expires_at: SystemTime::now() + DAY,
+        };
+        assert_eq!(held.drop_registration(&claims).await.expect("drop"), 1);
+        assert_eq!(ids(&held).await, ["b"]);
+    }
+}
