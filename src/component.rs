@@ -44,6 +44,7 @@ use xmpp_parsers::{
     minidom::Element,
     ns,
     ping::Ping,
+    presence::Type as PresenceType,
     stanza::Stanza,
     stanza_error::{DefinedCondition, ErrorType, StanzaError},
     stream_error,
@@ -51,9 +52,10 @@ use xmpp_parsers::{
 
 use crate::{
     config::ComponentConfig,
+    deliver::Wakeups,
     protocol,
     register::Registrar,
-    relay::{Answer, Answers},
+    relay::{self, Answer, Answers},
 };
 
 /// Silence on the link after which we ping the server, so a dead peer is found within
@@ -102,6 +104,11 @@ impl Link {
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
     }
+
+    /// The link state, to be told when it changes.
+    pub fn watch_up(&self) -> watch::Receiver<bool> {
+        self.up.clone()
+    }
 }
 
 /// Where incoming stanzas go.
@@ -109,6 +116,8 @@ pub struct Router {
     pub jid: BareJid,
     pub registrar: Arc<Registrar>,
     pub answers: Answers,
+    /// Told of clients announcing themselves and of answers nobody waits for any more.
+    pub wakeups: Wakeups,
 }
 
 /// Start the task that keeps the link up until `shutdown` is cancelled.
@@ -386,13 +395,27 @@ fn refuse_malformed(header: RawStanzaHeader) -> Option<Stanza> {
 impl Router {
     /// Handle one incoming stanza; returns the reply to send, if any.
     fn route(&self, stanza: Stanza) -> Option<Stanza> {
-        let Stanza::Iq(iq) = stanza else {
-            // Presence and messages carry nothing for us yet.
-            return None;
+        let iq = match stanza {
+            Stanza::Iq(iq) => iq,
+            Stanza::Presence(presence) => {
+                // A client coming online tells us with directed presence: time for what is held.
+                if presence.type_ == PresenceType::None
+                    && let Some(from) = presence.from
+                {
+                    self.wakeups.wake(from.to_string());
+                }
+                return None;
+            }
+            Stanza::Message(_) => return None,
         };
         let (from, to, id, outcome) = match iq {
             Iq::Result { from, id, .. } => {
-                self.answers.resolve(&id, from.as_ref(), Answer::Result);
+                if !self.answers.resolve(&id, from.as_ref(), Answer::Result)
+                    && let Some(from) = from
+                    && relay::is_push_id(&id)
+                {
+                    self.wakeups.late_result(id, from);
+                }
                 return None;
             }
             Iq::Error {

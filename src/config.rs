@@ -22,6 +22,7 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
+#[derive(Clone)]
 pub struct ComponentConfig {
     /// The component's domain JID, e.g. `up.example.org`.
     pub jid: BareJid,

@@ -3,15 +3,23 @@
 //! Every answer is decided in one place, [`PushReply::into_response`], because the status code is
 //! the whole message to a sender: Mastodon and most Web Push senders drop a subscription on any
 //! 4xx but 408 and 429, so a 4xx is only ever sent for an endpoint that is really dead or a request
-//! that is really wrong, and every temporary failure is a 503 with `Retry-After`.
+//! that is really wrong. A message the client cannot take now is held and answered `201` with the
+//! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing.
+//!
+//! Request headers (RFC 8030 §5.2–5.4): `TTL` (missing means `delivery.default_ttl`; capped at
+//! `delivery.max_ttl`; the kept value is echoed), `Topic` and `Urgency`. A malformed one is a `400`
+//! that names it.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Router,
-    body::{Body, HttpBody},
-    extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
+    body::HttpBody,
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -20,11 +28,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    protocol,
-    relay::{Outcome, Relay, Unavailable},
+    protocol::{self, Urgency},
+    relay::{self, Outcome, Relay},
     store::Store,
     token::{Claims, KeyRing},
 };
+
+/// RFC 8030's `TTL` response header: how long the message is kept.
+const TTL: header::HeaderName = header::HeaderName::from_static("ttl");
 
 /// What the handlers share.
 pub struct AppState {
@@ -53,15 +64,20 @@ pub async fn serve(
 /// Every way a push request can end.
 #[derive(Debug)]
 enum PushReply {
-    Delivered {
+    /// Delivered, held, or (with `TTL: 0`) dropped: `ttl` says which to a sender that cares.
+    Accepted {
         id: String,
+        ttl: Duration,
     },
     /// Unknown, tampered, expired or revoked token, or the client says the app is gone.
     Gone,
     TooLarge,
     Empty,
     Unreadable,
-    Unavailable(Unavailable),
+    /// A `TTL`, `Topic` or `Urgency` header that RFC 8030 does not allow; the reason names it.
+    BadHeader(&'static str),
+    /// The store holds all it may; the sender keeps the message and retries.
+    Full,
     Internal,
 }
 
@@ -74,17 +90,20 @@ impl IntoResponse for PushReply {
             )
         };
         match self {
-            PushReply::Delivered { id } => {
+            PushReply::Accepted { id, ttl } => {
                 let location = HeaderValue::from_str(&format!("/message/{id}"))
                     .unwrap_or_else(|_| HeaderValue::from_static("/message/"));
                 (
                     StatusCode::CREATED,
                     [
-                        (header::HeaderName::from_static("ttl"), HeaderValue::from(0)),
+                        (TTL, HeaderValue::from(ttl.as_secs())),
                         (header::LOCATION, location),
                     ],
                 )
                     .into_response()
+            }
+            PushReply::BadHeader(reason) => {
+                (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
             }
             PushReply::Gone => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
             PushReply::TooLarge => (
@@ -100,21 +119,12 @@ impl IntoResponse for PushReply {
                 "the request body could not be read\n",
             )
                 .into_response(),
-            PushReply::Unavailable(why) => {
-                let reason = match why {
-                    Unavailable::LinkDown => "the push service is reconnecting to XMPP".to_owned(),
-                    Unavailable::Refused(condition) => {
-                        format!("the client is unreachable right now ({condition})")
-                    }
-                    Unavailable::Timeout => "the client did not answer in time".to_owned(),
-                };
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [retry_after()],
-                    format!("{reason}; retry later\n"),
-                )
-                    .into_response()
-            }
+            PushReply::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [retry_after()],
+                "the client is unreachable and no more messages can be held for now; retry later\n",
+            )
+                .into_response(),
             PushReply::Internal => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [retry_after()],
@@ -151,18 +161,22 @@ async fn discover(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     }
 }
 
-/// `POST`/`PUT /push/{token}`: relay one message and answer from the client's verdict.
+/// `POST`/`PUT /push/{token}`: deliver one message or hold it, and say which.
 async fn push(
     State(state): State<Arc<AppState>>,
     Path(token): Path<String>,
-    body: Body,
+    request: Request,
 ) -> PushReply {
     let Some(claims) = live_claims(&state, &token) else {
         return PushReply::Gone;
     };
+    let (parts, body) = request.into_parts();
+    let (ttl, topic, urgency) = match rfc8030_headers(&parts.headers) {
+        Ok(headers) => headers,
+        Err(reason) => return PushReply::BadHeader(reason),
+    };
     // A declared length (Content-Length, as hyper reports it in the body's size hint) over the
-    // limit is refused before a byte of it is read. The headers themselves are not extracted:
-    // axum would copy them for every push in flight.
+    // limit is refused before a byte of it is read.
     if HttpBody::size_hint(&body).lower() > protocol::MAX_BODY as u64 {
         return PushReply::TooLarge;
     }
@@ -174,19 +188,56 @@ async fn push(
     if body.is_empty() {
         return PushReply::Empty;
     }
-    match state.relay.push(&claims, &body).await {
-        Ok(Outcome::Delivered { id }) => PushReply::Delivered { id },
-        Ok(Outcome::Revoked) => {
-            tracing::info!("endpoint revoked by its client");
-            PushReply::Gone
+    let request = relay::Request {
+        body: body.to_vec(),
+        ttl,
+        topic,
+        urgency,
+    };
+    match state.relay.push(&claims, request).await {
+        Ok(Outcome::Delivered { id, ttl } | Outcome::Held { id, ttl }) => {
+            PushReply::Accepted { id, ttl }
         }
-        Ok(Outcome::Unavailable(why)) => {
-            tracing::debug!(?why, "push not delivered");
-            PushReply::Unavailable(why)
-        }
+        Ok(Outcome::Dropped { id }) => PushReply::Accepted {
+            id,
+            ttl: Duration::ZERO,
+        },
+        Ok(Outcome::Revoked) => PushReply::Gone,
+        Ok(Outcome::Full) => PushReply::Full,
         Err(e) => {
             tracing::error!(error = %e, "push failed");
             PushReply::Internal
         }
     }
+}
+
+/// RFC 8030's request headers: `TTL` (seconds, `None` if absent), `Topic`, `Urgency`.
+fn rfc8030_headers(
+    headers: &HeaderMap,
+) -> Result<(Option<u64>, Option<String>, Urgency), &'static str> {
+    let text = |name: &str, reason: &'static str| -> Result<Option<&str>, &'static str> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map_err(|_| reason))
+            .transpose()
+    };
+    const BAD_TTL: &str = "TTL must be a number of seconds (RFC 8030 §5.2)";
+    const BAD_TOPIC: &str =
+        "Topic must be 1 to 32 characters of the URL-safe base64 alphabet (RFC 8030 §5.4)";
+    const BAD_URGENCY: &str = "Urgency must be very-low, low, normal or high (RFC 8030 §5.3)";
+    let ttl = text("ttl", BAD_TTL)?
+        .map(|t| protocol::parse_ttl(t.trim()).ok_or(BAD_TTL))
+        .transpose()?;
+    let topic = text("topic", BAD_TOPIC)?
+        .map(|t| {
+            protocol::is_topic(t.trim())
+                .then(|| t.trim().to_owned())
+                .ok_or(BAD_TOPIC)
+        })
+        .transpose()?;
+    let urgency = text("urgency", BAD_URGENCY)?
+        .map(|u| Urgency::parse(u.trim()).ok_or(BAD_URGENCY))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((ttl, topic, urgency))
 }

@@ -7,6 +7,7 @@
 
 pub mod component;
 pub mod config;
+pub mod deliver;
 pub mod held;
 pub mod http;
 pub mod protocol;
@@ -22,68 +23,99 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
+    deliver::Wakeups,
+    held::HeldMessages,
     relay::{Answers, Relay},
     store::Store,
     token::KeyRing,
 };
 
-/// How often revocations that can no longer kill a token are forgotten.
+/// How often revocations that can no longer kill a token, and expired messages, are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Run xup with `config`, serving HTTP on `listener`, until `shutdown` is cancelled.
 ///
 /// Shutdown order: stop accepting HTTP and let in-flight requests finish (each is bounded by
-/// `delivery.timeout`), then close the XMPP stream.
+/// `delivery.timeout`, after which its message is held), stop offering held messages, then close
+/// the XMPP stream.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config.store.path)?);
+    let held = Arc::new(HeldMessages::open(
+        store.database(),
+        config.delivery.max_held_per_registration,
+        config.delivery.max_held,
+    )?);
+    if held.total() > 0 {
+        tracing::info!(held = held.total(), "messages held from before the restart");
+    }
     let jid = config.component.jid.clone();
     let keys = Arc::new(KeyRing::new(&config.registration.secrets, jid.as_str())?);
     let answers = Answers::default();
     let registrar = Arc::new(register::Registrar::new(&config, keys.clone()));
+    let (wakeups, events) = Wakeups::channel();
 
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = component::start(
-        config.component,
+        config.component.clone(),
         component::Router {
-            jid: jid.clone(),
+            jid,
             registrar,
             answers: answers.clone(),
+            wakeups: wakeups.clone(),
         },
         link_shutdown.clone(),
     );
+    let link_up = link.watch_up();
     let relay = Arc::new(Relay::new(
         link,
         answers,
         store.clone(),
-        jid,
-        config.delivery.timeout,
-        config.registration.lifetime,
+        held.clone(),
+        &config,
+        wakeups,
     ));
-    let pruner = tokio::spawn(prune_forever(store.clone()));
+    let deliverer = tokio::spawn(deliver::run(
+        relay.clone(),
+        held.clone(),
+        link_up,
+        events,
+        config.delivery.retry_interval,
+        link_shutdown.clone(),
+    ));
+    let pruner = tokio::spawn(prune_forever(store.clone(), held));
 
     tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
     let state = Arc::new(http::AppState { keys, store, relay });
+    // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
     let served = http::serve(listener, http::router(state), shutdown).await;
 
     link_shutdown.cancel();
     pruner.abort();
+    deliverer.await?;
     link_task.await?;
     served?;
     Ok(())
 }
 
-async fn prune_forever(store: Arc<Store>) {
+/// Forget, hourly, revocations that can no longer kill a token and messages past their TTL.
+async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>) {
     let mut interval = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         interval.tick().await;
-        match store.prune(std::time::SystemTime::now()).await {
+        let now = std::time::SystemTime::now();
+        match store.prune(now).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(forgotten = n, "pruned expired revocations"),
             Err(e) => tracing::warn!(error = %e, "cannot prune revocations"),
+        }
+        match held.prune(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "dropped held messages whose TTL ran out"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune held messages"),
         }
     }
 }

@@ -2,10 +2,11 @@
 //! belongs to it, and decide what happened.
 //!
 //! The answer decides everything. `result` means the distributor took the message. `item-not-found`
-//! and `feature-not-implemented` mean the app is gone: the registration is revoked before we say so.
-//! Anything else, including silence, a client that is offline, or a lost component link, is
-//! temporary: the phone may be back in a minute, so the sender must be told to retry, never that
-//! the endpoint is dead.
+//! and `feature-not-implemented` mean the app is gone: the registration is revoked, and what is
+//! held for it dropped, before we say so. Anything else, including silence, a client that is
+//! offline, or a lost component link, is temporary: the phone may be back in a minute, so the
+//! message is held for its `TTL` (`held.rs`) and offered again later (`deliver.rs`), and the
+//! sender hears `201` either way. Only `TTL: 0` means "now or never".
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,15 @@ use xmpp_parsers::{
     stanza_error::DefinedCondition,
 };
 
-use crate::{component::Link, protocol::Push, store::Store, token::Claims};
+use crate::{
+    component::Link,
+    config::Config,
+    deliver::Wakeups,
+    held::{HeldMessages, HoldError, Message},
+    protocol::{Push, Urgency},
+    store::Store,
+    token::Claims,
+};
 
 /// How a client answered an IQ we sent it.
 #[derive(Debug)]
@@ -49,7 +58,7 @@ pub struct Answers {
 
 /// A claim on the answer to one IQ. Dropping it (a timeout, or the HTTP client going away) removes
 /// the entry, so the map never outgrows the pushes actually in flight.
-struct Ticket {
+pub struct Ticket {
     id: String,
     answers: Answers,
     reply: oneshot::Receiver<Answer>,
@@ -97,17 +106,22 @@ impl Answers {
     }
 }
 
-/// What became of one push.
+/// What became of one push request.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    /// The client took it; `id` names the message.
-    Delivered { id: String },
+    /// The client took it; `id` names the message, `ttl` is what was granted.
+    Delivered { id: String, ttl: Duration },
+    /// The client could not take it now; it is held for `ttl` and will be offered again.
+    Held { id: String, ttl: Duration },
+    /// The client could not take it now and the sender said `TTL: 0`: dropped, as RFC 8030 asks.
+    Dropped { id: String },
     /// The client says the app is gone; the registration is now revoked.
     Revoked,
-    /// Not delivered now, for a reason that may pass.
-    Unavailable(Unavailable),
+    /// Not deliverable now, and the store holds all it may (`delivery.max_held`).
+    Full,
 }
 
+/// Why a client did not take a message now.
 #[derive(Debug, PartialEq)]
 pub enum Unavailable {
     /// The component link to the XMPP server is down.
@@ -118,20 +132,44 @@ pub enum Unavailable {
     Timeout,
 }
 
+/// How one offer of a message to its client went.
+#[derive(Debug, PartialEq)]
+pub enum Offered {
+    Taken,
+    /// `item-not-found` or `feature-not-implemented`: the app is gone.
+    Gone,
+    NotNow(Unavailable),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("could not record the revocation: {0}")]
+    #[error("the store failed: {0}")]
     Store(#[from] crate::store::StoreError),
 }
 
-/// Sends pushes and interprets their answers. One per process, shared by every HTTP request.
+/// What a sender asks for one message, from the request's body and headers.
+pub struct Request {
+    pub body: Vec<u8>,
+    /// `TTL` in seconds; `None` when the sender gave none.
+    pub ttl: Option<u64>,
+    pub topic: Option<String>,
+    pub urgency: Urgency,
+}
+
+/// Sends pushes and interprets their answers. One per process, shared by every HTTP request and
+/// by the redelivery of held messages.
 pub struct Relay {
     link: Link,
     answers: Answers,
     store: Arc<Store>,
+    held: Arc<HeldMessages>,
     component: BareJid,
     timeout: Duration,
     lifetime: Duration,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    /// Told which client has messages waiting, so they go out without waiting for a retry.
+    wake: Wakeups,
     /// Random per process, so ids stay unique across restarts while late answers may still arrive.
     id_prefix: String,
     next_id: AtomicU64,
@@ -142,74 +180,191 @@ impl Relay {
         link: Link,
         answers: Answers,
         store: Arc<Store>,
-        component: BareJid,
-        timeout: Duration,
-        lifetime: Duration,
+        held: Arc<HeldMessages>,
+        config: &Config,
+        wake: Wakeups,
     ) -> Relay {
         Relay {
             link,
             answers,
             store,
-            component,
-            timeout,
-            lifetime,
-            id_prefix: format!("p-{:08x}", rand::random::<u32>()),
+            held,
+            component: config.component.jid.clone(),
+            timeout: config.delivery.timeout,
+            lifetime: config.registration.lifetime,
+            default_ttl: config.delivery.default_ttl,
+            max_ttl: config.delivery.max_ttl,
+            wake,
+            id_prefix: format!("{PUSH_ID_PREFIX}{:08x}", rand::random::<u32>()),
             next_id: AtomicU64::new(0),
         }
     }
 
-    /// Deliver `body` to the client `claims` name and wait for its verdict, at most
-    /// `delivery.timeout`. Dropping the future forgets the pending answer; the IQ may still reach
-    /// the client.
-    pub async fn push(&self, claims: &Claims, body: &[u8]) -> Result<Outcome, RelayError> {
-        let Ok(peer) = claims.subject.parse::<Jid>() else {
-            // Only a token we issued gets here, and we issued it for a parsed JID.
-            return Ok(Outcome::Unavailable(Unavailable::Refused(
-                "bad subject".into(),
-            )));
-        };
+    /// Deliver one message to the client `claims` name, or hold it for later, and say which. A
+    /// message that is held is on disk before this returns.
+    pub async fn push(&self, claims: &Claims, request: Request) -> Result<Outcome, RelayError> {
+        let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
+        let ttl = requested.min(self.max_ttl);
         let id = format!(
             "{}-{}",
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
+        let message = Message {
+            id: id.clone(),
+            subject: claims.subject.clone(),
+            application: claims.application.clone(),
+            instance: claims.instance.clone(),
+            body: request.body,
+            topic: request.topic,
+            urgency: request.urgency,
+            expires_at: SystemTime::now() + ttl,
+        };
+        // Behind a backlog, or with no link at all, a message waits its turn rather than trying.
+        if !ttl.is_zero() && (self.held.has_any(&message.subject) || !self.link.is_up()) {
+            return self.hold(message, ttl).await;
+        }
+        let (offered, ticket) = self.offer(&message).await;
+        match offered {
+            Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
+            Offered::Gone => {
+                self.forget_registration(&message).await?;
+                Ok(Outcome::Revoked)
+            }
+            Offered::NotNow(_) if ttl.is_zero() => Ok(Outcome::Dropped { id }),
+            Offered::NotNow(why) => {
+                tracing::debug!(?why, "holding a push");
+                let outcome = self.hold(message.clone(), ttl).await?;
+                // An answer that came while the message was being written still counts.
+                if let Some(mut ticket) = ticket
+                    && let Ok(answer) = ticket.reply.try_recv()
+                {
+                    return self.late_answer(&message, answer, outcome).await;
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    async fn hold(&self, message: Message, ttl: Duration) -> Result<Outcome, RelayError> {
+        let (id, subject) = (message.id.clone(), message.subject.clone());
+        match self.held.hold(message).await {
+            Ok(held) => {
+                if held.dropped > 0 {
+                    tracing::info!(
+                        dropped = held.dropped,
+                        "dropped the oldest held messages of a registration at its bound"
+                    );
+                }
+                if self.link.is_up() {
+                    self.wake.wake(subject);
+                }
+                Ok(Outcome::Held { id, ttl })
+            }
+            Err(HoldError::Full) => {
+                tracing::warn!("not holding a push: delivery.max_held messages are held already");
+                Ok(Outcome::Full)
+            }
+            Err(HoldError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// The answer to a message that was held meanwhile: it may have been delivered after all.
+    async fn late_answer(
+        &self,
+        message: &Message,
+        answer: Answer,
+        held: Outcome,
+    ) -> Result<Outcome, RelayError> {
+        match answer {
+            Answer::Result => {
+                self.held.remove(&message.id, &message.subject).await?;
+                Ok(Outcome::Delivered {
+                    id: message.id.clone(),
+                    ttl: match held {
+                        Outcome::Held { ttl, .. } => ttl,
+                        _ => Duration::ZERO,
+                    },
+                })
+            }
+            Answer::Error(condition) if means_gone(&condition) => {
+                self.forget_registration(message).await?;
+                Ok(Outcome::Revoked)
+            }
+            Answer::Error(_) => Ok(held),
+        }
+    }
+
+    /// Send `message` to its client and wait for the verdict, at most `delivery.timeout`. The
+    /// ticket is returned while the answer may still come (a timeout), so the caller decides when
+    /// to stop listening; dropping it forgets the pending answer.
+    pub async fn offer(&self, message: &Message) -> (Offered, Option<Ticket>) {
+        let Ok(peer) = message.subject.parse::<Jid>() else {
+            // Only a token we issued gets here, and we issued it for a parsed JID.
+            return (
+                Offered::NotNow(Unavailable::Refused("bad subject".into())),
+                None,
+            );
+        };
         let iq: Box<Stanza> = Box::new(
             Iq::Set {
                 from: Some(self.component.clone().into()),
                 to: Some(peer.clone()),
-                id: id.clone(),
+                id: message.id.clone(),
                 payload: Element::from(Push {
-                    application: claims.application.clone(),
-                    instance: claims.instance.clone(),
-                    data: STANDARD.encode(body),
+                    application: message.application.clone(),
+                    instance: message.instance.clone(),
+                    data: STANDARD.encode(&message.body),
                 }),
             }
             .into(),
         );
-        let mut ticket = self.answers.expect(id.clone(), peer);
+        let mut ticket = self.answers.expect(message.id.clone(), peer);
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
         let exchange = async {
             self.link.send(iq).await.ok()?;
             (&mut ticket.reply).await.ok()
         };
         let answer = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Ok(Outcome::Unavailable(Unavailable::Timeout)),
-            Ok(None) => return Ok(Outcome::Unavailable(Unavailable::LinkDown)),
+            Err(_) => return (Offered::NotNow(Unavailable::Timeout), Some(ticket)),
+            Ok(None) => return (Offered::NotNow(Unavailable::LinkDown), None),
             Ok(Some(answer)) => answer,
         };
-        match answer {
-            Answer::Result => Ok(Outcome::Delivered { id }),
-            Answer::Error(condition) if means_gone(&condition) => {
-                self.store
-                    .revoke(claims, SystemTime::now(), self.lifetime)
-                    .await?;
-                Ok(Outcome::Revoked)
+        let offered = match answer {
+            Answer::Result => Offered::Taken,
+            Answer::Error(condition) if means_gone(&condition) => Offered::Gone,
+            Answer::Error(condition) => {
+                Offered::NotNow(Unavailable::Refused(condition_name(&condition)))
             }
-            Answer::Error(condition) => Ok(Outcome::Unavailable(Unavailable::Refused(
-                condition_name(&condition),
-            ))),
-        }
+        };
+        (offered, None)
     }
+
+    /// The app behind `message` is gone: revoke its registration, durably, and drop what is held
+    /// for it.
+    pub async fn forget_registration(&self, message: &Message) -> Result<(), RelayError> {
+        let now = SystemTime::now();
+        let claims = Claims {
+            subject: message.subject.clone(),
+            application: message.application.clone(),
+            instance: message.instance.clone(),
+            issued_at: now,
+            // Revocations live until every token they kill has expired; none outlives `lifetime`.
+            expires_at: now,
+        };
+        self.store.revoke(&claims, now, self.lifetime).await?;
+        let dropped = self.held.drop_registration(&claims).await?;
+        tracing::info!(dropped, "endpoint revoked by its client");
+        Ok(())
+    }
+}
+
+/// Every push's IQ id starts so; other ids (keep-alive pings) are no message's.
+const PUSH_ID_PREFIX: &str = "p-";
+
+/// Whether an IQ id is one of our pushes'.
+pub fn is_push_id(id: &str) -> bool {
+    id.starts_with(PUSH_ID_PREFIX)
 }
 
 /// The distributor's way of saying "no such app here any more".
