@@ -149,7 +149,12 @@ async fn offer_all(subject: &str, relay: &Relay, held: &HeldMessages) {
             return;
         }
     };
+    // Apps found gone during this round: their other messages were dropped with the registration.
+    let mut gone = Vec::new();
     for message in waiting {
+        if gone.contains(&(message.application.clone(), message.instance.clone())) {
+            continue;
+        }
         let (offered, _ticket) = relay.offer(&message).await;
         let done = match offered {
             Offered::Taken => held
@@ -157,7 +162,10 @@ async fn offer_all(subject: &str, relay: &Relay, held: &HeldMessages) {
                 .await
                 .map(|_| ())
                 .map_err(RelayError::from),
-            Offered::Gone => relay.forget_registration(&message).await,
+            Offered::Gone => {
+                gone.push((message.application.clone(), message.instance.clone()));
+                relay.forget_registration(&message).await
+            }
             Offered::NotNow(why) => {
                 tracing::debug!(?why, "a client with held messages is still unreachable");
                 return;

@@ -222,7 +222,7 @@ impl Relay {
         };
         // Behind a backlog, or with no link at all, a message waits its turn rather than trying.
         if !ttl.is_zero() && (self.held.has_any(&message.subject) || !self.link.is_up()) {
-            return self.hold(message, ttl).await;
+            return self.hold(message, ttl, true).await;
         }
         let (offered, ticket) = self.offer(&message).await;
         match offered {
@@ -234,7 +234,9 @@ impl Relay {
             Offered::NotNow(_) if ttl.is_zero() => Ok(Outcome::Dropped { id }),
             Offered::NotNow(why) => {
                 tracing::debug!(?why, "holding a push");
-                let outcome = self.hold(message.clone(), ttl).await?;
+                // No immediate retry: the client just could not take it, and a silent client may
+                // still answer the first offer late (which then removes the held copy).
+                let outcome = self.hold(message.clone(), ttl, false).await?;
                 // An answer that came while the message was being written still counts.
                 if let Some(mut ticket) = ticket
                     && let Ok(answer) = ticket.reply.try_recv()
@@ -246,7 +248,13 @@ impl Relay {
         }
     }
 
-    async fn hold(&self, message: Message, ttl: Duration) -> Result<Outcome, RelayError> {
+    /// Hold `message`; with `wake`, ask for its client's backlog to be offered now.
+    async fn hold(
+        &self,
+        message: Message,
+        ttl: Duration,
+        wake: bool,
+    ) -> Result<Outcome, RelayError> {
         let (id, subject) = (message.id.clone(), message.subject.clone());
         match self.held.hold(message).await {
             Ok(held) => {
@@ -256,7 +264,7 @@ impl Relay {
                         "dropped the oldest held messages of a registration at its bound"
                     );
                 }
-                if self.link.is_up() {
+                if wake && self.link.is_up() {
                     self.wake.wake(subject);
                 }
                 Ok(Outcome::Held { id, ttl })

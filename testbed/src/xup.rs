@@ -26,6 +26,8 @@ pub struct XupSettings {
     pub store: PathBuf,
     /// `RUST_LOG` for the process: tests want every debug line, the benchmark only info.
     pub log_filter: &'static str,
+    /// More `delivery` settings, e.g. `("max_held", json!(1))`.
+    pub delivery: Vec<(&'static str, Value)>,
 }
 
 impl XupSettings {
@@ -38,6 +40,7 @@ impl XupSettings {
             http_port: free_port(),
             store: store.to_owned(),
             log_filter: "xup=debug",
+            delivery: Vec::new(),
         }
     }
 
@@ -45,6 +48,10 @@ impl XupSettings {
         let mut registration = json!({ "secrets": self.secrets });
         if let Some(allow) = &self.allow {
             registration["allow"] = json!(allow);
+        }
+        let mut delivery = json!({ "timeout": self.timeout });
+        for (key, value) in &self.delivery {
+            delivery[*key] = value.clone();
         }
         json!({
             "component": {
@@ -57,7 +64,7 @@ impl XupSettings {
                 "public_url": format!("http://127.0.0.1:{}", self.http_port),
             },
             "registration": registration,
-            "delivery": { "timeout": self.timeout },
+            "delivery": delivery,
             "store": { "path": self.store },
         })
     }
@@ -131,6 +138,11 @@ impl Xup {
     pub async fn wait_log(&mut self, needle: &str) -> String {
         let what = format!("xup logging {needle:?}");
         first_matching(&mut self.logs, &what, |line| line.contains(needle)).await
+    }
+
+    /// Kill xup hard (SIGKILL), as a crash or an OOM kill would, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Stop xup the way systemd does (SIGTERM) and wait for it to exit.

@@ -5,9 +5,13 @@ test harness drives it with one JSON command per line on stdin and reads one JSO
 from stdout:
 
 commands
-  {"cmd": "answer", "ref": N, "with": "result" | "silent" | "<stanza error condition>"}
-      how to answer the <push> IQs that arrive from now on (default: result); acknowledged
-      with an "ack" event carrying the same ref once in force
+  {"cmd": "answer", "ref": N, "with": "result" | "silent" | "late" | "<stanza error condition>"}
+      how to answer the <push> IQs that arrive from now on (default: result); "late" answers
+      result after "delay_ms" (in the command) and then reports "answered"; acknowledged with
+      an "ack" event carrying the same ref once in force
+  {"cmd": "presence", "ref": N, "to": JID}
+      send directed presence (how Conversations tells a push provider it is back); acknowledged
+      with an "ack" event once sent
   {"cmd": "iq", "ref": N, "type": "get" | "set", "to": JID, "xml": "<payload/>"}
       send an IQ and report its answer as an "iq" event carrying the same ref
   {"cmd": "quit"}
@@ -17,6 +21,7 @@ events
   {"event": "online", "jid": FULL_JID}
   {"event": "ack", "ref": N}
   {"event": "push", "id", "from", "to", "application", "instance", "data"}
+  {"event": "answered", "id"}                       (after a late answer was sent)
   {"event": "iq", "ref": N, "type": "result" | "error", "condition", "error_type", "text",
    "payload": {"name", "ns", "attrs", "children": [{"name", "attrs"}]} | null}
   {"event": "offline"}
@@ -51,6 +56,7 @@ class Peer(slixmpp.ClientXMPP):
         self.enable_plaintext = True
         self.plugin["feature_mechanisms"].unencrypted_plain = True
         self.answer_with = "result"
+        self.delay_ms = 0
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.register_handler(
@@ -81,12 +87,21 @@ class Peer(slixmpp.ClientXMPP):
         )
         if self.answer_with == "silent":
             return
+        if self.answer_with == "late":
+            asyncio.get_event_loop().call_later(
+                self.delay_ms / 1000, self.answer_late, iq.reply(), iq["id"]
+            )
+            return
         reply = iq.reply()
         if self.answer_with != "result":
             reply["type"] = "error"
             reply["error"]["condition"] = self.answer_with
             reply["error"]["type"] = "cancel"
         reply.send()
+
+    def answer_late(self, reply, push_id):
+        reply.send()
+        emit(event="answered", id=push_id)
 
     async def send_iq(self, ref, kind, to, payload):
         iq = self.Iq()
@@ -130,6 +145,10 @@ class Peer(slixmpp.ClientXMPP):
         cmd = json.loads(line)
         if cmd["cmd"] == "answer":
             self.answer_with = cmd["with"]
+            self.delay_ms = cmd.get("delay_ms", 0)
+            emit(event="ack", ref=cmd["ref"])
+        elif cmd["cmd"] == "presence":
+            self.send_presence(pto=cmd["to"])
             emit(event="ack", ref=cmd["ref"])
         elif cmd["cmd"] == "iq":
             asyncio.ensure_future(

@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -19,6 +20,12 @@ pub use xup_testbed::*;
 pub const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
 pub const INSTANCE: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
 pub const UP_NS: &str = "http://gultsch.de/xmpp/drafts/unified-push";
+
+/// A second app on the same device, for "the other app is unaffected".
+pub fn other_app() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+}
 
 /// The xup binary under test, as Cargo built it for this test run.
 pub fn xup_binary() -> &'static Path {
@@ -42,6 +49,8 @@ pub struct IqFailure {
 /// One `<push>` as the client received it.
 #[derive(Debug)]
 pub struct ReceivedPush {
+    /// The IQ id, which is also the message id in `Location`.
+    pub id: String,
     pub from: String,
     pub to: String,
     pub application: String,
@@ -188,12 +197,32 @@ impl Peer {
     /// How to answer pushes from now on: "result", "silent", or a stanza error condition.
     pub async fn answer_with(&mut self, mode: &str) {
         let sent = self.command(json!({ "cmd": "answer", "with": mode })).await;
-        loop {
-            let event = self.next_event("ack").await;
-            if event["ref"] == sent {
-                return;
-            }
-        }
+        self.reply_to("ack", sent).await;
+    }
+
+    /// Answer pushes with `result`, but only `delay` after each arrives.
+    pub async fn answer_late(&mut self, delay: Duration) {
+        let command =
+            json!({ "cmd": "answer", "with": "late", "delay_ms": delay.as_millis() as u64 });
+        let sent = self.command(command).await;
+        self.reply_to("ack", sent).await;
+    }
+
+    /// Wait until a late answer to the push with IQ id `id` has been sent.
+    pub async fn answered(&mut self, id: &str) {
+        let what = format!("a late answer to {id}");
+        first_matching(&mut self.events, &what, |e| {
+            e["event"] == "answered" && e["id"] == id
+        })
+        .await;
+    }
+
+    /// Tell xup we are here, as Conversations does when it comes online: directed presence.
+    pub async fn announce(&mut self) {
+        let sent = self
+            .command(json!({ "cmd": "presence", "to": COMPONENT }))
+            .await;
+        self.reply_to("ack", sent).await;
     }
 
     /// The next push this client receives.
@@ -205,6 +234,7 @@ impl Peer {
         let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
         use base64::Engine;
         ReceivedPush {
+            id: text("id"),
             from: text("from"),
             to: text("to"),
             application: text("application"),
@@ -222,6 +252,19 @@ impl Peer {
     }
 }
 
+/// POST `body` to `url` with extra request headers (`TTL`, `Topic`, …).
+pub async fn post_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new().post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("HTTP request to xup")
+}
+
 /// POST `body` to `url`.
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
     reqwest::Client::new()
@@ -230,4 +273,51 @@ pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Respons
         .send()
         .await
         .expect("HTTP request to xup")
+}
+
+/// Prosody, one xup and a store directory that outlives xup restarts.
+pub struct Stack {
+    pub prosody: Prosody,
+    pub xup: Xup,
+    pub settings: XupSettings,
+    _store: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut XupSettings)) -> Stack {
+        let prosody = Prosody::start().await;
+        let store = tempfile::tempdir().expect("store dir");
+        let mut settings = XupSettings::new(store.path());
+        adjust(&mut settings);
+        let xup = Xup::start(xup_binary(), &prosody, &settings).await;
+        Stack {
+            prosody,
+            xup,
+            settings,
+            _store: store,
+        }
+    }
+
+    pub async fn juliet(&self, resource: &str) -> Peer {
+        Peer::connect(&self.prosody, "juliet", DOMAIN, resource).await
+    }
+
+    /// Stop xup and start it again with (possibly changed) settings and the same store.
+    pub async fn restart_xup(&mut self, adjust: impl FnOnce(&mut XupSettings)) {
+        adjust(&mut self.settings);
+        assert!(self.xup.stop().await.success(), "xup exits 0 on SIGTERM");
+        self.xup = Xup::start(xup_binary(), &self.prosody, &self.settings).await;
+    }
+}
+
+/// Push `body` and check that `peer` receives exactly it, next.
+pub async fn assert_delivered(endpoint: &str, peer: &mut Peer, body: &[u8]) {
+    let response = post(endpoint, body.to_vec()).await;
+    assert_eq!(response.status(), 201);
+    let push = peer.next_push().await;
+    assert_eq!(push.data, body);
 }

@@ -1,0 +1,6 @@
+//! xup end to end: a real Prosody, the real `xup` binary, real XMPP clients and real HTTP requests,
+//! all on loopback. One test binary, so the harness is compiled once and every part of it is used.
+
+mod basics;
+mod harness;
+mod holding;
