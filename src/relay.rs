@@ -259,7 +259,7 @@ impl Relay {
         match self.held.hold(message).await {
             Ok(held) => {
                 if held.dropped > 0 {
-                    tracing::info!(
+                    tracing::debug!(
                         dropped = held.dropped,
                         "dropped the oldest held messages of a registration at its bound"
                     );

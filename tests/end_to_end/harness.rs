@@ -58,6 +58,21 @@ pub struct ReceivedPush {
     pub data: Vec<u8>,
 }
 
+fn received_push(event: &Value) -> ReceivedPush {
+    let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+    use base64::Engine;
+    ReceivedPush {
+        id: text("id"),
+        from: text("from"),
+        to: text("to"),
+        application: text("application"),
+        instance: text("instance"),
+        data: base64::engine::general_purpose::STANDARD
+            .decode(text("data"))
+            .expect("push data is standard base64"),
+    }
+}
+
 /// A connected XMPP client playing the distributor.
 pub struct Peer {
     child: Child,
@@ -231,18 +246,16 @@ impl Peer {
             .await
             .expect("a push arrives in time")
             .expect("peer still running");
-        let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
-        use base64::Engine;
-        ReceivedPush {
-            id: text("id"),
-            from: text("from"),
-            to: text("to"),
-            application: text("application"),
-            instance: text("instance"),
-            data: base64::engine::general_purpose::STANDARD
-                .decode(text("data"))
-                .expect("push data is standard base64"),
+        received_push(&event)
+    }
+
+    /// Every push this client has received and the test has not taken yet; does not wait.
+    pub fn pushes_so_far(&mut self) -> Vec<ReceivedPush> {
+        let mut pushes = Vec::new();
+        while let Ok(event) = self.pushes.try_recv() {
+            pushes.push(received_push(&event));
         }
+        pushes
     }
 
     /// Log out and wait until the client process has ended.

@@ -4,10 +4,15 @@
 //! "Nothing else arrived" is proven by order: after the messages a client must get, a fresh one is
 //! pushed, and it must be the very next thing the client receives.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use tokio::{sync::watch, time::timeout};
 
 use crate::harness::*;
-use serde_json::json;
 
 /// Register juliet's phone, then take it offline; returns the endpoint.
 async fn offline_phone(stack: &Stack) -> String {
@@ -229,4 +234,149 @@ async fn a_gone_app_takes_its_held_messages_with_it() {
     let other = phone.register(&other_app(), INSTANCE).await.endpoint;
     // "second" was dropped with the registration: the other app's push comes next.
     assert_delivered(&other, &mut phone, b"for the other app").await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_announces_itself_gets_its_messages_on_the_retry() {
+    let stack = Stack::start_with(|s| s.delivery = vec![("retry_interval", json!("10s"))]).await;
+    let endpoint = offline_phone(&stack).await;
+    accepted(&endpoint, &[], "while you were out", "86400").await;
+    // Back online, but silent towards xup: only the periodic retry can bring the message.
+    let mut phone = stack.juliet("phone").await;
+    let push = timeout(Duration::from_secs(15), phone.next_push())
+        .await
+        .expect("the retry (every 10 s) delivers it");
+    assert_eq!(push.data, b"while you were out");
+    receives_exactly(&mut phone, &endpoint, &[]).await;
+}
+
+/// POST `count` numbered messages, `concurrency` at a time; returns (body, status) per message,
+/// status 0 when the request failed below HTTP. `done` counts finished requests.
+async fn load(
+    endpoint: String,
+    count: usize,
+    concurrency: usize,
+    done: watch::Sender<usize>,
+) -> Vec<(String, u16)> {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (endpoint, done) = (endpoint.clone(), done.clone());
+            async move {
+                let body = format!("message {i}");
+                let status = reqwest::Client::new()
+                    .post(&endpoint)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                done.send_modify(|n| *n += 1);
+                (body, status)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Bodies of the pushes in `pushes`, counted.
+fn tally(pushes: &[ReceivedPush]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for push in pushes {
+        let body = String::from_utf8(push.data.clone()).expect("utf-8");
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn prosody_killed_mid_load_loses_nothing_that_was_answered_201() {
+    const COUNT: usize = 300;
+    const CONCURRENCY: usize = 8;
+    // The outage may hold every message for this one registration: no bound may drop any here.
+    let mut stack =
+        Stack::start_with(|s| s.delivery = vec![("max_held_per_registration", json!(COUNT))]).await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let (done, mut progress) = watch::channel(0);
+    let firing = tokio::spawn(load(endpoint.clone(), COUNT, CONCURRENCY, done));
+
+    progress.wait_for(|n| *n >= 50).await.expect("load running");
+    stack.prosody.kill().await;
+    stack.xup.wait_log("component link down").await;
+    stack.prosody.restart().await;
+    stack.xup.wait_log("component link up").await;
+    let mut phone_again = stack.juliet("phone").await;
+    phone_again.announce().await;
+    let results = firing.await.expect("load finished");
+
+    for (body, status) in &results {
+        assert!(
+            *status == 201 || *status == 503,
+            "{body}: senders see only 201 or 503, got {status}"
+        );
+    }
+    let accepted: Vec<&String> = results
+        .iter()
+        .filter(|(_, status)| *status == 201)
+        .map(|(body, _)| body)
+        .collect();
+    let mut received = phone.pushes_so_far();
+    let mut seen = tally(&received);
+    while let Some(missing) = accepted.iter().find(|b| !seen.contains_key(b.as_str())) {
+        let push = timeout(WAIT, phone_again.next_push())
+            .await
+            .unwrap_or_else(|_| panic!("{missing} was answered 201 but never arrived"));
+        received.push(push);
+        seen = tally(&received);
+    }
+    // A message can reach the client twice only if Prosody died after handing it over and before
+    // passing back the client's result: at most the pushes in flight at that moment.
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert!(
+        twice <= CONCURRENCY,
+        "{twice} messages arrived more than once"
+    );
+    eprintln!(
+        "{} of {COUNT} answered 201, all delivered; {twice} delivered twice",
+        accepted.len()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_under_load_exits_0_and_loses_nothing_that_was_answered_201() {
+    const COUNT: usize = 300;
+    let mut stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let (done, mut progress) = watch::channel(0);
+    let firing = tokio::spawn(load(endpoint.clone(), COUNT, 8, done));
+
+    progress.wait_for(|n| *n >= 50).await.expect("load running");
+    assert!(stack.xup.stop().await.success(), "xup exits 0 on SIGTERM");
+    let results = firing.await.expect("load finished");
+    for (body, status) in &results {
+        // Once xup has stopped listening, connections are refused (status 0): the sender retries.
+        assert!(
+            [0, 201].contains(status),
+            "{body}: a stopping xup answers 201 or not at all, got {status}"
+        );
+    }
+    stack.xup = Xup::start(xup_binary(), &stack.prosody, &stack.settings).await;
+    phone.announce().await;
+    let accepted: Vec<&String> = results
+        .iter()
+        .filter(|(_, status)| *status == 201)
+        .map(|(body, _)| body)
+        .collect();
+    let mut received = Vec::new();
+    let mut seen = tally(&received);
+    while let Some(missing) = accepted.iter().find(|b| !seen.contains_key(b.as_str())) {
+        let push = timeout(WAIT, phone.next_push())
+            .await
+            .unwrap_or_else(|_| panic!("{missing} was answered 201 but never arrived"));
+        received.push(push);
+        seen = tally(&received);
+    }
+    assert!(seen.values().all(|n| *n == 1), "nothing arrives twice");
 }
