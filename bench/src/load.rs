@@ -88,6 +88,17 @@ pub struct Load {
     pub concurrency: usize,
     pub body_len: usize,
     pub epoch: Instant,
+    /// Every n-th message (by sequence number) is sent with `TTL: 0`; 0 for none.
+    pub zero_ttl_every: u64,
+    /// No request starts after this.
+    pub until: Option<Instant>,
+}
+
+impl Load {
+    /// Whether message `seq` is sent with `TTL: 0` ("now or never").
+    pub fn is_now_or_never(&self, seq: u64) -> bool {
+        self.zero_ttl_every > 0 && seq.is_multiple_of(self.zero_ttl_every)
+    }
 }
 
 /// POST `load.messages` messages at `load.concurrency`, each worker on its own connection.
@@ -95,19 +106,16 @@ pub async fn fire(target: Arc<Target>, load: &Load) -> Vec<Sample> {
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..load.concurrency)
         .map(|_| {
-            let (target, next) = (target.clone(), next.clone());
-            let (run, messages, body_len, epoch) =
-                (load.run, load.messages, load.body_len, load.epoch);
+            let (target, next, load) = (target.clone(), next.clone(), *load);
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut connection = None;
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
-                    if seq >= messages {
+                    if seq >= load.messages || load.until.is_some_and(|t| Instant::now() >= t) {
                         return samples;
                     }
-                    let body = MessageId { run, seq }.body(body_len);
-                    samples.push(post(&target, &mut connection, seq, body, epoch).await);
+                    samples.push(post(&target, &mut connection, seq, &load).await);
                 }
             })
         })
@@ -156,9 +164,7 @@ pub async fn fire_all_at_once(
     let gate = Arc::new(Semaphore::new(connecting));
     let tasks: Vec<_> = (0..load.messages)
         .map(|seq| {
-            let (target, gate) = (target.clone(), gate.clone());
-            let body = MessageId { run: load.run, seq }.body(load.body_len);
-            let epoch = load.epoch;
+            let (target, gate, load) = (target.clone(), gate.clone(), *load);
             let multiplexed =
                 (!shared.is_empty()).then(|| shared[seq as usize % shared.len()].clone());
             tokio::spawn(async move {
@@ -169,7 +175,7 @@ pub async fn fire_all_at_once(
                         connect(&target).await.ok()
                     }
                 };
-                post(&target, &mut connection, seq, body, epoch).await
+                post(&target, &mut connection, seq, &load).await
             })
         })
         .collect();
@@ -193,18 +199,25 @@ async fn connect(target: &Target) -> anyhow::Result<Connection> {
     Ok(Connection::Http1(sender))
 }
 
-/// One POST on `connection` (opened first if there is none; dropped if it failed).
+/// POST message `seq` on `connection` (opened first if there is none; dropped if it failed).
 async fn post(
     target: &Target,
     connection: &mut Option<Connection>,
     seq: u64,
-    body: Vec<u8>,
-    epoch: Instant,
+    load: &Load,
 ) -> Sample {
+    let body = MessageId { run: load.run, seq }.body(load.body_len);
+    // RFC 8030 §5.2: application servers must say how long a message may be kept.
+    let ttl = if load.is_now_or_never(seq) {
+        "0"
+    } else {
+        "86400"
+    };
+    let epoch = load.epoch;
     let start = epoch.elapsed().as_nanos() as u64;
     let status = match tokio::time::timeout(
         REQUEST_TIMEOUT,
-        exchange(target, connection, seq, body),
+        exchange(target, connection, seq, body, ttl),
     )
     .await
     {
@@ -227,6 +240,7 @@ async fn exchange(
     connection: &mut Option<Connection>,
     seq: u64,
     body: Vec<u8>,
+    ttl: &'static str,
 ) -> anyhow::Result<u16> {
     let connection = match connection {
         Some(connection) => connection,
@@ -236,8 +250,7 @@ async fn exchange(
     let request = Request::post(path.as_str())
         .header(hyper::header::HOST, target.host.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-        // RFC 8030 §5.2: application servers must say how long a message may be kept.
-        .header("TTL", "86400")
+        .header("TTL", ttl)
         .body(Full::new(Bytes::from(body)))?;
     let response = match connection {
         Connection::Http1(sender) => {

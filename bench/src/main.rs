@@ -17,6 +17,7 @@ mod load;
 mod procstat;
 mod report;
 mod session;
+mod soak;
 mod tokens;
 
 use std::{
@@ -58,10 +59,16 @@ const MOD_UNIFIED_PUSH_JID: &str = "push.localhost";
 const ARRIVAL_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
-#[command(version, about = "Benchmark xup against Prosody's mod_unified_push")]
+#[command(
+    version,
+    about = "Benchmark xup against Prosody's mod_unified_push (or soak it: `xup-bench soak`)",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The xup binary to measure [default: `xup` beside this program]
-    #[arg(long)]
+    #[arg(long, global = true)]
     xup: Option<PathBuf>,
     /// Client sessions (P), each a distributor on its own c2s connection.
     #[arg(long, default_value_t = 16)]
@@ -102,6 +109,13 @@ struct Args {
     json: PathBuf,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Minutes of load while clients go off and on line and Prosody is killed; then check that
+    /// every message answered 201 with a TTL reached its client.
+    Soak(soak::SoakArgs),
+}
+
 /// A push provider under test.
 struct Provider {
     name: &'static str,
@@ -115,11 +129,15 @@ struct Provider {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+    let mut args = Args::parse();
+    let outcome = match args.command.take() {
+        Some(Command::Soak(soak)) => soak::run(soak, xup_binary(&args)).await,
+        None => run(args).await,
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("xup-bench: a run lost or duplicated pushes (see the table)");
+            eprintln!("xup-bench: pushes were lost or duplicated (see above)");
             ExitCode::from(1)
         }
         Err(e) => {
@@ -135,10 +153,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bail!("--body must be at least 16, --clients and --endpoints at least 1");
     }
     let open_files = procstat::raise_open_files_limit();
-    let xup_binary = match args.xup.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("xup"),
-    };
+    let xup_binary = xup_binary(&args);
     let context = json!({
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -231,6 +246,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 concurrency,
                 body_len: args.body,
                 epoch,
+                zero_ttl_every: 0,
+                until: None,
             };
             if args.warmup > 0 {
                 measure(provider, &load, &ledgers, prosody_process).await?;
@@ -264,6 +281,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 concurrency: in_flight as usize,
                 body_len: args.body,
                 epoch,
+                zero_ttl_every: 0,
+                until: None,
             };
             next_run += 1;
             let result =
@@ -285,6 +304,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     println!("\nJSON lines appended to {}", args.json.display());
     Ok(sound)
+}
+
+/// The xup to run: `--xup`, or the `xup` built beside this program.
+fn xup_binary(args: &Args) -> PathBuf {
+    args.xup.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .map(|me| me.with_file_name("xup"))
+            .unwrap_or_else(|_| PathBuf::from("xup"))
+    })
 }
 
 /// Register `count` endpoints with `provider`, spread evenly over the sessions and pipelined on

@@ -49,6 +49,8 @@ enum Command {
     },
     /// Hold answers (true) or answer at once, first answering everything held (false).
     Hold(bool, oneshot::Sender<()>),
+    /// Send directed presence to this JID, as Conversations tells its push provider it is back.
+    Announce(String, oneshot::Sender<()>),
 }
 
 /// A handle on one logged-in session; the session ends when the handle drops.
@@ -103,6 +105,21 @@ impl Session {
             .ok()
             .context("the session has ended")?;
         answer.await.context("the session has ended")?
+    }
+
+    /// Tell the provider at JID `to` that this client is online (directed presence).
+    pub async fn announce(&self, to: &str) -> anyhow::Result<()> {
+        let (done, sent) = oneshot::channel();
+        self.commands
+            .send(Command::Announce(to.to_owned(), done))
+            .ok()
+            .context("the session has ended")?;
+        sent.await.context("the session has ended")
+    }
+
+    /// Whether the session is still connected.
+    pub fn is_alive(&self) -> bool {
+        !self.commands.is_closed()
     }
 
     /// Hold answers to pushes from now on, or answer everything held and go back to answering.
@@ -241,6 +258,14 @@ impl Worker {
                         .build(),
                 );
                 self.pending.insert(id, reply);
+            }
+            Command::Announce(to, done) => {
+                out.push(
+                    Element::builder("presence", ns::JABBER_CLIENT)
+                        .attr(name("to"), to)
+                        .build(),
+                );
+                let _ = done.send(());
             }
             Command::Hold(hold, done) => {
                 self.holding = hold;
