@@ -237,6 +237,20 @@ async fn a_gone_app_takes_its_held_messages_with_it() {
 }
 
 #[tokio::test]
+async fn held_messages_go_out_when_the_component_link_comes_up() {
+    let mut stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    phone.answer_with("service-unavailable").await;
+    accepted(&endpoint, &[], "held", "86400").await;
+    assert_eq!(phone.next_push().await.data, b"held");
+    phone.answer_with("result").await;
+    // No presence from the phone: the new link alone brings the message.
+    stack.restart_xup(|_| {}).await;
+    receives_exactly(&mut phone, &endpoint, &["held"]).await;
+}
+
+#[tokio::test]
 async fn a_client_that_never_announces_itself_gets_its_messages_on_the_retry() {
     let stack = Stack::start_with(|s| s.delivery = vec![("retry_interval", json!("10s"))]).await;
     let endpoint = offline_phone(&stack).await;
