@@ -170,10 +170,15 @@ async fn push(
     let Some(claims) = live_claims(&state, &token) else {
         return PushReply::Gone;
     };
-    let (parts, body) = request.into_parts();
-    let (ttl, topic, urgency) = match rfc8030_headers(&parts.headers) {
-        Ok(headers) => headers,
-        Err(reason) => return PushReply::BadHeader(reason),
+    // What a push in flight keeps is kept for up to `delivery.timeout`, so the token and the
+    // request head (headers, URI) are let go of as soon as they have been read.
+    drop(token);
+    let (ttl, topic, urgency, body) = {
+        let (parts, body) = request.into_parts();
+        match rfc8030_headers(&parts.headers) {
+            Ok((ttl, topic, urgency)) => (ttl, topic, urgency, body),
+            Err(reason) => return PushReply::BadHeader(reason),
+        }
     };
     // A declared length (Content-Length, as hyper reports it in the body's size hint) over the
     // limit is refused before a byte of it is read.
@@ -189,12 +194,12 @@ async fn push(
         return PushReply::Empty;
     }
     let request = relay::Request {
-        body: body.to_vec(),
+        body: Vec::from(body),
         ttl,
         topic,
         urgency,
     };
-    match state.relay.push(&claims, request).await {
+    match state.relay.push(claims, request).await {
         Ok(Outcome::Delivered { id, ttl } | Outcome::Held { id, ttl }) => {
             PushReply::Accepted { id, ttl }
         }

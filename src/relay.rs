@@ -202,7 +202,7 @@ impl Relay {
 
     /// Deliver one message to the client `claims` name, or hold it for later, and say which. A
     /// message that is held is on disk before this returns.
-    pub async fn push(&self, claims: &Claims, request: Request) -> Result<Outcome, RelayError> {
+    pub async fn push(&self, claims: Claims, request: Request) -> Result<Outcome, RelayError> {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
         let id = format!(
@@ -212,23 +212,25 @@ impl Relay {
         );
         let message = Message {
             id: id.clone(),
-            subject: claims.subject.clone(),
-            application: claims.application.clone(),
-            instance: claims.instance.clone(),
+            subject: claims.subject,
+            application: claims.application,
+            instance: claims.instance,
             body: request.body,
             topic: request.topic,
             urgency: request.urgency,
             expires_at: SystemTime::now() + ttl,
         };
+        // The paths that write to the store are boxed: they are rare, and inline they would make
+        // every push in flight carry their state (docs/BENCHMARKS.md).
         // Behind a backlog, or with no link at all, a message waits its turn rather than trying.
         if !ttl.is_zero() && (self.held.has_any(&message.subject) || !self.link.is_up()) {
-            return self.hold(message, ttl, true).await;
+            return Box::pin(self.hold(message, ttl, true)).await;
         }
         let (offered, ticket) = self.offer(&message).await;
         match offered {
             Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
             Offered::Gone => {
-                self.forget_registration(&message).await?;
+                Box::pin(self.forget_registration(&message)).await?;
                 Ok(Outcome::Revoked)
             }
             Offered::NotNow(_) if ttl.is_zero() => Ok(Outcome::Dropped { id }),
@@ -236,12 +238,12 @@ impl Relay {
                 tracing::debug!(?why, "holding a push");
                 // No immediate retry: the client just could not take it, and a silent client may
                 // still answer the first offer late (which then removes the held copy).
-                let outcome = self.hold(message.clone(), ttl, false).await?;
+                let outcome = Box::pin(self.hold(message.clone(), ttl, false)).await?;
                 // An answer that came while the message was being written still counts.
                 if let Some(mut ticket) = ticket
                     && let Ok(answer) = ticket.reply.try_recv()
                 {
-                    return self.late_answer(&message, answer, outcome).await;
+                    return Box::pin(self.late_answer(&message, answer, outcome)).await;
                 }
                 Ok(outcome)
             }
