@@ -24,7 +24,7 @@ use rusqlite::params;
 
 use crate::{
     protocol::Urgency,
-    store::{Database, RegistrationKey, StoreError, micros, registration_key},
+    store::{Database, RegistrationKey, StoreError, micros, registration_key, registration_key_of},
     token::Claims,
 };
 
@@ -47,13 +47,7 @@ pub struct Message {
 impl Message {
     /// The registration this message is for, as revocations name it.
     pub fn registration(&self) -> RegistrationKey {
-        registration_key(&Claims {
-            subject: self.subject.clone(),
-            application: self.application.clone(),
-            instance: self.instance.clone(),
-            issued_at: UNIX_EPOCH,
-            expires_at: UNIX_EPOCH,
-        })
+        registration_key_of(&self.subject, &self.application, &self.instance)
     }
 }
 

@@ -30,8 +30,13 @@ pub type RegistrationKey = [u8; 32];
 /// The key of the registration `claims` belong to. Each part is length-prefixed so that no two
 /// different triples can run together into the same bytes.
 pub fn registration_key(claims: &Claims) -> RegistrationKey {
+    registration_key_of(&claims.subject, &claims.application, &claims.instance)
+}
+
+/// The key of the registration of (full JID, application, instance).
+pub fn registration_key_of(subject: &str, application: &str, instance: &str) -> RegistrationKey {
     let mut hash = Sha256::new();
-    for part in [&claims.subject, &claims.application, &claims.instance] {
+    for part in [subject, application, instance] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
