@@ -220,9 +220,9 @@ impl Relay {
             urgency: request.urgency,
             expires_at: SystemTime::now() + ttl,
         };
-        // The paths that write to the store are boxed: they are rare, and inline they would make
-        // every push in flight carry their state (docs/BENCHMARKS.md).
         // Behind a backlog, or with no link at all, a message waits its turn rather than trying.
+        // (The paths that write to the store are boxed: they are rare, and inline they would make
+        // every push in flight carry their state; docs/BENCHMARKS.md.)
         if !ttl.is_zero() && (self.held.has_any(&message.subject) || !self.link.is_up()) {
             return Box::pin(self.hold(message, ttl, true)).await;
         }
@@ -243,7 +243,7 @@ impl Relay {
                 if let Some(mut ticket) = ticket
                     && let Ok(answer) = ticket.reply.try_recv()
                 {
-                    return Box::pin(self.late_answer(&message, answer, outcome)).await;
+                    return Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
                 }
                 Ok(outcome)
             }
@@ -279,11 +279,13 @@ impl Relay {
         }
     }
 
-    /// The answer to a message that was held meanwhile: it may have been delivered after all.
+    /// The answer to a message that was held (the `held` outcome) meanwhile: it may have been
+    /// delivered after all.
     async fn late_answer(
         &self,
         message: &Message,
         answer: Answer,
+        ttl: Duration,
         held: Outcome,
     ) -> Result<Outcome, RelayError> {
         match answer {
@@ -291,10 +293,7 @@ impl Relay {
                 self.held.remove(&message.id, &message.subject).await?;
                 Ok(Outcome::Delivered {
                     id: message.id.clone(),
-                    ttl: match held {
-                        Outcome::Held { ttl, .. } => ttl,
-                        _ => Duration::ZERO,
-                    },
+                    ttl,
                 })
             }
             Answer::Error(condition) if means_gone(&condition) => {
