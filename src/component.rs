@@ -14,13 +14,19 @@
 //! "end of stream" as a dead socket, so this module drives tokio-xmpp's XML stream layer itself:
 //! a quiet link gets a ping (so a half-open TCP connection is noticed), and a stanza that fails to
 //! parse gets a `bad-request` instead of costing us the link.
+//!
+//! The server is trusted to route, not to be well-behaved: a stanza larger than [`MAX_STANZA`]
+//! ends the connection (it would otherwise be buffered without bound), and the link is made anew.
+//! XEP-0114 has no TLS, so a `component.server` that is not on loopback is warned about.
 
 use std::{
     collections::BTreeSet,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Poll, ready},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -77,6 +83,10 @@ const OUTGOING_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 64;
 /// Bound on sending our stream footer at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest stanza read from the server. Above Prosody's own limits (256 KiB from a client,
+/// 512 KiB from another server), so no user can make the link drop by messaging the component;
+/// a server that sends more is broken, and buffering it would cost memory without bound.
+pub const MAX_STANZA: usize = 1024 * 1024;
 
 /// The sending half of the component link. Cheap to clone.
 #[derive(Clone)]
@@ -158,7 +168,7 @@ enum Ended {
     Lost(String),
 }
 
-type Stream = XmppStream<BufStream<TcpStream>>;
+type Stream = XmppStream<BufStream<Metered>>;
 
 async fn keep_connected(
     config: ComponentConfig,
@@ -167,6 +177,7 @@ async fn keep_connected(
     up: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
+    warn_if_not_loopback(&config.server).await;
     let mut backoff = Backoff::default();
     let mut last_failure = String::new();
     loop {
@@ -176,12 +187,12 @@ async fn keep_connected(
                 .unwrap_or_else(|_| Err(ConnectError::Timeout(config.server.clone()))),
         };
         match attempt {
-            Ok(stream) => {
+            Ok((stream, read_since_stanza)) => {
                 tracing::info!(jid = %config.jid, server = %config.server, "component link up");
                 last_failure.clear();
                 let since = Instant::now();
                 up.send_replace(true);
-                let ended = serve(stream, &router, &mut queue, &shutdown).await;
+                let ended = serve(stream, &read_since_stanza, &router, &mut queue, &shutdown).await;
                 up.send_replace(false);
                 // Whatever waits for an answer will not get one on the next connection, and what
                 // is still queued was meant for a waiter that has just been failed.
@@ -217,8 +228,77 @@ async fn keep_connected(
     }
 }
 
+/// XEP-0114 has no TLS: the handshake digest and every push cross the network in clear.
+async fn warn_if_not_loopback(server: &str) {
+    let Ok(addresses) = tokio::net::lookup_host(server).await else {
+        return; // connecting will say why
+    };
+    if addresses
+        .into_iter()
+        .any(|a| !a.ip().to_canonical().is_loopback())
+    {
+        tracing::warn!(
+            server,
+            "component.server is not a loopback address: XEP-0114 has no encryption, so pushes \
+             and the handshake cross the network in clear; run xup on the XMPP server's host \
+             or tunnel the connection"
+        );
+    }
+}
+
+/// The TCP connection to the server, counting what is read since the last complete stanza so
+/// one oversized stanza fails the read instead of filling memory. The count is of raw bytes read
+/// ahead into the buffer, so a stanza is refused at [`MAX_STANZA`] plus at most one buffer.
+struct Metered {
+    tcp: TcpStream,
+    read_since_stanza: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, buf))?;
+        let read = buf.filled().len() - before;
+        if self.read_since_stanza.fetch_add(read, Ordering::Relaxed) + read > MAX_STANZA {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the server sent a stanza larger than {MAX_STANZA} bytes"),
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
 /// Open the TCP connection, exchange stream headers and complete the XEP-0114 handshake.
-async fn connect(config: &ComponentConfig) -> Result<Stream, ConnectError> {
+async fn connect(config: &ComponentConfig) -> Result<(Stream, Arc<AtomicUsize>), ConnectError> {
     let tcp =
         TcpStream::connect(&config.server)
             .await
@@ -237,8 +317,13 @@ async fn connect(config: &ComponentConfig) -> Result<Stream, ConnectError> {
         to: Some(config.jid.as_str().to_owned().into()),
         id: None,
     };
+    let read_since_stanza = Arc::new(AtomicUsize::new(0));
+    let metered = Metered {
+        tcp,
+        read_since_stanza: read_since_stanza.clone(),
+    };
     let mut pending =
-        xmlstream::initiate_stream(BufStream::new(tcp), ns::COMPONENT, header, timeouts)
+        xmlstream::initiate_stream(BufStream::new(metered), ns::COMPONENT, header, timeouts)
             .await
             .map_err(ConnectError::Stream)?;
     let stream_id = pending.take_header().id.ok_or(ConnectError::NoStreamId)?;
@@ -251,7 +336,8 @@ async fn connect(config: &ComponentConfig) -> Result<Stream, ConnectError> {
     loop {
         match stream.next().await {
             Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
-                return Ok(stream);
+                read_since_stanza.store(0, Ordering::Relaxed);
+                return Ok((stream, read_since_stanza));
             }
             Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                 return Err(ConnectError::Refused(explain_refusal(&e.0)));
@@ -280,6 +366,7 @@ fn explain_refusal(error: &stream_error::StreamError) -> String {
 /// Run an established link until it breaks or `shutdown` is cancelled.
 async fn serve(
     mut stream: Stream,
+    read_since_stanza: &AtomicUsize,
     router: &Router,
     queue: &mut mpsc::Receiver<Box<Stanza>>,
     shutdown: &CancellationToken,
@@ -297,6 +384,7 @@ async fn serve(
                 }
             }
             item = stream.next() => {
+                read_since_stanza.store(0, Ordering::Relaxed);
                 let reply = match item {
                     None => return Ended::Lost("connection closed".into()),
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {

@@ -6,8 +6,14 @@
 //! then checks meaning and produces the typed [`Config`] the rest of xup uses. `xup check` runs the
 //! same code, so what it accepts is exactly what the daemon accepts.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -19,6 +25,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub registration: RegistrationConfig,
     pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
     pub store: StoreConfig,
 }
 
@@ -36,6 +43,16 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// The public base URL, without a trailing slash.
     pub public_url: String,
+    /// Connections past this are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Pushes waiting for a client's answer; past this a push gets `503`.
+    pub max_in_flight: usize,
+    /// For a request's head, and for an idle HTTP/1.1 connection between requests.
+    pub header_timeout: Duration,
+    /// For a request's body.
+    pub body_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed: the reverse proxies in front of xup.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub struct RegistrationConfig {
@@ -57,6 +74,25 @@ pub struct DeliveryConfig {
     pub max_held: usize,
     /// How often held messages are offered again to clients that never announce themselves.
     pub retry_interval: Duration,
+}
+
+/// Rate limits, each a token bucket: `burst` at once, then one more every `every`.
+pub struct LimitsConfig {
+    /// Pushes to one endpoint (one registration).
+    pub per_endpoint: Rate,
+    /// Requests from one sender address (an IPv4 address or an IPv6 /64).
+    pub per_address: Rate,
+    /// Tokens from one sender address that fail to decrypt.
+    pub forged_tokens_per_address: Rate,
+    /// `<register>` requests from one account (bare JID).
+    pub registrations_per_account: Rate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: NonZeroU32,
+    /// Never zero.
+    pub every: Duration,
 }
 
 pub struct StoreConfig {
@@ -116,6 +152,8 @@ pub struct RawConfig {
     registration: RawRegistration,
     #[serde(default)]
     delivery: RawDelivery,
+    #[serde(default)]
+    limits: RawLimits,
     store: RawStore,
 }
 
@@ -125,7 +163,8 @@ struct RawComponent {
     jid: String,
     #[serde(default = "default_server")]
     server: String,
-    secret: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 fn default_server() -> String {
@@ -137,12 +176,18 @@ fn default_server() -> String {
 struct RawHttp {
     listen: String,
     public_url: String,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistration {
-    secrets: Vec<String>,
+    secrets: Option<Vec<String>>,
+    secrets_file: Option<PathBuf>,
     lifetime: Option<String>,
     allow: Option<Vec<String>>,
 }
@@ -156,6 +201,22 @@ struct RawDelivery {
     max_held_per_registration: Option<usize>,
     max_held: Option<usize>,
     retry_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    per_endpoint: Option<RawRate>,
+    per_address: Option<RawRate>,
+    forged_tokens_per_address: Option<RawRate>,
+    registrations_per_account: Option<RawRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    burst: u32,
+    every: String,
 }
 
 #[derive(Deserialize)]
@@ -189,8 +250,16 @@ impl Config {
         })
     }
 
-    /// Parse and validate config text.
+    /// Parse and validate config text, taking secrets left out of it from the environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`], with `env` standing in for the process environment.
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -204,10 +273,13 @@ impl Config {
                 message,
             }
         })?;
-        Config::validate(raw)
+        Config::validate(raw, &env)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let jid = BareJid::new(&raw.component.jid)
             .map_err(|e| invalid("component.jid", format!("not a JID: {e}")))?;
         if jid.node().is_some() {
@@ -227,7 +299,14 @@ impl Config {
                 "expected host:port, e.g. 127.0.0.1:5347",
             ));
         }
-        if raw.component.secret.is_empty() {
+        let component_secret = secret(
+            "component.secret",
+            raw.component.secret,
+            raw.component.secret_file.as_deref(),
+            env(COMPONENT_SECRET_ENV),
+            COMPONENT_SECRET_ENV,
+        )?;
+        if component_secret.is_empty() {
             return Err(invalid("component.secret", "must not be empty"));
         }
 
@@ -247,13 +326,40 @@ impl Config {
             ));
         }
 
-        if raw.registration.secrets.is_empty() {
+        let secrets: Vec<String> = match raw.registration.secrets {
+            Some(list) => {
+                if raw.registration.secrets_file.is_some()
+                    || env(REGISTRATION_SECRETS_ENV).is_some()
+                {
+                    return Err(invalid(
+                        "registration.secrets",
+                        format!(
+                            "given more than once: keep one of registration.secrets, \
+                             registration.secrets_file and {REGISTRATION_SECRETS_ENV}"
+                        ),
+                    ));
+                }
+                list
+            }
+            // One secret per line or word, so a file can be made with `openssl rand -base64 32`.
+            None => secret(
+                "registration.secrets",
+                None,
+                raw.registration.secrets_file.as_deref(),
+                env(REGISTRATION_SECRETS_ENV),
+                REGISTRATION_SECRETS_ENV,
+            )?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        };
+        if secrets.is_empty() {
             return Err(invalid(
                 "registration.secrets",
                 "needs at least one secret (the first encrypts new endpoints)",
             ));
         }
-        for (i, secret) in raw.registration.secrets.iter().enumerate() {
+        for (i, secret) in secrets.iter().enumerate() {
             if secret.len() < MIN_SECRET_LEN {
                 return Err(invalid(
                     format!("registration.secrets[{i}]"),
@@ -327,6 +433,65 @@ impl Config {
             ));
         }
 
+        let http = raw.http;
+        let max_connections = http
+            .max_connections
+            .unwrap_or(protocol::DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        let max_in_flight = http
+            .max_in_flight
+            .unwrap_or(protocol::DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight == 0 {
+            return Err(invalid("http.max_in_flight", "must be at least 1"));
+        }
+        let header_timeout = positive_duration(
+            "http.header_timeout",
+            http.header_timeout.as_deref(),
+            protocol::DEFAULT_HEADER_TIMEOUT,
+        )?;
+        let body_timeout = positive_duration(
+            "http.body_timeout",
+            http.body_timeout.as_deref(),
+            protocol::DEFAULT_BODY_TIMEOUT,
+        )?;
+        let trusted_proxies = match http.trusted_proxies {
+            Some(entries) => entries
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| proxy_entry(&format!("http.trusted_proxies[{i}]"), entry))
+                .collect::<Result<_, _>>()?,
+            None => vec![
+                IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)),
+                IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+            ],
+        };
+
+        let limits = raw.limits;
+        let limits = LimitsConfig {
+            per_endpoint: rate(
+                "limits.per_endpoint",
+                limits.per_endpoint,
+                protocol::DEFAULT_PER_ENDPOINT,
+            )?,
+            per_address: rate(
+                "limits.per_address",
+                limits.per_address,
+                protocol::DEFAULT_PER_ADDRESS,
+            )?,
+            forged_tokens_per_address: rate(
+                "limits.forged_tokens_per_address",
+                limits.forged_tokens_per_address,
+                protocol::DEFAULT_FORGED_PER_ADDRESS,
+            )?,
+            registrations_per_account: rate(
+                "limits.registrations_per_account",
+                limits.registrations_per_account,
+                protocol::DEFAULT_REGISTRATIONS_PER_ACCOUNT,
+            )?,
+        };
+
         if raw.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must name a directory"));
         }
@@ -335,11 +500,19 @@ impl Config {
             component: ComponentConfig {
                 jid,
                 server: raw.component.server,
-                secret: raw.component.secret,
+                secret: component_secret,
             },
-            http: HttpConfig { listen, public_url },
+            http: HttpConfig {
+                listen,
+                public_url,
+                max_connections,
+                max_in_flight,
+                header_timeout,
+                body_timeout,
+                trusted_proxies,
+            },
             registration: RegistrationConfig {
-                secrets: raw.registration.secrets,
+                secrets,
                 lifetime,
                 allow,
             },
@@ -351,6 +524,7 @@ impl Config {
                 max_held,
                 retry_interval,
             },
+            limits,
             store: StoreConfig {
                 path: raw.store.path,
             },
@@ -365,6 +539,77 @@ fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
             format!("{e}; write durations like \"15s\" or \"7d\""),
         )
     })
+}
+
+/// Where xup looks for a secret the config file leaves out.
+const COMPONENT_SECRET_ENV: &str = "XUP_COMPONENT_SECRET";
+/// Whitespace-separated, the first encrypting new endpoints.
+const REGISTRATION_SECRETS_ENV: &str = "XUP_REGISTRATION_SECRETS";
+
+/// A secret from exactly one of: the file's `field`, the file named by `field`_file, or the
+/// environment variable `env_name` (already looked up as `from_env`), so secrets need not sit in
+/// a config file that is world-readable or kept in version control.
+fn secret(
+    field: &str,
+    inline: Option<String>,
+    file: Option<&Path>,
+    from_env: Option<String>,
+    env_name: &str,
+) -> Result<String, ConfigError> {
+    let file_field = format!("{field}_file");
+    match (inline, file, from_env) {
+        (Some(value), None, None) => Ok(value),
+        (None, Some(path), None) => std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|e| invalid(file_field, format!("cannot read {}: {e}", path.display()))),
+        (None, None, Some(value)) => Ok(value.trim().to_owned()),
+        (None, None, None) => Err(invalid(
+            field,
+            format!("missing: give {field}, {file_field} or the environment variable {env_name}"),
+        )),
+        _ => Err(invalid(
+            field,
+            format!("given more than once: keep one of {field}, {file_field} and {env_name}"),
+        )),
+    }
+}
+
+/// A duration that must not be zero, or `default` when the field is absent.
+fn positive_duration(
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = text.map_or(Ok(default), |text| duration(field, text))?;
+    if value.is_zero() {
+        return Err(invalid(field, "must be more than 0s"));
+    }
+    Ok(value)
+}
+
+fn rate(field: &str, raw: Option<RawRate>, default: (u32, Duration)) -> Result<Rate, ConfigError> {
+    let (burst, every) = match raw {
+        Some(raw) => (raw.burst, duration(&format!("{field}.every"), &raw.every)?),
+        None => default,
+    };
+    let burst = NonZeroU32::new(burst)
+        .ok_or_else(|| invalid(format!("{field}.burst"), "must be at least 1"))?;
+    if every.is_zero() {
+        return Err(invalid(format!("{field}.every"), "must be more than 0s"));
+    }
+    Ok(Rate { burst, every })
+}
+
+fn proxy_entry(field: &str, entry: &str) -> Result<IpNet, ConfigError> {
+    entry
+        .parse::<IpNet>()
+        .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            invalid(
+                field,
+                format!("{entry:?} is not an IP address or network such as 10.0.0.0/8"),
+            )
+        })
 }
 
 fn allow_entry(field: &str, entry: &str) -> Result<AllowEntry, ConfigError> {

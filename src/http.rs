@@ -4,13 +4,21 @@
 //! the whole message to a sender: Mastodon and most Web Push senders drop a subscription on any
 //! 4xx but 408 and 429, so a 4xx is only ever sent for an endpoint that is really dead or a request
 //! that is really wrong. A message the client cannot take now is held and answered `201` with the
-//! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing.
+//! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing and
+//! for too many pushes in flight, and `429` with `Retry-After` for a sender over a rate limit.
+//!
+//! A request is checked cheapest first, so a flood costs as little as it can: the sender's
+//! address against its rate limit, then the token (decrypted in memory; a forgery is counted
+//! against its sender and never reaches the store), then revocation, the endpoint's own rate
+//! limit, and a slot among the pushes in flight. Only then is the body read, within
+//! `http.body_timeout`.
 //!
 //! Request headers (RFC 8030 §5.2–5.4): `TTL` (missing means `delivery.default_ttl`; capped at
 //! `delivery.max_ttl`; the kept value is echoed), `Topic` and `Urgency`. A malformed one is a `400`
 //! that names it.
 
 use std::{
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -18,20 +26,21 @@ use std::{
 use axum::{
     Router,
     body::HttpBody,
-    extract::{Path, Request, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use ipnet::IpNet;
+use tokio::sync::Semaphore;
 
 use crate::{
+    limits::{Limits, RetryAfter, address_key},
     protocol::{self, Urgency},
     relay::{self, Outcome, Relay},
-    store::Store,
-    token::{Claims, KeyRing},
+    store::{Store, registration_key},
+    token::{Claims, KeyRing, TokenError},
 };
 
 /// RFC 8030's `TTL` response header: how long the message is kept.
@@ -42,23 +51,17 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub store: Arc<Store>,
     pub relay: Arc<Relay>,
+    pub limits: Arc<Limits>,
+    /// One permit per push waiting for its client: `http.max_in_flight`.
+    pub in_flight: Semaphore,
+    pub body_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/push/{token}", get(discover).post(push).put(push))
         .with_state(state)
-}
-
-/// Serve `router` on `listener` until `shutdown` is cancelled, then finish in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// Every way a push request can end.
@@ -74,6 +77,15 @@ enum PushReply {
     TooLarge,
     Empty,
     Unreadable,
+    /// The body did not arrive within `http.body_timeout`.
+    SlowBody,
+    /// A rate limit: `what` is over it, and may try again after the wait.
+    TooMany {
+        what: &'static str,
+        wait: RetryAfter,
+    },
+    /// `http.max_in_flight` pushes are already waiting for their clients.
+    Busy,
     /// A `TTL`, `Topic` or `Urgency` header that RFC 8030 does not allow; the reason names it.
     BadHeader(&'static str),
     /// The store holds all it may; the sender keeps the message and retries.
@@ -119,6 +131,23 @@ impl IntoResponse for PushReply {
                 "the request body could not be read\n",
             )
                 .into_response(),
+            PushReply::SlowBody => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time\n",
+            )
+                .into_response(),
+            PushReply::TooMany { what, wait } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, HeaderValue::from(wait.secs()))],
+                format!("too many requests {what}; retry in {} s\n", wait.secs()),
+            )
+                .into_response(),
+            PushReply::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [retry_after()],
+                "too many pushes are waiting for their clients; retry later\n",
+            )
+                .into_response(),
             PushReply::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [retry_after()],
@@ -135,60 +164,134 @@ impl IntoResponse for PushReply {
     }
 }
 
-/// Open a token and check it was not revoked; `None` means the endpoint is dead.
-fn live_claims(state: &AppState, token: &str) -> Option<Claims> {
-    let claims = state
-        .keys
-        .open(token, SystemTime::now())
-        .inspect_err(|e| tracing::debug!(error = %e, "dead endpoint"))
-        .ok()?;
+/// The endpoint `token` names, for a request from `sender`, or the reply that refuses it: the
+/// sender over its rate limit, or a dead endpoint. A token that does not decrypt is counted
+/// against its sender, who is refused with `429` once past `limits.forged_tokens_per_address`.
+fn open_endpoint(state: &AppState, sender: IpAddr, token: &str) -> Result<Claims, PushReply> {
+    let sender = address_key(sender);
+    state
+        .limits
+        .per_address
+        .check(&sender)
+        .map_err(|wait| PushReply::TooMany {
+            what: "from this address",
+            wait,
+        })?;
+    let claims = match state.keys.open(token, SystemTime::now()) {
+        Ok(claims) => claims,
+        Err(e @ (TokenError::Malformed | TokenError::Forged)) => {
+            tracing::debug!(error = %e, "forged endpoint");
+            state
+                .limits
+                .forged_tokens
+                .check(&sender)
+                .map_err(|wait| PushReply::TooMany {
+                    what: "with invalid endpoints from this address",
+                    wait,
+                })?;
+            return Err(PushReply::Gone);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "dead endpoint");
+            return Err(PushReply::Gone);
+        }
+    };
     if state.store.is_revoked(&claims) {
         tracing::debug!("revoked endpoint");
-        return None;
+        return Err(PushReply::Gone);
     }
-    Some(claims)
+    Ok(claims)
+}
+
+/// Who sent a request: the peer, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. Entries further left were written by the
+/// sender and are not believed; an entry that is not an address ends the walk.
+fn sender_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let mut sender = peer.to_canonical();
+    if !trusted(&sender) {
+        return sender;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        sender = ip.to_canonical();
+        if !trusted(&sender) {
+            break;
+        }
+    }
+    sender
 }
 
 /// `GET /push/{token}`: lets UnifiedPush apps check that the endpoint speaks UnifiedPush.
-async fn discover(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
-    match live_claims(&state, &token) {
-        Some(_) => (
+async fn discover(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let sender = sender_address(peer.ip(), &headers, &state.trusted_proxies);
+    match open_endpoint(&state, sender, &token) {
+        Ok(_) => (
             [(header::CONTENT_TYPE, "application/json")],
             r#"{"unifiedpush":{"version":1}}"#,
         )
             .into_response(),
-        None => PushReply::Gone.into_response(),
+        Err(reply) => reply.into_response(),
     }
 }
 
 /// `POST`/`PUT /push/{token}`: deliver one message or hold it, and say which.
 async fn push(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
     request: Request,
 ) -> PushReply {
-    let Some(claims) = live_claims(&state, &token) else {
-        return PushReply::Gone;
-    };
     // What a push in flight keeps is kept for up to `delivery.timeout`, so the token and the
     // request head (headers, URI) are let go of as soon as they have been read.
-    drop(token);
-    let (ttl, topic, urgency, body) = {
+    let (ttl, topic, urgency, claims, body) = {
         let (parts, body) = request.into_parts();
+        let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
+        let claims = match open_endpoint(&state, sender, &token) {
+            Ok(claims) => claims,
+            Err(reply) => return reply,
+        };
+        drop(token);
         match rfc8030_headers(&parts.headers) {
-            Ok((ttl, topic, urgency)) => (ttl, topic, urgency, body),
+            Ok((ttl, topic, urgency)) => (ttl, topic, urgency, claims, body),
             Err(reason) => return PushReply::BadHeader(reason),
         }
+    };
+    if let Err(wait) = state.limits.per_endpoint.check(&registration_key(&claims)) {
+        return PushReply::TooMany {
+            what: "for this endpoint",
+            wait,
+        };
+    }
+    let Ok(_in_flight) = state.in_flight.try_acquire() else {
+        return PushReply::Busy;
     };
     // A declared length (Content-Length, as hyper reports it in the body's size hint) over the
     // limit is refused before a byte of it is read.
     if HttpBody::size_hint(&body).lower() > protocol::MAX_BODY as u64 {
         return PushReply::TooLarge;
     }
-    let body = match Limited::new(body, protocol::MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return PushReply::TooLarge,
-        Err(_) => return PushReply::Unreadable,
+    let read = Limited::new(body, protocol::MAX_BODY).collect();
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return PushReply::TooLarge;
+        }
+        Ok(Err(_)) => return PushReply::Unreadable,
+        Err(_) => return PushReply::SlowBody,
     };
     if body.is_empty() {
         return PushReply::Empty;

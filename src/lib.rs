@@ -10,6 +10,8 @@ pub mod config;
 pub mod deliver;
 pub mod held;
 pub mod http;
+pub mod limits;
+pub mod listener;
 pub mod protocol;
 pub mod register;
 pub mod relay;
@@ -18,13 +20,14 @@ pub mod token;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
     deliver::Wakeups,
     held::HeldMessages,
+    limits::Limits,
     relay::{Answers, Relay},
     store::Store,
     token::KeyRing,
@@ -55,7 +58,12 @@ pub async fn run(
     let jid = config.component.jid.clone();
     let keys = Arc::new(KeyRing::new(&config.registration.secrets, jid.as_str())?);
     let answers = Answers::default();
-    let registrar = Arc::new(register::Registrar::new(&config, keys.clone()));
+    let limits = Arc::new(Limits::new(&config.limits));
+    let registrar = Arc::new(register::Registrar::new(
+        &config,
+        keys.clone(),
+        limits.clone(),
+    ));
     let (wakeups, events) = Wakeups::channel();
 
     let link_shutdown = CancellationToken::new();
@@ -87,17 +95,26 @@ pub async fn run(
         link_shutdown.clone(),
     ));
     let pruner = tokio::spawn(prune_forever(store.clone(), held));
+    let forgetter = tokio::spawn(forget_idle_forever(limits.clone()));
 
     tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
-    let state = Arc::new(http::AppState { keys, store, relay });
+    let state = Arc::new(http::AppState {
+        keys,
+        store,
+        relay,
+        limits,
+        in_flight: Semaphore::new(config.http.max_in_flight),
+        body_timeout: config.http.body_timeout,
+        trusted_proxies: config.http.trusted_proxies.clone(),
+    });
     // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
-    let served = http::serve(listener, http::router(state), shutdown).await;
+    listener::serve(listener, http::router(state), &config.http, shutdown).await;
 
     link_shutdown.cancel();
     pruner.abort();
+    forgetter.abort();
     deliverer.await?;
     link_task.await?;
-    served?;
     Ok(())
 }
 
@@ -117,5 +134,14 @@ async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>) {
             Ok(n) => tracing::info!(expired = n, "dropped held messages whose TTL ran out"),
             Err(e) => tracing::warn!(error = %e, "cannot prune held messages"),
         }
+    }
+}
+
+/// Drop rate-limit buckets that have filled up again, so they cost memory only while in use.
+async fn forget_idle_forever(limits: Arc<Limits>) {
+    let mut interval = tokio::time::interval(limits::FORGET_INTERVAL);
+    loop {
+        interval.tick().await;
+        limits.forget_idle();
     }
 }

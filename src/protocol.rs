@@ -51,6 +51,37 @@ pub const DEFAULT_MAX_HELD: usize = 100_000;
 /// How often held messages are offered again to clients that never send presence to xup.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(300);
 
+/// Open HTTP connections at once. Each costs a file descriptor and hyper's buffers (about 16 KB
+/// over HTTP/1.1); systemd's default soft limit on descriptors is 1024.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+
+/// Pushes waiting for a client's answer at once: each keeps its body and a request's state (about
+/// 6 KB over HTTP/2, see docs/BENCHMARKS.md), so this bounds the memory a slow client population
+/// can pin. Past it a push gets `503` with `Retry-After`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// How long a connection may take to send a request's head, and how long an idle HTTP/1.1
+/// connection is kept open between requests.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request may take to send its body (at most 4096 bytes).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per endpoint: a burst of 30 (a chat's worth of messages after a quiet spell), then one a second.
+pub const DEFAULT_PER_ENDPOINT: (u32, Duration) = (30, Duration::from_secs(1));
+
+/// Per sender address: generous, because one Matrix homeserver or Mastodon instance pushes for
+/// thousands of users from one address. 500 a second, after a burst of 2000.
+pub const DEFAULT_PER_ADDRESS: (u32, Duration) = (2000, Duration::from_millis(2));
+
+/// Per sender address, tokens that fail to decrypt: a sender only ever has tokens xup issued, so
+/// forgeries mean someone is guessing. 100, then one every 10 s.
+pub const DEFAULT_FORGED_PER_ADDRESS: (u32, Duration) = (100, Duration::from_secs(10));
+
+/// Per account, `<register>` requests: a distributor registering every app after a reinstall,
+/// then one every 20 s.
+pub const DEFAULT_REGISTRATIONS_PER_ACCOUNT: (u32, Duration) = (30, Duration::from_secs(20));
+
 /// RFC 8030 §5.4: a `Topic` is at most 32 characters of the URL-safe base64 alphabet.
 pub const MAX_TOPIC_LEN: usize = 32;
 

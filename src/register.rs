@@ -14,6 +14,7 @@ use xmpp_parsers::{
 
 use crate::{
     config::{AllowEntry, Config},
+    limits::{Limits, RetryAfter},
     protocol::{self, Register, Registered},
     token::{self, KeyRing},
 };
@@ -29,6 +30,8 @@ pub enum RegisterError {
     NotAllowed,
     #[error("the endpoint would be longer than 1000 bytes; use a shorter resource")]
     EndpointTooLong,
+    #[error("too many registrations from this account; retry in {} s", .0.secs())]
+    TooMany(RetryAfter),
     #[error("internal error while issuing the endpoint")]
     Internal,
 }
@@ -42,6 +45,7 @@ impl RegisterError {
                 (ErrorType::Auth, DefinedCondition::Forbidden)
             }
             RegisterError::EndpointTooLong => (ErrorType::Modify, DefinedCondition::NotAcceptable),
+            RegisterError::TooMany(_) => (ErrorType::Wait, DefinedCondition::ResourceConstraint),
             RegisterError::Internal => (ErrorType::Wait, DefinedCondition::InternalServerError),
         };
         StanzaError::new(kind, condition, "en", self.to_string())
@@ -51,6 +55,7 @@ impl RegisterError {
 /// Everything a registration needs, built once from the config.
 pub struct Registrar {
     keys: Arc<KeyRing>,
+    limits: Arc<Limits>,
     allow: Vec<AllowEntry>,
     lifetime: std::time::Duration,
     /// `public_url` + `/push/`.
@@ -58,9 +63,10 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    pub fn new(config: &Config, keys: Arc<KeyRing>) -> Registrar {
+    pub fn new(config: &Config, keys: Arc<KeyRing>, limits: Arc<Limits>) -> Registrar {
         Registrar {
             keys,
+            limits,
             allow: config.registration.allow.clone(),
             lifetime: config.registration.lifetime,
             endpoint_prefix: format!("{}/push/", config.http.public_url),
@@ -96,6 +102,11 @@ impl Registrar {
         if !self.allow.iter().any(|entry| entry.admits(from)) {
             return Err(RegisterError::NotAllowed);
         }
+        // After the access list, so accounts that may not register never get a bucket.
+        self.limits
+            .registrations
+            .check(&from.to_bare())
+            .map_err(RegisterError::TooMany)?;
 
         let claims = token::claims_for(
             from.as_str(),
@@ -143,7 +154,8 @@ mod tests {
         )
         .expect("config");
         let keys = KeyRing::new(&config.registration.secrets, "up.example.org").expect("keys");
-        Registrar::new(&config, Arc::new(keys))
+        let limits = Limits::new(&config.limits);
+        Registrar::new(&config, Arc::new(keys), Arc::new(limits))
     }
 
     fn request(application: &str, instance: &str) -> Element {

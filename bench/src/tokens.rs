@@ -11,7 +11,9 @@ use std::{
 use anyhow::Context;
 use serde_json::{Value, json};
 use xmpp_parsers::{jid::Jid, minidom::Element};
-use xup::{config::Config, protocol::Register, register::Registrar, token::KeyRing};
+use xup::{
+    config::Config, limits::Limits, protocol::Register, register::Registrar, token::KeyRing,
+};
 
 /// Operations per second for issuing and for opening tokens, each over `iterations`.
 pub fn measure(iterations: u64) -> anyhow::Result<Value> {
@@ -20,6 +22,8 @@ pub fn measure(iterations: u64) -> anyhow::Result<Value> {
             "component": { "jid": "up.localhost", "server": "127.0.0.1:5347", "secret": "s" },
             "http": { "listen": "127.0.0.1:0", "public_url": "https://push.example.org" },
             "registration": { "secrets": ["a benchmark secret of enough length"] },
+            // One account registers over and over here: measure the limit's cost, not its effect.
+            "limits": { "registrations_per_account": { "burst": u32::MAX, "every": "1ms" } },
             "store": { "path": "/nonexistent" },
         })
         .to_string(),
@@ -28,7 +32,8 @@ pub fn measure(iterations: u64) -> anyhow::Result<Value> {
         &config.registration.secrets,
         config.component.jid.as_str(),
     )?);
-    let registrar = Registrar::new(&config, keys.clone());
+    let limits = Arc::new(Limits::new(&config.limits));
+    let registrar = Registrar::new(&config, keys.clone(), limits);
     let from: Jid = "juliet@localhost/phone".parse()?;
     let payload: Element = Register {
         application: "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=".into(),

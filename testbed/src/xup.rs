@@ -28,6 +28,10 @@ pub struct XupSettings {
     pub log_filter: &'static str,
     /// More `delivery` settings, e.g. `("max_held", json!(1))`.
     pub delivery: Vec<(&'static str, Value)>,
+    /// More `http` settings, e.g. `("max_connections", json!(10))`.
+    pub http: Vec<(&'static str, Value)>,
+    /// The `limits` section, e.g. `("per_endpoint", json!({"burst": 2, "every": "1h"}))`.
+    pub limits: Vec<(&'static str, Value)>,
 }
 
 impl XupSettings {
@@ -41,7 +45,23 @@ impl XupSettings {
             store: store.to_owned(),
             log_filter: "xup=debug",
             delivery: Vec::new(),
+            http: Vec::new(),
+            limits: Vec::new(),
         }
+    }
+
+    /// Rate limits so high that a load test never meets them: for measuring xup, not its limits.
+    pub fn without_rate_limits(&mut self) {
+        let unlimited = json!({ "burst": u32::MAX, "every": "1ms" });
+        self.limits = [
+            "per_endpoint",
+            "per_address",
+            "forged_tokens_per_address",
+            "registrations_per_account",
+        ]
+        .into_iter()
+        .map(|name| (name, unlimited.clone()))
+        .collect();
     }
 
     pub fn config_json(&self, prosody: &Prosody) -> Value {
@@ -53,18 +73,27 @@ impl XupSettings {
         for (key, value) in &self.delivery {
             delivery[*key] = value.clone();
         }
+        let mut http = json!({
+            "listen": format!("127.0.0.1:{}", self.http_port),
+            "public_url": format!("http://127.0.0.1:{}", self.http_port),
+        });
+        for (key, value) in &self.http {
+            http[*key] = value.clone();
+        }
+        let mut limits = json!({});
+        for (key, value) in &self.limits {
+            limits[*key] = value.clone();
+        }
         json!({
             "component": {
                 "jid": COMPONENT,
                 "server": format!("127.0.0.1:{}", prosody.component_port),
                 "secret": self.component_secret,
             },
-            "http": {
-                "listen": format!("127.0.0.1:{}", self.http_port),
-                "public_url": format!("http://127.0.0.1:{}", self.http_port),
-            },
+            "http": http,
             "registration": registration,
             "delivery": delivery,
+            "limits": limits,
             "store": { "path": self.store },
         })
     }

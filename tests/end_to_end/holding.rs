@@ -307,9 +307,13 @@ fn tally(pushes: &[ReceivedPush]) -> HashMap<String, usize> {
 async fn prosody_killed_mid_load_loses_nothing_that_was_answered_201() {
     const COUNT: usize = 300;
     const CONCURRENCY: usize = 8;
-    // The outage may hold every message for this one registration: no bound may drop any here.
-    let mut stack =
-        Stack::start_with(|s| s.delivery = vec![("max_held_per_registration", json!(COUNT))]).await;
+    // The outage may hold every message for this one registration: no bound may drop any here,
+    // and no rate limit may refuse them.
+    let mut stack = Stack::start_with(|s| {
+        s.delivery = vec![("max_held_per_registration", json!(COUNT))];
+        s.without_rate_limits();
+    })
+    .await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     let (done, mut progress) = watch::channel(0);
@@ -360,7 +364,7 @@ async fn prosody_killed_mid_load_loses_nothing_that_was_answered_201() {
 #[tokio::test]
 async fn sigterm_under_load_exits_0_and_loses_nothing_that_was_answered_201() {
     const COUNT: usize = 300;
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with(XupSettings::without_rate_limits).await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     let (done, mut progress) = watch::channel(0);

@@ -1,0 +1,162 @@
+//! Rate limits: how much one endpoint, one sender address and one account may ask of xup.
+//!
+//! Each limit is a token bucket per key (GCRA, from `governor`): `burst` requests at once, then one
+//! more every `every`. A request over its limit is refused at once with the time until it would
+//! be allowed, which becomes `Retry-After` on HTTP (`429`) and the text of a `resource-constraint`
+//! IQ error on XMPP. Nothing is queued. Buckets that have filled up again are forgotten every
+//! minute, so the memory a limit holds follows the number of keys active in the last minutes,
+//! not every address ever seen.
+
+use std::{
+    hash::Hash,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
+use xmpp_parsers::jid::BareJid;
+
+use crate::{
+    config::{LimitsConfig, Rate},
+    store::RegistrationKey,
+};
+
+/// How often buckets that are full again are dropped.
+pub const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Every rate limit xup keeps.
+pub struct Limits {
+    /// Pushes per registration (every token of it shares one bucket).
+    pub per_endpoint: Limiter<RegistrationKey>,
+    /// Requests per sender, keyed by [`address_key`].
+    pub per_address: Limiter<IpAddr>,
+    /// Tokens that fail to decrypt, per sender.
+    pub forged_tokens: Limiter<IpAddr>,
+    /// `<register>` requests per account.
+    pub registrations: Limiter<BareJid>,
+}
+
+impl Limits {
+    pub fn new(config: &LimitsConfig) -> Limits {
+        Limits {
+            per_endpoint: Limiter::new(config.per_endpoint),
+            per_address: Limiter::new(config.per_address),
+            forged_tokens: Limiter::new(config.forged_tokens_per_address),
+            registrations: Limiter::new(config.registrations_per_account),
+        }
+    }
+
+    /// Drop every bucket that is full again: a key seen now and then costs nothing between visits.
+    pub fn forget_idle(&self) {
+        self.per_endpoint.forget_idle();
+        self.per_address.forget_idle();
+        self.forged_tokens.forget_idle();
+        self.registrations.forget_idle();
+    }
+}
+
+/// One keyed limit.
+pub struct Limiter<K: Hash + Eq + Clone> {
+    buckets: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    pub fn new(rate: Rate) -> Limiter<K> {
+        // `every` is never zero (config validation), so the fallback is never taken.
+        let quota = Quota::with_period(rate.every)
+            .unwrap_or_else(|| Quota::per_second(rate.burst))
+            .allow_burst(rate.burst);
+        Limiter {
+            buckets: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Take one request from `key`'s bucket, or say how long until one is there.
+    pub fn check(&self, key: &K) -> Result<(), RetryAfter> {
+        self.buckets.check_key(key).map_err(|not_until| {
+            RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+        })
+    }
+
+    fn forget_idle(&self) {
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+}
+
+/// How long a refused caller should wait before it is allowed again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// Whole seconds, rounded up and at least 1, as `Retry-After` takes them.
+    pub fn secs(self) -> u64 {
+        let secs = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        secs.max(1)
+    }
+}
+
+/// The key a sender is limited by: an IPv4 address, or the /64 an IPv6 address is in, because a
+/// single host is routinely given a whole /64 and could otherwise pick a fresh address per request.
+pub fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn rate(burst: u32, every: Duration) -> Rate {
+        Rate {
+            burst: NonZeroU32::new(burst).expect("non-zero"),
+            every,
+        }
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_with_the_wait() {
+        let limiter = Limiter::new(rate(3, Duration::from_secs(10)));
+        for _ in 0..3 {
+            assert_eq!(limiter.check(&1), Ok(()));
+        }
+        let wait = limiter.check(&1).expect_err("over the burst");
+        assert!(
+            wait.0 > Duration::from_secs(9) && wait.secs() <= 10,
+            "{wait:?}"
+        );
+        assert_eq!(limiter.check(&2), Ok(()), "another key has its own bucket");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_a_whole_second() {
+        assert_eq!(RetryAfter(Duration::from_millis(1)).secs(), 1);
+        assert_eq!(RetryAfter(Duration::from_millis(1500)).secs(), 2);
+        assert_eq!(RetryAfter(Duration::from_secs(3)).secs(), 3);
+        assert_eq!(RetryAfter(Duration::ZERO).secs(), 1);
+    }
+
+    #[test]
+    fn ipv6_senders_are_limited_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            address_key(mapped),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
+    }
+}
