@@ -636,6 +636,41 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    /// A `Metered` reading what a loopback peer writes: `chunks` of `len` bytes, the count reset
+    /// between chunks as the serve loop does after each stanza. Returns the first read error.
+    async fn read_metered(chunks: usize, len: usize) -> Option<std::io::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let writer = tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.expect("accept");
+            for _ in 0..chunks {
+                peer.write_all(&vec![b'x'; len]).await.expect("write");
+            }
+        });
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut metered = Metered {
+            tcp: TcpStream::connect(address).await.expect("connect"),
+            read_since_stanza: count.clone(),
+        };
+        let mut buf = vec![0u8; len];
+        for _ in 0..chunks {
+            if let Err(e) = metered.read_exact(&mut buf).await {
+                return Some(e);
+            }
+            count.store(0, Ordering::Relaxed);
+        }
+        writer.await.expect("writer");
+        None
+    }
+
+    #[tokio::test]
+    async fn a_stanza_over_the_bound_fails_the_read_and_many_under_it_do_not() {
+        let error = read_metered(1, MAX_STANZA + 1).await.expect("refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(read_metered(4, MAX_STANZA / 2).await.is_none());
+    }
+
     #[test]
     fn backoff_grows_to_the_cap_and_stays_there() {
         let mut backoff = Backoff::default();

@@ -718,4 +718,135 @@ mod tests {
         let e = error_of(&GOOD.replace(r#""up.example.org""#, r#""up@example.org""#));
         assert!(e.starts_with("component.jid:"), "{e}");
     }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let component = dir.path().join("component");
+        let endpoints = dir.path().join("endpoints");
+        std::fs::write(&component, "from a file\n").expect("write");
+        std::fs::write(&endpoints, "0123456789abcdef-new\n0123456789abcdef-old\n").expect("write");
+        let text = GOOD
+            .replace(
+                r#""secret": "s""#,
+                &format!(r#""secret_file": {:?}"#, component.display().to_string()),
+            )
+            .replace(
+                r#""secrets": ["0123456789abcdef"]"#,
+                &format!(r#""secrets_file": {:?}"#, endpoints.display().to_string()),
+            );
+        let config = Config::parse_with_env(&text, no_env).expect("valid");
+        assert_eq!(config.component.secret, "from a file");
+        assert_eq!(
+            config.registration.secrets,
+            ["0123456789abcdef-new", "0123456789abcdef-old"]
+        );
+    }
+
+    #[test]
+    fn secrets_can_come_from_the_environment() {
+        let text = GOOD
+            .replace(r#", "secret": "s""#, "")
+            .replace(r#""secrets": ["0123456789abcdef"], "#, "");
+        let env = |name: &str| match name {
+            "XUP_COMPONENT_SECRET" => Some("from the environment".to_owned()),
+            "XUP_REGISTRATION_SECRETS" => Some("0123456789abcdef-1 0123456789abcdef-2".to_owned()),
+            _ => None,
+        };
+        let config = Config::parse_with_env(&text, env).expect("valid");
+        assert_eq!(config.component.secret, "from the environment");
+        assert_eq!(config.registration.secrets.len(), 2);
+
+        let e = Config::parse_with_env(&text, no_env)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().starts_with("component.secret: missing")
+                && e.to_string().contains("XUP_COMPONENT_SECRET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secret_given_twice_is_refused() {
+        let env = |name: &str| (name == "XUP_COMPONENT_SECRET").then(|| "other".to_owned());
+        let e = Config::parse_with_env(GOOD, env).err().expect("refused");
+        assert!(
+            e.to_string()
+                .starts_with("component.secret: given more than once"),
+            "{e}"
+        );
+        let env = |name: &str| (name == "XUP_REGISTRATION_SECRETS").then(|| "x".repeat(20));
+        let e = Config::parse_with_env(GOOD, env).err().expect("refused");
+        assert!(
+            e.to_string()
+                .starts_with("registration.secrets: given more than once"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_names_the_field() {
+        let text = GOOD.replace(
+            r#""secret": "s""#,
+            r#""secret_file": "/nonexistent/secret""#,
+        );
+        let e = Config::parse_with_env(&text, no_env)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .starts_with("component.secret_file: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bad_ones_name_their_field() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.limits.per_endpoint.burst.get(), 30);
+        assert_eq!(config.limits.per_endpoint.every, Duration::from_secs(1));
+        assert_eq!(
+            config.http.max_connections,
+            protocol::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(config.http.trusted_proxies.len(), 2);
+
+        let with = |limits: &str| GOOD.replace(r#""delivery""#, &format!("{limits}, \"delivery\""));
+        let e = error_of(&with(
+            r#""limits": { "per_endpoint": { "burst": 0, "every": "1s" } }"#,
+        ));
+        assert!(e.starts_with("limits.per_endpoint.burst:"), "{e}");
+        let e = error_of(&with(
+            r#""limits": { "per_address": { "burst": 5, "every": "0s" } }"#,
+        ));
+        assert!(e.starts_with("limits.per_address.every:"), "{e}");
+        let e = error_of(&with(
+            r#""limits": { "per_address": { "burst": 5, "every": "often" } }"#,
+        ));
+        assert!(e.starts_with("limits.per_address.every:"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let text = GOOD.replace(
+            r#""public_url": "https://up.example.org/""#,
+            r#""public_url": "https://up.example.org/", "trusted_proxies": ["10.0.0.0/8", "::1"]"#,
+        );
+        let proxies = Config::parse(&text).expect("valid").http.trusted_proxies;
+        assert!(proxies[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(proxies[1].contains(&"::1".parse::<std::net::IpAddr>().expect("ip")));
+
+        let e = error_of(&text.replace("10.0.0.0/8", "proxy.example.org"));
+        assert!(e.starts_with("http.trusted_proxies[0]:"), "{e}");
+        let e = error_of(&text.replace(
+            r#""trusted_proxies""#,
+            r#""max_in_flight": 0, "trusted_proxies""#,
+        ));
+        assert!(e.starts_with("http.max_in_flight:"), "{e}");
+    }
 }

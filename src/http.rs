@@ -349,3 +349,67 @@ fn rfc8030_headers(
         .unwrap_or_default();
     Ok((ttl, topic, urgency))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxies = [
+            "127.0.0.1/32".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ];
+        let headers = forwarded("203.0.113.9");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            sender_address(ip("198.51.100.1"), &headers, &proxies),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &HeaderMap::new(), &proxies),
+            ip("127.0.0.1"),
+            "a proxy that sends no header is the sender"
+        );
+    }
+
+    #[test]
+    fn the_nearest_untrusted_hop_is_the_sender_and_what_it_wrote_is_ignored() {
+        let proxies = [
+            "127.0.0.1/32".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ];
+        // The sender claims 192.0.2.1; 203.0.113.9 reached the outer proxy 10.0.0.5.
+        let headers = forwarded("192.0.2.1, 203.0.113.9, 10.0.0.5");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("203.0.113.9")
+        );
+        let headers = forwarded("garbage, 10.0.0.5");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            sender_address(ip("::ffff:127.0.0.1"), &forwarded("203.0.113.9"), &proxies),
+            ip("203.0.113.9"),
+            "an IPv4 peer on an IPv6 socket is still the trusted proxy"
+        );
+    }
+}
