@@ -640,7 +640,9 @@ mod tests {
     /// between chunks as the serve loop does after each stanza. Returns the first read error.
     async fn read_metered(chunks: usize, len: usize) -> Option<std::io::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let address = listener.local_addr().expect("address");
         let writer = tokio::spawn(async move {
             let (mut peer, _) = listener.accept().await.expect("accept");

@@ -27,8 +27,10 @@ use sha2::Sha256;
 const KEY_LABEL: &[u8] = b"xup endpoint token key v1";
 const KEY_ID_LABEL: &[u8] = b"xup endpoint token key id v1";
 
-/// Longer strings are not tokens xup made; refuse them before any base64 or crypto work.
-const MAX_TOKEN_LEN: usize = crate::protocol::MAX_ENDPOINT_LEN;
+/// Longer strings are not tokens xup made; refuse them before any base64 or crypto work. The
+/// largest claims RFC 7622 allows (three 1023-byte JID parts, a resource of `"` escaped to twice
+/// its length) make a token of about 6 KB; endpoints are capped far lower, at registration.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// What a token proves once it has been opened.
 #[derive(Debug, Clone, PartialEq)]

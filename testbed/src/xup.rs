@@ -4,6 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
+    sync::{Arc, Mutex},
 };
 
 use serde_json::{Value, json};
@@ -103,6 +104,7 @@ impl XupSettings {
 pub struct Xup {
     child: Child,
     logs: mpsc::UnboundedReceiver<String>,
+    history: Arc<Mutex<Vec<String>>>,
     pub base_url: String,
     _config: tempfile::NamedTempFile,
 }
@@ -141,10 +143,15 @@ impl Xup {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let stderr = child.stderr.take().expect("piped stderr");
         let (sender, logs) = mpsc::unbounded_channel();
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let written = history.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("xup| {line}");
+                if let Ok(mut written) = written.lock() {
+                    written.push(line.clone());
+                }
                 if sender.send(line).is_err() {
                     break;
                 }
@@ -153,6 +160,7 @@ impl Xup {
         Xup {
             child,
             logs,
+            history,
             base_url: format!("http://127.0.0.1:{}", settings.http_port),
             _config: config,
         }
@@ -167,6 +175,11 @@ impl Xup {
     pub async fn wait_log(&mut self, needle: &str) -> String {
         let what = format!("xup logging {needle:?}");
         first_matching(&mut self.logs, &what, |line| line.contains(needle)).await
+    }
+
+    /// Every log line xup has written so far, awaited or not.
+    pub fn logs_so_far(&self) -> Vec<String> {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// Kill xup hard (SIGKILL), as a crash or an OOM kill would, and wait until it is gone.

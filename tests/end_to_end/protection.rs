@@ -418,3 +418,41 @@ async fn a_register_flood_from_one_account_is_limited_and_others_are_not() {
     let endpoint = romeo.register(APP, INSTANCE).await.endpoint;
     assert_delivered(&endpoint, &mut romeo, b"romeo is unaffected").await;
 }
+
+#[tokio::test]
+async fn info_logs_name_no_account_and_no_token() {
+    let mut stack = Stack::start_with(|s| s.log_filter = "info").await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let token = endpoint.rsplit('/').next().expect("a token").to_owned();
+    // A delivery, a forgery, a held message, and a revocation: each logs what it logs.
+    assert_delivered(&endpoint, &mut phone, b"delivered").await;
+    assert_eq!(post(&format!("{endpoint}x"), "forged").await.status(), 404);
+    phone.answer_with("service-unavailable").await;
+    assert_eq!(post(&endpoint, "held").await.status(), 201);
+    phone.answer_with("item-not-found").await;
+    phone.announce().await;
+    stack.xup.wait_log("endpoint revoked by its client").await;
+    assert!(stack.xup.stop().await.success());
+    stack.xup.wait_log("component link closed").await;
+
+    let lines = stack.xup.logs_so_far();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("endpoint revoked by its client")),
+        "every line was kept: {lines:?}"
+    );
+    // The token's ciphertext, less the fixed prefix: any 16 characters of it would identify it.
+    let secret_part = &token["v4.local.".len()..];
+    for line in &lines {
+        assert!(!line.contains("juliet"), "a JID in an info line: {line}");
+        assert!(
+            !secret_part
+                .as_bytes()
+                .windows(16)
+                .any(|w| line.as_bytes().windows(16).any(|l| l == w)),
+            "part of a token in an info line: {line}"
+        );
+    }
+}
