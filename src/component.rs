@@ -481,8 +481,8 @@ fn refuse_malformed(header: RawStanzaHeader) -> Option<Stanza> {
 }
 
 impl Router {
-    /// Handle one incoming stanza; returns the reply to send, if any.
-    fn route(&self, stanza: Stanza) -> Option<Stanza> {
+    /// Handle one incoming stanza; returns the reply to send, if any. Public for the fuzz target.
+    pub fn route(&self, stanza: Stanza) -> Option<Stanza> {
         let iq = match stanza {
             Stanza::Iq(iq) => iq,
             Stanza::Presence(presence) => {

@@ -20,7 +20,7 @@ pub mod token;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -46,6 +46,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let started = start(&config)?;
+    tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
+    // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
+    listener::serve(listener, started.router.clone(), &config.http, shutdown).await;
+    started.stop().await
+}
+
+/// xup with everything but the HTTP listener running: the component link, the deliverer and the
+/// housekeeping tasks, and the router that HTTP requests go to.
+pub struct Started {
+    pub router: axum::Router,
+    link_shutdown: CancellationToken,
+    link_task: JoinHandle<()>,
+    deliverer: JoinHandle<()>,
+    housekeeping: Vec<JoinHandle<()>>,
+}
+
+/// Open the store and start everything but the HTTP listener. Must be called within a Tokio
+/// runtime.
+pub fn start(config: &Config) -> anyhow::Result<Started> {
     let store = Arc::new(Store::open(&config.store.path)?);
     let held = Arc::new(HeldMessages::open(
         store.database(),
@@ -60,7 +80,7 @@ pub async fn run(
     let answers = Answers::default();
     let limits = Arc::new(Limits::new(&config.limits));
     let registrar = Arc::new(register::Registrar::new(
-        &config,
+        config,
         keys.clone(),
         limits.clone(),
     ));
@@ -83,7 +103,7 @@ pub async fn run(
         answers,
         store.clone(),
         held.clone(),
-        &config,
+        config,
         wakeups,
     ));
     let deliverer = tokio::spawn(deliver::run(
@@ -94,10 +114,10 @@ pub async fn run(
         config.delivery.retry_interval,
         link_shutdown.clone(),
     ));
-    let pruner = tokio::spawn(prune_forever(store.clone(), held));
-    let forgetter = tokio::spawn(forget_idle_forever(limits.clone()));
-
-    tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
+    let housekeeping = vec![
+        tokio::spawn(prune_forever(store.clone(), held)),
+        tokio::spawn(forget_idle_forever(limits.clone())),
+    ];
     let state = Arc::new(http::AppState {
         keys,
         store,
@@ -107,15 +127,26 @@ pub async fn run(
         body_timeout: config.http.body_timeout,
         trusted_proxies: config.http.trusted_proxies.clone(),
     });
-    // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
-    listener::serve(listener, http::router(state), &config.http, shutdown).await;
+    Ok(Started {
+        router: http::router(state),
+        link_shutdown,
+        link_task,
+        deliverer,
+        housekeeping,
+    })
+}
 
-    link_shutdown.cancel();
-    pruner.abort();
-    forgetter.abort();
-    deliverer.await?;
-    link_task.await?;
-    Ok(())
+impl Started {
+    /// Stop offering held messages, then close the XMPP stream. HTTP must have stopped first.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.link_shutdown.cancel();
+        for task in &self.housekeeping {
+            task.abort();
+        }
+        self.deliverer.await?;
+        self.link_task.await?;
+        Ok(())
+    }
 }
 
 /// Forget, hourly, revocations that can no longer kill a token and messages past their TTL.

@@ -1,0 +1,81 @@
+//! Incoming stanza handling: any bytes the XMPP server could send as one stanza, parsed the way
+//! the component link parses them and handed to the router. Nothing may panic; a request gets
+//! exactly one answer with its id, and an answer (result or error) never gets one (RFC 6120 §8.2.3).
+
+#![no_main]
+
+use std::sync::{Arc, LazyLock, Mutex};
+
+use libfuzzer_sys::fuzz_target;
+use xmpp_parsers::{iq::Iq, stanza::Stanza};
+use xup::{
+    component::Router,
+    config::Config,
+    deliver::{Event, Wakeups},
+    limits::Limits,
+    register::Registrar,
+    relay::Answers,
+};
+
+use xup_fuzz as seeds;
+
+struct World {
+    router: Router,
+    /// Kept so wake-ups have somewhere to go; emptied after every input.
+    events: Mutex<tokio::sync::mpsc::UnboundedReceiver<Event>>,
+}
+
+static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let config = Config::parse(&format!(
+        r#"{{
+          "component":    {{ "jid": "{}", "secret": "s" }},
+          "http":         {{ "listen": "127.0.0.1:8080", "public_url": "https://up.localhost" }},
+          "registration": {{ "secrets": {:?}, "allow": ["*"] }},
+          "limits":       {{ "registrations_per_account": {{ "burst": 4000000000, "every": "1ms" }} }},
+          "store":        {{ "path": "/nonexistent" }}
+        }}"#,
+        seeds::COMPONENT,
+        seeds::SECRETS,
+    ))
+    .expect("config");
+    let keys = Arc::new(seeds::key_ring());
+    let limits = Arc::new(Limits::new(&config.limits));
+    let (wakeups, events) = Wakeups::channel();
+    World {
+        router: Router {
+            jid: config.component.jid.clone(),
+            registrar: Arc::new(Registrar::new(&config, keys, limits)),
+            answers: Answers::default(),
+            wakeups,
+        },
+        events: Mutex::new(events),
+    }
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(stanza) = xso::from_bytes::<Stanza>(data) else {
+        return;
+    };
+    let request_id = match &stanza {
+        Stanza::Iq(Iq::Get { id, .. } | Iq::Set { id, .. }) => Some(id.clone()),
+        _ => None,
+    };
+    let reply = WORLD.router.route(stanza);
+    match (request_id, &reply) {
+        (
+            Some(id),
+            Some(Stanza::Iq(Iq::Result { id: answered, .. } | Iq::Error { id: answered, .. })),
+        ) => {
+            assert_eq!(&id, answered, "the answer carries the request's id");
+        }
+        (Some(_), other) => panic!("a request got {other:?} instead of one answer"),
+        (None, None) => {}
+        (None, Some(reply)) => panic!("a stanza that is no request was answered: {reply:?}"),
+    }
+    if let Some(reply) = reply {
+        xso::to_vec(&reply).expect("the answer serialises");
+    }
+    if let Ok(mut events) = WORLD.events.lock() {
+        while events.try_recv().is_ok() {}
+    }
+});
