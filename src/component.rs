@@ -230,13 +230,7 @@ async fn keep_connected(
 
 /// XEP-0114 has no TLS: the handshake digest and every push cross the network in clear.
 async fn warn_if_not_loopback(server: &str) {
-    let Ok(addresses) = tokio::net::lookup_host(server).await else {
-        return; // connecting will say why
-    };
-    if addresses
-        .into_iter()
-        .any(|a| !a.ip().to_canonical().is_loopback())
-    {
+    if reaches_beyond_loopback(server).await {
         tracing::warn!(
             server,
             "component.server is not a loopback address: XEP-0114 has no encryption, so pushes \
@@ -244,6 +238,14 @@ async fn warn_if_not_loopback(server: &str) {
              or tunnel the connection"
         );
     }
+}
+
+/// Whether `server` resolves to any address off this host. A name that does not resolve is left
+/// to the connection attempt to report.
+async fn reaches_beyond_loopback(server: &str) -> bool {
+    tokio::net::lookup_host(server)
+        .await
+        .is_ok_and(|mut addresses| addresses.any(|a| !a.ip().to_canonical().is_loopback()))
 }
 
 /// The TCP connection to the server, counting what is read since the last complete stanza so
@@ -664,6 +666,16 @@ mod tests {
         }
         writer.await.expect("writer");
         None
+    }
+
+    #[tokio::test]
+    async fn only_a_server_off_this_host_is_warned_about() {
+        for local in ["127.0.0.1:5347", "[::1]:5347", "127.0.0.53:5347"] {
+            assert!(!reaches_beyond_loopback(local).await, "{local}");
+        }
+        for remote in ["192.0.2.1:5347", "[2001:db8::1]:5347"] {
+            assert!(reaches_beyond_loopback(remote).await, "{remote}");
+        }
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,10 @@ impl Wakeups {
 /// meanwhile (a wake-up during a round must not be lost, nor start a second round beside it).
 type Busy = Arc<Mutex<HashMap<String, bool>>>;
 
+/// Clients being offered messages at once. A retry offers every waiting client; with many
+/// offline, this spreads the IQs (and the server's bounces) instead of sending them in one burst.
+const MAX_ROUNDS_AT_ONCE: usize = 256;
+
 /// Run until `shutdown`: react to events, retry every `retry_interval`, and offer everything
 /// again each time `link_up` turns true.
 pub async fn run(
@@ -71,6 +75,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let busy: Busy = Arc::default();
+    let offering = Arc::new(Semaphore::new(MAX_ROUNDS_AT_ONCE));
     let mut rounds = JoinSet::new();
     let mut retry = tokio::time::interval(retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,7 +85,7 @@ pub async fn run(
             Some(event) = events.recv() => {
                 match event {
                     Event::Wake(subject) => {
-                        start_round(subject, &relay, &held, &busy, &mut rounds);
+                        start_round(subject, &relay, &held, &busy, &offering, &mut rounds);
                     }
                     Event::LateResult { id, from } => {
                         match held.remove(&id, &from.to_string()).await {
@@ -99,7 +104,7 @@ pub async fn run(
         };
         if everyone && *link_up.borrow() {
             for subject in held.subjects() {
-                start_round(subject, &relay, &held, &busy, &mut rounds);
+                start_round(subject, &relay, &held, &busy, &offering, &mut rounds);
             }
         }
     }
@@ -112,6 +117,7 @@ fn start_round(
     relay: &Arc<Relay>,
     held: &Arc<HeldMessages>,
     busy: &Busy,
+    offering: &Arc<Semaphore>,
     rounds: &mut JoinSet<()>,
 ) {
     if !held.has_any(&subject) {
@@ -125,8 +131,12 @@ fn start_round(
         }
         busy.insert(subject.clone(), false);
     }
-    let (relay, held, busy) = (relay.clone(), held.clone(), busy.clone());
+    let (relay, held, busy, offering) =
+        (relay.clone(), held.clone(), busy.clone(), offering.clone());
     rounds.spawn(async move {
+        let Ok(_turn) = offering.acquire_owned().await else {
+            return; // never closed
+        };
         loop {
             offer_all(&subject, &relay, &held).await;
             let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
