@@ -7,9 +7,17 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use xup::config::Config;
 
+/// The version and the git revision it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("XUP_GIT_REVISION"),
+    ")"
+);
+
 /// A UnifiedPush push provider for XMPP, run as an external component (XEP-0114) of your XMPP server.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Path of the JSON configuration file (see config.example.json).
     #[arg(short, long, global = true, default_value = "config.json")]

@@ -1,4 +1,5 @@
-//! The shipped example config and `xup check` stay in step with the code.
+//! The command line: the shipped example config and `xup check` stay in step with the code, and
+//! `xup --version` says which source it was built from.
 
 use std::process::Command;
 
@@ -33,4 +34,30 @@ fn xup_check_names_the_field_at_fault_and_fails() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("registration.lifetime"), "{stderr}");
+}
+
+#[test]
+fn version_names_the_git_revision_it_was_built_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("--version")
+        .output()
+        .expect("xup runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("xup {} (", env!("CARGO_PKG_VERSION"));
+    assert!(printed.starts_with(&expected), "{printed}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        // Built from this checkout: its revision, marked if the tree had changes.
+        Some(head) => assert!(
+            printed.contains(&format!("({head}")),
+            "{printed} is not at {head}"
+        ),
+        None => assert!(printed.contains("(unknown)"), "{printed}"),
+    }
 }
