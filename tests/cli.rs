@@ -61,3 +61,33 @@ fn version_names_the_git_revision_it_was_built_from() {
         None => assert!(printed.contains("(unknown)"), "{printed}"),
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.json");
+    let config = serde_json::json!({
+        // Nothing listens on the discard port: xup logs that it cannot connect, and keeps trying.
+        "component": { "jid": "up.localhost", "server": "127.0.0.1:9", "secret": "s" },
+        "http": { "listen": "127.0.0.1:0", "public_url": "http://127.0.0.1" },
+        "registration": { "secrets": ["0123456789abcdef"] },
+        "store": { "path": dir.path().join("store") },
+    });
+    std::fs::write(&path, config.to_string()).expect("write");
+    let mut xup = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xup runs");
+    let stderr = xup.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("a log line").expect("readable");
+    let _ = xup.kill();
+    let _ = xup.wait();
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON object");
+    assert!(line["level"].is_string(), "{line}");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+}
