@@ -59,6 +59,7 @@ use xmpp_parsers::{
 use crate::{
     config::ComponentConfig,
     deliver::Wakeups,
+    metrics::METRICS,
     protocol,
     register::Registrar,
     relay::{self, Answer, Answers},
@@ -189,6 +190,7 @@ async fn keep_connected(
         match attempt {
             Ok((stream, read_since_stanza)) => {
                 tracing::info!(jid = %config.jid, server = %config.server, "component link up");
+                METRICS.link_connected();
                 last_failure.clear();
                 let since = Instant::now();
                 up.send_replace(true);

@@ -26,7 +26,13 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
     pub store: StoreConfig,
+}
+
+pub struct MetricsConfig {
+    /// Where `/health` and `/metrics` are served; `None` puts them on `http.listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -154,7 +160,15 @@ pub struct RawConfig {
     delivery: RawDelivery,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    metrics: RawMetrics,
     store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +506,27 @@ impl Config {
             )?,
         };
 
+        let metrics = MetricsConfig {
+            listen: raw
+                .metrics
+                .listen
+                .map(|text| {
+                    text.parse().map_err(|_| {
+                        invalid(
+                            "metrics.listen",
+                            "expected an IP address and port, e.g. 127.0.0.1:9090",
+                        )
+                    })
+                })
+                .transpose()?,
+        };
+        if metrics.listen.is_some_and(|address| address == listen) {
+            return Err(invalid(
+                "metrics.listen",
+                "must differ from http.listen; leave it out to serve /metrics there",
+            ));
+        }
+
         if raw.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must name a directory"));
         }
@@ -525,6 +560,7 @@ impl Config {
                 retry_interval,
             },
             limits,
+            metrics,
             store: StoreConfig {
                 path: raw.store.path,
             },

@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     limits::{Limits, RetryAfter, address_key},
+    metrics::{METRICS, PushOutcome},
     protocol::{self, Urgency},
     relay::{self, Outcome, Relay},
     store::{Store, registration_key},
@@ -53,7 +54,7 @@ pub struct AppState {
     pub relay: Arc<Relay>,
     pub limits: Arc<Limits>,
     /// One permit per push waiting for its client: `http.max_in_flight`.
-    pub in_flight: Semaphore,
+    pub in_flight: Arc<Semaphore>,
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -71,9 +72,12 @@ enum PushReply {
     Accepted {
         id: String,
         ttl: Duration,
+        how: PushOutcome,
     },
-    /// Unknown, tampered, expired or revoked token, or the client says the app is gone.
+    /// Unknown, tampered, expired or revoked token.
     Gone,
+    /// The client said, just now, that the app is gone.
+    Revoked,
     TooLarge,
     Empty,
     Unreadable,
@@ -93,6 +97,26 @@ enum PushReply {
     Internal,
 }
 
+impl PushReply {
+    /// What the metrics call this answer.
+    fn outcome(&self) -> PushOutcome {
+        match self {
+            PushReply::Accepted { how, .. } => *how,
+            PushReply::Gone => PushOutcome::NotFound,
+            PushReply::Revoked => PushOutcome::Revoked,
+            PushReply::TooLarge => PushOutcome::TooLarge,
+            PushReply::Empty | PushReply::Unreadable | PushReply::BadHeader(_) => {
+                PushOutcome::BadRequest
+            }
+            PushReply::SlowBody => PushOutcome::Timeout,
+            PushReply::TooMany { .. } => PushOutcome::RateLimited,
+            PushReply::Busy => PushOutcome::Busy,
+            PushReply::Full => PushOutcome::Full,
+            PushReply::Internal => PushOutcome::Internal,
+        }
+    }
+}
+
 impl IntoResponse for PushReply {
     fn into_response(self) -> Response {
         let retry_after = || {
@@ -102,7 +126,7 @@ impl IntoResponse for PushReply {
             )
         };
         match self {
-            PushReply::Accepted { id, ttl } => {
+            PushReply::Accepted { id, ttl, .. } => {
                 let location = HeaderValue::from_str(&format!("/message/{id}"))
                     .unwrap_or_else(|_| HeaderValue::from_static("/message/"));
                 (
@@ -117,7 +141,9 @@ impl IntoResponse for PushReply {
             PushReply::BadHeader(reason) => {
                 (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
             }
-            PushReply::Gone => (StatusCode::NOT_FOUND, "no such endpoint\n").into_response(),
+            PushReply::Gone | PushReply::Revoked => {
+                (StatusCode::NOT_FOUND, "no such endpoint\n").into_response()
+            }
             PushReply::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "push messages are limited to 4096 bytes\n",
@@ -250,6 +276,17 @@ async fn discover(
 
 /// `POST`/`PUT /push/{token}`: deliver one message or hold it, and say which.
 async fn push(
+    state: State<Arc<AppState>>,
+    peer: ConnectInfo<SocketAddr>,
+    token: Path<String>,
+    request: Request,
+) -> PushReply {
+    let reply = accept_push(state, peer, token, request).await;
+    METRICS.push(reply.outcome());
+    reply
+}
+
+async fn accept_push(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
@@ -303,14 +340,22 @@ async fn push(
         urgency,
     };
     match state.relay.push(claims, request).await {
-        Ok(Outcome::Delivered { id, ttl } | Outcome::Held { id, ttl }) => {
-            PushReply::Accepted { id, ttl }
-        }
+        Ok(Outcome::Delivered { id, ttl }) => PushReply::Accepted {
+            id,
+            ttl,
+            how: PushOutcome::Delivered,
+        },
+        Ok(Outcome::Held { id, ttl }) => PushReply::Accepted {
+            id,
+            ttl,
+            how: PushOutcome::Held,
+        },
         Ok(Outcome::Dropped { id }) => PushReply::Accepted {
             id,
             ttl: Duration::ZERO,
+            how: PushOutcome::Dropped,
         },
-        Ok(Outcome::Revoked) => PushReply::Gone,
+        Ok(Outcome::Revoked) => PushReply::Revoked,
         Ok(Outcome::Full) => PushReply::Full,
         Err(e) => {
             tracing::error!(error = %e, "push failed");

@@ -12,9 +12,11 @@ pub mod held;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod register;
 pub mod relay;
+pub mod status;
 pub mod store;
 pub mod token;
 
@@ -48,15 +50,39 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = start(&config)?;
     tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
-    // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
-    listener::serve(listener, started.router.clone(), &config.http, shutdown).await;
+    let pushes = started.router.clone();
+    match config.metrics.listen {
+        None => {
+            let router = pushes.merge(started.status.clone());
+            // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
+            listener::serve(listener, router, &config.http, shutdown).await;
+        }
+        Some(address) => {
+            let status_listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {address}: {e}"))?;
+            tracing::info!("serving /health and /metrics on http://{address}");
+            tokio::join!(
+                listener::serve(listener, pushes, &config.http, shutdown.clone()),
+                listener::serve(
+                    status_listener,
+                    started.status.clone(),
+                    &config.http,
+                    shutdown
+                ),
+            );
+        }
+    }
     started.stop().await
 }
 
 /// xup with everything but the HTTP listener running: the component link, the deliverer and the
 /// housekeeping tasks, and the router that HTTP requests go to.
 pub struct Started {
+    /// The push endpoints.
     pub router: axum::Router,
+    /// `/health` and `/metrics`.
+    pub status: axum::Router,
     link_shutdown: CancellationToken,
     link_task: JoinHandle<()>,
     deliverer: JoinHandle<()>,
@@ -85,6 +111,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         limits.clone(),
     ));
     let (wakeups, events) = Wakeups::channel();
+    let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
 
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = component::start(
@@ -98,6 +125,13 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         link_shutdown.clone(),
     );
     let link_up = link.watch_up();
+    let status = Arc::new(status::Status {
+        link_up: link_up.clone(),
+        held: held.clone(),
+        in_flight: in_flight.clone(),
+        max_in_flight: config.http.max_in_flight,
+        started: std::time::Instant::now(),
+    });
     let relay = Arc::new(Relay::new(
         link,
         answers,
@@ -123,12 +157,13 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         store,
         relay,
         limits,
-        in_flight: Semaphore::new(config.http.max_in_flight),
+        in_flight,
         body_timeout: config.http.body_timeout,
         trusted_proxies: config.http.trusted_proxies.clone(),
     });
     Ok(Started {
         router: http::router(state),
+        status: status::router(status),
         link_shutdown,
         link_task,
         deliverer,

@@ -21,6 +21,7 @@ use xmpp_parsers::jid::BareJid;
 
 use crate::{
     config::{LimitsConfig, Rate},
+    metrics::{self, METRICS},
     store::RegistrationKey,
 };
 
@@ -42,10 +43,16 @@ pub struct Limits {
 impl Limits {
     pub fn new(config: &LimitsConfig) -> Limits {
         Limits {
-            per_endpoint: Limiter::new(config.per_endpoint),
-            per_address: Limiter::new(config.per_address),
-            forged_tokens: Limiter::new(config.forged_tokens_per_address),
-            registrations: Limiter::new(config.registrations_per_account),
+            per_endpoint: Limiter::new(metrics::Limit::PerEndpoint, config.per_endpoint),
+            per_address: Limiter::new(metrics::Limit::PerAddress, config.per_address),
+            forged_tokens: Limiter::new(
+                metrics::Limit::ForgedTokens,
+                config.forged_tokens_per_address,
+            ),
+            registrations: Limiter::new(
+                metrics::Limit::Registrations,
+                config.registrations_per_account,
+            ),
         }
     }
 
@@ -60,16 +67,19 @@ impl Limits {
 
 /// One keyed limit.
 pub struct Limiter<K: Hash + Eq + Clone> {
+    /// Which limit this is, for the metrics.
+    limit: metrics::Limit,
     buckets: DefaultKeyedRateLimiter<K>,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
-    pub fn new(rate: Rate) -> Limiter<K> {
+    pub fn new(limit: metrics::Limit, rate: Rate) -> Limiter<K> {
         // `every` is never zero (config validation), so the fallback is never taken.
         let quota = Quota::with_period(rate.every)
             .unwrap_or_else(|| Quota::per_second(rate.burst))
             .allow_burst(rate.burst);
         Limiter {
+            limit,
             buckets: RateLimiter::keyed(quota),
         }
     }
@@ -77,6 +87,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// Take one request from `key`'s bucket, or say how long until one is there.
     pub fn check(&self, key: &K) -> Result<(), RetryAfter> {
         self.buckets.check_key(key).map_err(|not_until| {
+            METRICS.rate_limited(self.limit);
             RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
         })
     }
@@ -126,7 +137,10 @@ mod tests {
 
     #[test]
     fn a_burst_is_allowed_then_refused_with_the_wait() {
-        let limiter = Limiter::new(rate(3, Duration::from_secs(10)));
+        let limiter = Limiter::new(
+            metrics::Limit::PerEndpoint,
+            rate(3, Duration::from_secs(10)),
+        );
         for _ in 0..3 {
             assert_eq!(limiter.check(&1), Ok(()));
         }

@@ -15,6 +15,7 @@ use xmpp_parsers::{
 use crate::{
     config::{AllowEntry, Config},
     limits::{Limits, RetryAfter},
+    metrics::{METRICS, RegisterOutcome},
     protocol::{self, Register, Registered},
     token::{self, KeyRing},
 };
@@ -75,6 +76,20 @@ impl Registrar {
 
     /// Answer the `<register>` payload of an IQ-set from `from`, as of `now`.
     pub fn register(
+        &self,
+        from: Option<&Jid>,
+        payload: Element,
+        now: SystemTime,
+    ) -> Result<Registered, RegisterError> {
+        let result = self.decide(from, payload, now);
+        METRICS.registration(match result {
+            Ok(_) => RegisterOutcome::Registered,
+            Err(_) => RegisterOutcome::Refused,
+        });
+        result
+    }
+
+    fn decide(
         &self,
         from: Option<&Jid>,
         payload: Element,

@@ -14,7 +14,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -32,6 +32,7 @@ use crate::{
     config::Config,
     deliver::Wakeups,
     held::{HeldMessages, HoldError, Message},
+    metrics::METRICS,
     protocol::{Push, Urgency},
     store::Store,
     token::Claims,
@@ -329,6 +330,7 @@ impl Relay {
             .into(),
         );
         let mut ticket = self.answers.expect(message.id.clone(), peer);
+        let sent = Instant::now();
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
         let exchange = async {
             self.link.send(iq).await.ok()?;
@@ -339,6 +341,7 @@ impl Relay {
             Ok(None) => return (Offered::NotNow(Unavailable::LinkDown), None),
             Ok(Some(answer)) => answer,
         };
+        METRICS.iq_answered(sent.elapsed());
         let offered = match answer {
             Answer::Result => Offered::Taken,
             Answer::Error(condition) if means_gone(&condition) => Offered::Gone,

@@ -33,6 +33,8 @@ pub struct XupSettings {
     pub http: Vec<(&'static str, Value)>,
     /// The `limits` section, e.g. `("per_endpoint", json!({"burst": 2, "every": "1h"}))`.
     pub limits: Vec<(&'static str, Value)>,
+    /// The `metrics` section, e.g. `("listen", json!("127.0.0.1:9090"))`.
+    pub metrics: Vec<(&'static str, Value)>,
 }
 
 impl XupSettings {
@@ -48,6 +50,7 @@ impl XupSettings {
             delivery: Vec::new(),
             http: Vec::new(),
             limits: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -70,21 +73,21 @@ impl XupSettings {
         if let Some(allow) = &self.allow {
             registration["allow"] = json!(allow);
         }
-        let mut delivery = json!({ "timeout": self.timeout });
-        for (key, value) in &self.delivery {
-            delivery[*key] = value.clone();
-        }
-        let mut http = json!({
-            "listen": format!("127.0.0.1:{}", self.http_port),
-            "public_url": format!("http://127.0.0.1:{}", self.http_port),
-        });
-        for (key, value) in &self.http {
-            http[*key] = value.clone();
-        }
-        let mut limits = json!({});
-        for (key, value) in &self.limits {
-            limits[*key] = value.clone();
-        }
+        // A section's base settings, with the test's own on top.
+        let section = |mut base: Value, entries: &[(&str, Value)]| {
+            for (key, value) in entries {
+                base[*key] = value.clone();
+            }
+            base
+        };
+        let delivery = section(json!({ "timeout": self.timeout }), &self.delivery);
+        let http = section(
+            json!({
+                "listen": format!("127.0.0.1:{}", self.http_port),
+                "public_url": format!("http://127.0.0.1:{}", self.http_port),
+            }),
+            &self.http,
+        );
         json!({
             "component": {
                 "jid": COMPONENT,
@@ -94,7 +97,8 @@ impl XupSettings {
             "http": http,
             "registration": registration,
             "delivery": delivery,
-            "limits": limits,
+            "limits": section(json!({}), &self.limits),
+            "metrics": section(json!({}), &self.metrics),
             "store": { "path": self.store },
         })
     }

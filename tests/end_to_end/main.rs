@@ -4,4 +4,5 @@
 mod basics;
 mod harness;
 mod holding;
+mod operations;
 mod protection;

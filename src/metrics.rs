@@ -1,0 +1,245 @@
+//! What xup counts, for Prometheus: pushes by outcome, IQ round trips, registrations, the
+//! component link, and rate-limit hits.
+//!
+//! The metrics live in one process-wide [`METRICS`], because every part of xup counts something
+//! and a process has exactly one set; threading a handle through every constructor would say no
+//! more. Gauges that are a reading of state (pushes in flight, messages held, the link) are not
+//! updated as things happen: `status` reads them from their owners at each scrape and hands them
+//! to [`Metrics::encode`], so they can never drift.
+
+use std::sync::LazyLock;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Every counter xup keeps.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// How a push request ended, as the sender saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The client took it: `201`.
+    Delivered,
+    /// Written to the store for an unreachable client: `201`.
+    Held,
+    /// `TTL: 0` and the client could not take it now: `201`, not kept.
+    Dropped,
+    /// The client said the app is gone: `404`.
+    Revoked,
+    /// Unknown, forged, expired or revoked token: `404`.
+    NotFound,
+    /// `400`: a malformed header or an empty or unreadable body.
+    BadRequest,
+    /// `408`: the body did not arrive in time.
+    Timeout,
+    /// `413`.
+    TooLarge,
+    /// `429`: over a rate limit.
+    RateLimited,
+    /// `503`: too many pushes in flight.
+    Busy,
+    /// `503`: `delivery.max_held` messages are held.
+    Full,
+    /// `503`: the store failed.
+    Internal,
+}
+
+impl PushOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            PushOutcome::Delivered => "delivered",
+            PushOutcome::Held => "held",
+            PushOutcome::Dropped => "dropped",
+            PushOutcome::Revoked => "revoked",
+            PushOutcome::NotFound => "not_found",
+            PushOutcome::BadRequest => "bad_request",
+            PushOutcome::Timeout => "timeout",
+            PushOutcome::TooLarge => "too_large",
+            PushOutcome::RateLimited => "rate_limited",
+            PushOutcome::Busy => "busy",
+            PushOutcome::Full => "full",
+            PushOutcome::Internal => "internal",
+        }
+    }
+}
+
+/// Labels are written the Prometheus way, in snake case, which the derive cannot do for enums.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    outcome: &'static str,
+}
+
+/// How a `<register>` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    Registered,
+    /// Malformed, not allowed, too long, or over the account's limit.
+    Refused,
+}
+
+impl RegisterOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            RegisterOutcome::Registered => "registered",
+            RegisterOutcome::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegisterLabels {
+    outcome: &'static str,
+}
+
+/// Which rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    PerEndpoint,
+    PerAddress,
+    ForgedTokens,
+    Registrations,
+}
+
+impl Limit {
+    fn label(self) -> &'static str {
+        match self {
+            Limit::PerEndpoint => "per_endpoint",
+            Limit::PerAddress => "per_address",
+            Limit::ForgedTokens => "forged_tokens_per_address",
+            Limit::Registrations => "registrations_per_account",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pushes: Family<PushLabels, Counter>,
+    registrations: Family<RegisterLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    iq_round_trip: Histogram,
+    link_connects: Counter,
+    link_up: Gauge,
+    in_flight: Gauge,
+    held: Gauge,
+}
+
+/// The state the gauges report, read at the moment of a scrape.
+pub struct Readings {
+    pub link_up: bool,
+    pub in_flight: usize,
+    pub held: usize,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("xup");
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register("pushes", "Push requests, by how they ended", pushes.clone());
+        let registrations = Family::<RegisterLabels, Counter>::default();
+        registry.register(
+            "registrations",
+            "<register> requests, by how they ended",
+            registrations.clone(),
+        );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            rate_limited.clone(),
+        );
+        // 1 ms to about 16 s: a phone on the same network to one that answers at the timeout.
+        let iq_round_trip = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "iq_round_trip_seconds",
+            "From sending a <push> IQ to the client's answer",
+            iq_round_trip.clone(),
+        );
+        let link_connects = Counter::default();
+        registry.register(
+            "component_connects",
+            "Component handshakes completed; more than one means the link was lost and made again",
+            link_connects.clone(),
+        );
+        let link_up = Gauge::default();
+        registry.register(
+            "component_link_up",
+            "1 while the component link to the XMPP server is up",
+            link_up.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "pushes_in_flight",
+            "Push requests waiting for their client's answer",
+            in_flight.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "held_messages",
+            "Messages held for clients that could not take them",
+            held.clone(),
+        );
+        Metrics {
+            registry,
+            pushes,
+            registrations,
+            rate_limited,
+            iq_round_trip,
+            link_connects,
+            link_up,
+            in_flight,
+            held,
+        }
+    }
+
+    pub fn push(&self, outcome: PushOutcome) {
+        let outcome = outcome.label();
+        self.pushes.get_or_create(&PushLabels { outcome }).inc();
+    }
+
+    pub fn registration(&self, outcome: RegisterOutcome) {
+        let outcome = outcome.label();
+        self.registrations
+            .get_or_create(&RegisterLabels { outcome })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, limit: Limit) {
+        let limit = limit.label();
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    pub fn iq_answered(&self, round_trip: std::time::Duration) {
+        self.iq_round_trip.observe(round_trip.as_secs_f64());
+    }
+
+    pub fn link_connected(&self) {
+        self.link_connects.inc();
+    }
+
+    /// Everything, in Prometheus' text format, with the gauges set to `readings`.
+    pub fn encode(&self, readings: Readings) -> String {
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.link_up.set(i64::from(readings.link_up));
+        self.in_flight.set(as_gauge(readings.in_flight));
+        self.held.set(as_gauge(readings.held));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

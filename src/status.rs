@@ -1,0 +1,77 @@
+//! `/health` and `/metrics`: what an operator's monitoring asks of xup.
+//!
+//! `/health` is `200` only while the component link is up, because without the link no push can
+//! be delivered (they are held), and that is what a load balancer or an alert should see. Both
+//! routes are served on the main listener, or on `metrics.listen` alone when that is set, so they
+//! need not be reachable from the internet.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    held::HeldMessages,
+    metrics::{METRICS, Readings},
+};
+
+/// The state that `/health` and `/metrics` report.
+pub struct Status {
+    pub link_up: watch::Receiver<bool>,
+    pub held: Arc<HeldMessages>,
+    pub in_flight: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub started: Instant,
+}
+
+pub fn router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(status)
+}
+
+async fn health(State(status): State<Arc<Status>>) -> Response {
+    let up = *status.link_up.borrow();
+    let body = json!({
+        "status": if up { "ok" } else { "unavailable" },
+        "component_link": if up { "up" } else { "down" },
+        "uptime_seconds": status.started.elapsed().as_secs(),
+    });
+    let code = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(status): State<Arc<Status>>) -> Response {
+    let readings = Readings {
+        link_up: *status.link_up.borrow(),
+        in_flight: status
+            .max_in_flight
+            .saturating_sub(status.in_flight.available_permits()),
+        held: status.held.total(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        METRICS.encode(readings),
+    )
+        .into_response()
+}
