@@ -145,7 +145,7 @@ pub fn start(
 
 /// Why a connection attempt failed, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub enum ConnectError {
     #[error("cannot reach {server}: {source}")]
     Unreachable {
         server: String,
@@ -228,6 +228,17 @@ async fn keep_connected(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// Connect and handshake once, then close: what `xup check --connect` does to prove the component
+/// settings before xup is started for real.
+pub async fn probe(config: &ComponentConfig) -> Result<(), ConnectError> {
+    warn_if_not_loopback(&config.server).await;
+    let (mut stream, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect(config))
+        .await
+        .map_err(|_| ConnectError::Timeout(config.server.clone()))??;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<&Stanza>::close(&mut stream)).await;
+    Ok(())
 }
 
 /// XEP-0114 has no TLS: the handshake digest and every push cross the network in clear.

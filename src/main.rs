@@ -41,7 +41,11 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration file, say exactly what is wrong with it, and exit.
-    Check,
+    Check {
+        /// Also connect to the XMPP server and complete the component handshake once.
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,9 +67,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Check) = cli.command {
+    if let Some(Command::Check { connect }) = cli.command {
         println!("{}: configuration is valid", cli.config.display());
-        return ExitCode::SUCCESS;
+        if !connect {
+            return ExitCode::SUCCESS;
+        }
+        return match check_connection(&config) {
+            Ok(()) => {
+                println!(
+                    "{}: component handshake as {} succeeded",
+                    config.component.server, config.component.jid
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xup: {}: {e}", config.component.server);
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +106,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     xup::run(config, listener, shutdown).await
+}
+
+/// The component handshake, once, for `xup check --connect`.
+#[tokio::main(flavor = "current_thread")]
+async fn check_connection(config: &Config) -> Result<(), xup::component::ConnectError> {
+    xup::component::probe(&config.component).await
 }
 
 /// SIGINT or SIGTERM (systemd's stop) both mean a clean shutdown.

@@ -100,3 +100,50 @@ async fn metrics_listen_moves_health_and_metrics_off_the_public_port() {
     assert_eq!(sample(&page, "xup_component_link_up"), 1.0);
     assert_eq!(get(&format!("http://127.0.0.1:{port}/health")).await.0, 200);
 }
+
+/// `xup check --connect` against `prosody` with a config edited by `edit`: exit success and output.
+async fn check_connect(prosody: &Prosody, edit: impl FnOnce(&mut Value)) -> (bool, String) {
+    let store = tempfile::tempdir().expect("store");
+    let mut config = XupSettings::new(store.path()).config_json(prosody);
+    edit(&mut config);
+    let file = store.path().join("config.json");
+    std::fs::write(&file, config.to_string()).expect("write");
+    let output = tokio::process::Command::new(xup_binary())
+        .args(["check", "--connect", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("xup runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn check_connect_says_plainly_what_is_wrong() {
+    let prosody = Prosody::start().await;
+    let (ok, text) = check_connect(&prosody, |_| {}).await;
+    assert!(
+        ok && text.contains("component handshake as up.localhost succeeded"),
+        "{text}"
+    );
+
+    let (ok, text) = check_connect(&prosody, |c| c["component"]["secret"] = json!("wrong")).await;
+    assert!(
+        !ok && text.contains("component.secret does not match"),
+        "{text}"
+    );
+
+    let (ok, text) = check_connect(&prosody, |c| {
+        c["component"]["jid"] = json!("unknown.localhost");
+    })
+    .await;
+    assert!(
+        !ok && text.contains("no component configured for component.jid"),
+        "{text}"
+    );
+
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (ok, text) = check_connect(&prosody, |c| c["component"]["server"] = json!(nobody)).await;
+    assert!(!ok && text.contains("cannot reach"), "{text}");
+}
