@@ -48,7 +48,6 @@ struct World {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
     live: String,
-    _store: tempfile::TempDir,
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
@@ -56,10 +55,15 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         .enable_all()
         .build()
         .expect("runtime");
-    // On tmpfs where there is one: every held message is an fsync.
-    let store = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("store");
+    // On tmpfs where there is one, as every held message is an fsync. One fixed directory, emptied
+    // at each start: libFuzzer exits without running destructors, so a temporary one would stay.
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let store = base.join("xup-fuzz-push-request");
+    let _ = std::fs::remove_dir_all(&store);
     let unlimited = r#"{ "burst": 4000000000, "every": "1ms" }"#;
     let config = Config::parse(&format!(
         r#"{{
@@ -73,7 +77,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         }}"#,
         seeds::COMPONENT,
         seeds::SECRETS,
-        store.path().display().to_string(),
+        store.display().to_string(),
     ))
     .expect("config");
     let router = runtime.block_on(async { xup::start(&config).expect("xup starts").router });
@@ -91,7 +95,6 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         runtime,
         router,
         live,
-        _store: store,
     }
 });
 
