@@ -368,7 +368,11 @@ async fn connect(config: &ComponentConfig) -> Result<(Stream, Arc<AtomicUsize>),
 fn explain_refusal(error: &stream_error::StreamError) -> String {
     use stream_error::DefinedCondition as C;
     let hint = match error.condition {
-        C::NotAuthorized => "component.secret does not match the server's component secret",
+        // ejabberd answers this for an unknown component JID too; Prosody says host-unknown.
+        C::NotAuthorized => {
+            "component.secret does not match the server's component secret \
+             (or, on ejabberd, the server has no component configured for component.jid)"
+        }
         C::HostUnknown | C::ImproperAddressing => {
             "the server has no component configured for component.jid"
         }

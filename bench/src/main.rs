@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ("max_connections", json!(50_000)),
         ("max_in_flight", json!(50_000)),
     ];
-    let xup = Xup::start(&xup_binary, &prosody, &settings).await;
+    let xup = Xup::start(&xup_binary, prosody.component_port, &settings).await;
 
     let epoch = Instant::now();
     let (ledgers, ledger) = watch::channel(Arc::new(Ledger::new(0, 0, epoch)));

@@ -71,7 +71,7 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
         ("max_held", json!(10_000_000)),
     ];
     settings.without_rate_limits();
-    let xup = Xup::start(&xup_binary, &prosody, &settings).await;
+    let xup = Xup::start(&xup_binary, prosody.component_port, &settings).await;
     let provider = Provider {
         name: "xup",
         jid: COMPONENT.parse()?,

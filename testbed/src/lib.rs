@@ -1,10 +1,12 @@
-//! The real parts that xup's end-to-end tests and its benchmark run against: a throwaway Prosody
-//! on loopback ports ([`Prosody`]) and the `xup` binary itself ([`Xup`]).
+//! The real parts that xup's end-to-end tests and its benchmark run against: a throwaway XMPP
+//! server on loopback ports ([`Server`]: [`Prosody`], or [`Ejabberd`] when `XUP_TEST_SERVER` is
+//! `ejabberd`) and the `xup` binary itself ([`Xup`]).
 //!
 //! Both are killed when their handle drops, and every wait has a deadline ([`WAIT`]), so nothing
 //! outlives a test run and nothing hangs it. Failures panic with a message naming what was awaited:
 //! this is harness code, and a panic is how a test or the benchmark reports that its world is broken.
 
+mod ejabberd;
 mod prosody;
 mod xup;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use tokio::{sync::mpsc, time::timeout};
 
+pub use ejabberd::Ejabberd;
 pub use prosody::Prosody;
 pub use xup::{Xup, XupSettings};
 
@@ -70,4 +73,58 @@ pub async fn wait_for_port(port: u16) {
     timeout(WAIT, ready)
         .await
         .unwrap_or_else(|_| panic!("nothing listens on port {port}"));
+}
+
+/// The XMPP server a test runs against: Prosody, or ejabberd when the environment variable
+/// `XUP_TEST_SERVER` is `ejabberd`, so one suite proves xup against both.
+pub enum Server {
+    Prosody(Prosody),
+    Ejabberd(Ejabberd),
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        match std::env::var("XUP_TEST_SERVER").as_deref() {
+            Ok("ejabberd") => Server::Ejabberd(Ejabberd::start().await),
+            Ok("prosody") | Err(_) => Server::Prosody(Prosody::start().await),
+            Ok(other) => panic!("XUP_TEST_SERVER is prosody or ejabberd, not {other:?}"),
+        }
+    }
+
+    pub fn c2s_port(&self) -> u16 {
+        match self {
+            Server::Prosody(p) => p.c2s_port,
+            Server::Ejabberd(e) => e.c2s_port,
+        }
+    }
+
+    pub fn component_port(&self) -> u16 {
+        match self {
+            Server::Prosody(p) => p.component_port,
+            Server::Ejabberd(e) => e.component_port,
+        }
+    }
+
+    /// Create `user@domain` with the shared test password.
+    pub async fn add_user(&self, user: &str, domain: &str) {
+        match self {
+            Server::Prosody(p) => p.add_user(user, domain),
+            Server::Ejabberd(e) => e.add_user(user, domain).await,
+        }
+    }
+
+    /// Kill the server hard, as a crash or an OOM kill would.
+    pub async fn kill(&mut self) {
+        match self {
+            Server::Prosody(p) => p.kill().await,
+            Server::Ejabberd(e) => e.kill().await,
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        match self {
+            Server::Prosody(p) => p.restart().await,
+            Server::Ejabberd(e) => e.restart().await,
+        }
+    }
 }

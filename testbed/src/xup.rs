@@ -15,7 +15,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{COMPONENT, COMPONENT_SECRET, Prosody, SECRET_A, WAIT, first_matching, free_port};
+use crate::{COMPONENT, COMPONENT_SECRET, SECRET_A, WAIT, first_matching, free_port};
 
 /// Settings for one xup run; `store` outlives the process so restarts can be tested.
 pub struct XupSettings {
@@ -68,7 +68,8 @@ impl XupSettings {
         .collect();
     }
 
-    pub fn config_json(&self, prosody: &Prosody) -> Value {
+    /// The config for an xup whose XMPP server takes components on `component_port`.
+    pub fn config_json(&self, component_port: u16) -> Value {
         let mut registration = json!({ "secrets": self.secrets });
         if let Some(allow) = &self.allow {
             registration["allow"] = json!(allow);
@@ -91,7 +92,7 @@ impl XupSettings {
         json!({
             "component": {
                 "jid": COMPONENT,
-                "server": format!("127.0.0.1:{}", prosody.component_port),
+                "server": format!("127.0.0.1:{component_port}"),
                 "secret": self.component_secret,
             },
             "http": http,
@@ -115,8 +116,8 @@ pub struct Xup {
 
 impl Xup {
     /// Start the xup at `binary` and return once it serves HTTP and its component link is up.
-    pub async fn start(binary: &Path, prosody: &Prosody, settings: &XupSettings) -> Xup {
-        let mut xup = Xup::spawn(binary, prosody, settings);
+    pub async fn start(binary: &Path, component_port: u16, settings: &XupSettings) -> Xup {
+        let mut xup = Xup::spawn(binary, component_port, settings);
         // HTTP and the component link come up concurrently: their lines arrive in either order.
         let mut awaited = vec!["listening for pushes", "component link up"];
         while !awaited.is_empty() {
@@ -131,10 +132,13 @@ impl Xup {
     }
 
     /// Start xup without waiting for anything.
-    pub fn spawn(binary: &Path, prosody: &Prosody, settings: &XupSettings) -> Xup {
+    pub fn spawn(binary: &Path, component_port: u16, settings: &XupSettings) -> Xup {
         let config = tempfile::NamedTempFile::new().expect("config file");
-        std::fs::write(config.path(), settings.config_json(prosody).to_string())
-            .expect("write config");
+        std::fs::write(
+            config.path(),
+            settings.config_json(component_port).to_string(),
+        )
+        .expect("write config");
         let mut child = Command::new(binary)
             .arg("--config")
             .arg(config.path())

@@ -101,7 +101,7 @@ async fn malformed_registrations_are_bad_requests() {
 async fn only_the_access_list_may_register() {
     // Default: the component's parent domain only.
     let stack = Stack::start().await;
-    let mut eve = Peer::connect(&stack.prosody, "eve", OTHER_DOMAIN, "x").await;
+    let mut eve = Peer::connect(&stack.server, "eve", OTHER_DOMAIN, "x").await;
     let failure = eve.register_raw(Some(APP), Some(INSTANCE)).await;
     assert_eq!(
         failure.expect_err("refused"),
@@ -115,7 +115,7 @@ async fn only_the_access_list_may_register() {
 
     // An explicit list of one account.
     let stack = Stack::start_with(|s| s.allow = Some(vec![format!("eve@{OTHER_DOMAIN}")])).await;
-    let mut eve = Peer::connect(&stack.prosody, "eve", OTHER_DOMAIN, "x").await;
+    let mut eve = Peer::connect(&stack.server, "eve", OTHER_DOMAIN, "x").await;
     eve.register(APP, INSTANCE).await;
     let mut juliet = stack.juliet("phone").await;
     let failure = juliet.register_raw(Some(APP), Some(INSTANCE)).await;
@@ -222,13 +222,13 @@ async fn feature_not_implemented_revokes_across_restarts_until_a_fresh_register(
 }
 
 #[tokio::test]
-async fn xup_reconnects_when_prosody_restarts() {
+async fn xup_reconnects_when_the_server_restarts() {
     let mut stack = Stack::start().await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     assert_delivered(&endpoint, &mut phone, b"before").await;
 
-    stack.prosody.kill().await;
+    stack.server.kill().await;
     stack.xup.wait_log("component link down").await;
     // While the link is down the message is held, and the sender hears so at once.
     let started = Instant::now();
@@ -240,7 +240,7 @@ async fn xup_reconnects_when_prosody_restarts() {
         started.elapsed()
     );
 
-    stack.prosody.restart().await;
+    stack.server.restart().await;
     stack.xup.wait_log("component link up").await;
     let mut phone = stack.juliet("phone").await;
     phone.announce().await;
@@ -305,11 +305,11 @@ async fn disco_ping_and_unknown_requests_are_answered() {
 
 #[tokio::test]
 async fn a_wrong_component_secret_is_explained_and_pushes_are_held() {
-    let prosody = Prosody::start().await;
+    let server = Server::start().await;
     let store = tempfile::tempdir().expect("store dir");
     let mut settings = XupSettings::new(store.path());
-    settings.component_secret = "not the secret Prosody has".into();
-    let mut xup = Xup::spawn(xup_binary(), &prosody, &settings);
+    settings.component_secret = "not the secret the server has".into();
+    let mut xup = Xup::spawn(xup_binary(), server.component_port(), &settings);
     let line = xup.wait_log("component cannot connect").await;
     assert!(line.contains("component.secret"), "{line}");
 

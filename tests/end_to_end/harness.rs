@@ -92,13 +92,13 @@ fn python() -> PathBuf {
 
 impl Peer {
     /// Log in as `user@domain/resource` and return once the session is up.
-    pub async fn connect(prosody: &Prosody, user: &str, domain: &str, resource: &str) -> Peer {
-        prosody.add_user(user, domain);
+    pub async fn connect(server: &Server, user: &str, domain: &str, resource: &str) -> Peer {
+        server.add_user(user, domain).await;
         let mut child = Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/peer.py"))
             .args(["--jid", &format!("{user}@{domain}/{resource}")])
             .args(["--password", PASSWORD])
-            .args(["--port", &prosody.c2s_port.to_string()])
+            .args(["--port", &server.c2s_port().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -290,7 +290,7 @@ pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Respons
 
 /// Prosody, one xup and a store directory that outlives xup restarts.
 pub struct Stack {
-    pub prosody: Prosody,
+    pub server: Server,
     pub xup: Xup,
     pub settings: XupSettings,
     _store: tempfile::TempDir,
@@ -302,13 +302,13 @@ impl Stack {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut XupSettings)) -> Stack {
-        let prosody = Prosody::start().await;
+        let server = Server::start().await;
         let store = tempfile::tempdir().expect("store dir");
         let mut settings = XupSettings::new(store.path());
         adjust(&mut settings);
-        let xup = Xup::start(xup_binary(), &prosody, &settings).await;
+        let xup = Xup::start(xup_binary(), server.component_port(), &settings).await;
         Stack {
-            prosody,
+            server,
             xup,
             settings,
             _store: store,
@@ -316,14 +316,14 @@ impl Stack {
     }
 
     pub async fn juliet(&self, resource: &str) -> Peer {
-        Peer::connect(&self.prosody, "juliet", DOMAIN, resource).await
+        Peer::connect(&self.server, "juliet", DOMAIN, resource).await
     }
 
     /// Stop xup and start it again with (possibly changed) settings and the same store.
     pub async fn restart_xup(&mut self, adjust: impl FnOnce(&mut XupSettings)) {
         adjust(&mut self.settings);
         assert!(self.xup.stop().await.success(), "xup exits 0 on SIGTERM");
-        self.xup = Xup::start(xup_binary(), &self.prosody, &self.settings).await;
+        self.xup = Xup::start(xup_binary(), self.server.component_port(), &self.settings).await;
     }
 }
 

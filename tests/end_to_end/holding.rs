@@ -213,7 +213,7 @@ async fn held_messages_survive_kill_9() {
         accepted(&endpoint, &[], body, "86400").await;
     }
     stack.xup.kill().await;
-    stack.xup = Xup::start(xup_binary(), &stack.prosody, &stack.settings).await;
+    stack.xup = Xup::start(xup_binary(), stack.server.component_port(), &stack.settings).await;
     let mut phone = phone_back(&stack).await;
     receives_exactly(&mut phone, &endpoint, &["1", "2", "3"]).await;
 }
@@ -304,7 +304,7 @@ fn tally(pushes: &[ReceivedPush]) -> HashMap<String, usize> {
 }
 
 #[tokio::test]
-async fn prosody_killed_mid_load_loses_nothing_that_was_answered_201() {
+async fn the_server_killed_mid_load_loses_nothing_that_was_answered_201() {
     const COUNT: usize = 300;
     const CONCURRENCY: usize = 8;
     // The outage may hold every message for this one registration: no bound may drop any here,
@@ -320,9 +320,9 @@ async fn prosody_killed_mid_load_loses_nothing_that_was_answered_201() {
     let firing = tokio::spawn(load(endpoint.clone(), COUNT, CONCURRENCY, done));
 
     progress.wait_for(|n| *n >= 50).await.expect("load running");
-    stack.prosody.kill().await;
+    stack.server.kill().await;
     stack.xup.wait_log("component link down").await;
-    stack.prosody.restart().await;
+    stack.server.restart().await;
     stack.xup.wait_log("component link up").await;
     let mut phone_again = stack.juliet("phone").await;
     phone_again.announce().await;
@@ -380,7 +380,7 @@ async fn sigterm_under_load_exits_0_and_loses_nothing_that_was_answered_201() {
             "{body}: a stopping xup answers 201 or not at all, got {status}"
         );
     }
-    stack.xup = Xup::start(xup_binary(), &stack.prosody, &stack.settings).await;
+    stack.xup = Xup::start(xup_binary(), stack.server.component_port(), &stack.settings).await;
     phone.announce().await;
     let accepted: Vec<&String> = results
         .iter()

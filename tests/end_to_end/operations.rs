@@ -29,7 +29,7 @@ async fn health_follows_the_component_link() {
     assert_eq!(body["component_link"], "up");
     assert!(body["uptime_seconds"].is_u64());
 
-    stack.prosody.kill().await;
+    stack.server.kill().await;
     stack.xup.wait_log("component link down").await;
     let (status, body) = get(&health).await;
     assert_eq!(status, 503);
@@ -38,7 +38,7 @@ async fn health_follows_the_component_link() {
         "down"
     );
 
-    stack.prosody.restart().await;
+    stack.server.restart().await;
     stack.xup.wait_log("component link up").await;
     assert_eq!(get(&health).await.0, 200);
     let (_, page) = get(&format!("{}/metrics", stack.xup.base_url)).await;
@@ -102,9 +102,9 @@ async fn metrics_listen_moves_health_and_metrics_off_the_public_port() {
 }
 
 /// `xup check --connect` against `prosody` with a config edited by `edit`: exit success and output.
-async fn check_connect(prosody: &Prosody, edit: impl FnOnce(&mut Value)) -> (bool, String) {
+async fn check_connect(server: &Server, edit: impl FnOnce(&mut Value)) -> (bool, String) {
     let store = tempfile::tempdir().expect("store");
-    let mut config = XupSettings::new(store.path()).config_json(prosody);
+    let mut config = XupSettings::new(store.path()).config_json(server.component_port());
     edit(&mut config);
     let file = store.path().join("config.json");
     std::fs::write(&file, config.to_string()).expect("write");
@@ -121,29 +121,31 @@ async fn check_connect(prosody: &Prosody, edit: impl FnOnce(&mut Value)) -> (boo
 
 #[tokio::test]
 async fn check_connect_says_plainly_what_is_wrong() {
-    let prosody = Prosody::start().await;
-    let (ok, text) = check_connect(&prosody, |_| {}).await;
+    let server = Server::start().await;
+    let (ok, text) = check_connect(&server, |_| {}).await;
     assert!(
         ok && text.contains("component handshake as up.localhost succeeded"),
         "{text}"
     );
 
-    let (ok, text) = check_connect(&prosody, |c| c["component"]["secret"] = json!("wrong")).await;
+    let (ok, text) = check_connect(&server, |c| c["component"]["secret"] = json!("wrong")).await;
     assert!(
         !ok && text.contains("component.secret does not match"),
         "{text}"
     );
 
-    let (ok, text) = check_connect(&prosody, |c| {
+    let (ok, text) = check_connect(&server, |c| {
         c["component"]["jid"] = json!("unknown.localhost");
     })
     .await;
+    // Prosody says host-unknown; ejabberd says not-authorized, as for a wrong secret, and the
+    // explanation names both causes.
     assert!(
         !ok && text.contains("no component configured for component.jid"),
         "{text}"
     );
 
     let nobody = format!("127.0.0.1:{}", free_port());
-    let (ok, text) = check_connect(&prosody, |c| c["component"]["server"] = json!(nobody)).await;
+    let (ok, text) = check_connect(&server, |c| c["component"]["server"] = json!(nobody)).await;
     assert!(!ok && text.contains("cannot reach"), "{text}");
 }

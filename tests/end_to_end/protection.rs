@@ -414,7 +414,7 @@ async fn a_register_flood_from_one_account_is_limited_and_others_are_not() {
             }
         );
     }
-    let mut romeo = Peer::connect(&stack.prosody, "romeo", DOMAIN, "phone").await;
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "phone").await;
     let endpoint = romeo.register(APP, INSTANCE).await.endpoint;
     assert_delivered(&endpoint, &mut romeo, b"romeo is unaffected").await;
 }

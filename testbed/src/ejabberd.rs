@@ -1,0 +1,159 @@
+//! An ejabberd of its own (Debian's package), configured from `ejabberd.yml.in` beside this crate,
+//! on free loopback ports, with accounts created through its HTTP API.
+//!
+//! ejabberd runs as the `ejabberd` user (it refuses to run as root), in its own process group so
+//! that a kill reaches the Erlang VM itself and not only the script that started it.
+
+use std::process::Stdio;
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::{
+    COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_DOMAIN, PASSWORD, free_port, wait_for_port,
+};
+
+pub struct Ejabberd {
+    dir: TempDir,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    api_port: u16,
+    child: Option<Child>,
+    user: (u32, u32),
+}
+
+/// The uid and gid of the `ejabberd` account that Debian's package creates.
+fn ejabberd_user() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let output = std::process::Command::new("id")
+            .args([flag, "ejabberd"])
+            .output()
+            .expect("id runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("an ejabberd user (scripts/setup installs ejabberd)")
+    };
+    (id("-u"), id("-g"))
+}
+
+impl Ejabberd {
+    pub async fn start() -> Ejabberd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ejabberd = Ejabberd {
+            c2s_port: free_port(),
+            component_port: free_port(),
+            api_port: free_port(),
+            dir,
+            child: None,
+            user: ejabberd_user(),
+        };
+        let config = include_str!("../ejabberd.yml.in")
+            .replace("@C2S_PORT@", &ejabberd.c2s_port.to_string())
+            .replace("@COMPONENT_PORT@", &ejabberd.component_port.to_string())
+            .replace("@API_PORT@", &ejabberd.api_port.to_string())
+            .replace("@DOMAIN@", DOMAIN)
+            .replace("@OTHER_DOMAIN@", OTHER_DOMAIN)
+            .replace("@COMPONENT@", COMPONENT)
+            .replace("@COMPONENT_SECRET@", COMPONENT_SECRET);
+        let root = ejabberd.dir.path();
+        for sub in ["logs", "spool"] {
+            std::fs::create_dir(root.join(sub)).expect("ejabberd dir");
+        }
+        std::fs::write(root.join("ejabberd.yml"), config).expect("write ejabberd config");
+        std::fs::write(root.join("ejabberdctl.cfg"), "").expect("write ejabberdctl config");
+        for path in [
+            root.to_owned(),
+            root.join("logs"),
+            root.join("spool"),
+            root.join("ejabberd.yml"),
+            root.join("ejabberdctl.cfg"),
+        ] {
+            std::os::unix::fs::chown(&path, Some(ejabberd.user.0), Some(ejabberd.user.1))
+                .expect("hand the directory to the ejabberd user");
+        }
+        ejabberd.launch().await;
+        ejabberd
+    }
+
+    /// Create `user@domain` with the shared test password.
+    pub async fn add_user(&self, user: &str, domain: &str) {
+        let answer = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/api/register", self.api_port))
+            .body(
+                serde_json::json!({ "user": user, "host": domain, "password": PASSWORD })
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("ejabberd's HTTP API answers");
+        let text = answer.text().await.unwrap_or_default();
+        assert!(
+            text.contains("successfully registered") || text.contains("already registered"),
+            "ejabberd did not register {user}@{domain}: {text}"
+        );
+    }
+
+    async fn launch(&mut self) {
+        let root = self.dir.path();
+        let log = std::fs::File::create(root.join("ejabberd.out")).expect("log file");
+        let child = Command::new("/usr/sbin/ejabberdctl")
+            .arg("--config-dir")
+            .arg(root)
+            .arg("--config")
+            .arg(root.join("ejabberd.yml"))
+            .arg("--ctl-config")
+            .arg(root.join("ejabberdctl.cfg"))
+            .arg("--logs")
+            .arg(root.join("logs"))
+            .arg("--spool")
+            .arg(root.join("spool"))
+            .arg("--node")
+            .arg(format!("xuptest{}@localhost", self.component_port))
+            .arg("foreground")
+            .uid(self.user.0)
+            .gid(self.user.1)
+            // The Erlang cookie lives in $HOME; the ejabberd user's is its state directory.
+            .env("HOME", "/var/lib/ejabberd")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("ejabberd is installed (scripts/setup installs it)");
+        self.child = Some(child);
+        for port in [self.c2s_port, self.component_port, self.api_port] {
+            wait_for_port(port).await;
+        }
+    }
+
+    /// Kill ejabberd hard, as a crash or an OOM kill would: the whole process group, so the Erlang
+    /// VM goes too.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&child);
+            let _ = child.wait().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
+    }
+}
+
+fn kill_group(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
+}
+
+impl Drop for Ejabberd {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            kill_group(child);
+        }
+    }
+}
