@@ -115,6 +115,8 @@ impl Ejabberd {
             .gid(self.user.1)
             // The Erlang cookie lives in $HOME; the ejabberd user's is its state directory.
             .env("HOME", "/var/lib/ejabberd")
+            // The Erlang port mapper that the VM starts listens on loopback only.
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
