@@ -68,23 +68,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check { connect }) = cli.command {
-        println!("{}: configuration is valid", cli.config.display());
-        if !connect {
-            return ExitCode::SUCCESS;
-        }
-        return match check_connection(&config) {
-            Ok(()) => {
-                println!(
-                    "{}: component handshake as {} succeeded",
-                    config.component.server, config.component.jid
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("xup: {}: {e}", config.component.server);
-                ExitCode::FAILURE
-            }
-        };
+        return check(&cli.config, &config, connect);
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,7 +92,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     xup::run(config, listener, shutdown).await
 }
 
-/// The component handshake, once, for `xup check --connect`.
+/// `xup check`: the config at `path` is valid (or xup would not be here); with `connect`, also
+/// try the component handshake once.
+fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
+    println!("{}: configuration is valid", path.display());
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    match check_connection(config) {
+        Ok(()) => {
+            println!(
+                "{}: component handshake as {} succeeded",
+                config.component.server, config.component.jid
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xup: {}: {e}", config.component.server);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn check_connection(config: &Config) -> Result<(), xup::component::ConnectError> {
     xup::component::probe(&config.component).await
