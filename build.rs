@@ -13,17 +13,13 @@ fn main() {
         .map(|text| text.trim().to_owned())
         .filter(|text| !text.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
-    let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .is_some_and(|output| !output.stdout.is_empty());
-    let suffix = if dirty { "-modified" } else { "" };
-    println!("cargo:rustc-env=XUP_GIT_REVISION={revision}{suffix}");
-    // A new commit moves HEAD or the branch it points to; both are watched.
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
-    println!("cargo:rerun-if-changed=.git/packed-refs");
-    println!("cargo:rerun-if-changed=.git/index");
+    println!("cargo:rustc-env=XUP_GIT_REVISION={revision}");
+    // A new commit moves HEAD or the branch it points to.
+    // Watching a missing file would run this script at every build, so each is watched only if
+    // it is there (a fresh clone has packed-refs, a repository with new commits refs/heads).
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }
