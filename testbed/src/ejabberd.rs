@@ -9,9 +9,7 @@ use std::process::Stdio;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::{
-    COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_DOMAIN, PASSWORD, free_port, wait_for_port,
-};
+use crate::{COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_DOMAIN, PASSWORD, free_port, listening};
 
 pub struct Ejabberd {
     dir: TempDir,
@@ -125,7 +123,15 @@ impl Ejabberd {
             .expect("ejabberd is installed (scripts/setup installs it)");
         self.child = Some(child);
         for port in [self.c2s_port, self.component_port, self.api_port] {
-            wait_for_port(port).await;
+            if !listening(port).await {
+                let log = std::fs::read_to_string(root.join("logs").join("ejabberd.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "ejabberd does not listen on port {port}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
         }
     }
 

@@ -10,7 +10,10 @@ mod ejabberd;
 mod prosody;
 mod xup;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use tokio::{sync::mpsc, time::timeout};
 
@@ -30,12 +33,37 @@ pub const SECRET_B: &str = "endpoint-secret-B-0123456789";
 /// Bound on anything the harness waits for: generous for a loaded CI machine, yet nothing hangs.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A port that was free a moment ago on loopback.
+/// A port that was free a moment ago on loopback, for a server to listen on.
+///
+/// It is taken from below the kernel's ephemeral range (where the outgoing connections of every
+/// other test get their local ports), so no client can take it in the moment between this check
+/// and the server binding it. ejabberd takes a second or so to bind, long enough for that to
+/// happen under the load of the other tests. Ports are handed out in turn, starting from a point
+/// set by the process id, so concurrent tests in one process never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = (10_000, ephemeral_start().max(10_001));
+    let span = high - low;
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (offset + n) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range")
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default is 32768).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The first item from `items` that `matches`, skipping the others; panics (naming `what`) if
@@ -62,6 +90,13 @@ pub async fn first_matching<T>(
 
 /// Wait until something accepts connections on `port` (the only readiness signal Prosody gives).
 pub async fn wait_for_port(port: u16) {
+    if !listening(port).await {
+        panic!("nothing listens on port {port}");
+    }
+}
+
+/// Whether something accepts connections on `port` within [`WAIT`].
+pub async fn listening(port: u16) -> bool {
     let ready = async {
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -70,9 +105,7 @@ pub async fn wait_for_port(port: u16) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    timeout(WAIT, ready)
-        .await
-        .unwrap_or_else(|_| panic!("nothing listens on port {port}"));
+    timeout(WAIT, ready).await.is_ok()
 }
 
 /// The XMPP server a test runs against: Prosody, or ejabberd when the environment variable
