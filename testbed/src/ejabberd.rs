@@ -9,7 +9,7 @@ use std::process::Stdio;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::{COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_DOMAIN, PASSWORD, free_port, listening};
+use crate::{PASSWORD, fill_template, free_port, listening};
 
 pub struct Ejabberd {
     dir: TempDir,
@@ -46,14 +46,14 @@ impl Ejabberd {
             child: None,
             user: ejabberd_user(),
         };
-        let config = include_str!("../ejabberd.yml.in")
-            .replace("@C2S_PORT@", &ejabberd.c2s_port.to_string())
-            .replace("@COMPONENT_PORT@", &ejabberd.component_port.to_string())
-            .replace("@API_PORT@", &ejabberd.api_port.to_string())
-            .replace("@DOMAIN@", DOMAIN)
-            .replace("@OTHER_DOMAIN@", OTHER_DOMAIN)
-            .replace("@COMPONENT@", COMPONENT)
-            .replace("@COMPONENT_SECRET@", COMPONENT_SECRET);
+        let config = fill_template(
+            include_str!("../ejabberd.yml.in"),
+            &[
+                ("C2S_PORT", ejabberd.c2s_port.to_string()),
+                ("COMPONENT_PORT", ejabberd.component_port.to_string()),
+                ("API_PORT", ejabberd.api_port.to_string()),
+            ],
+        );
         let root = ejabberd.dir.path();
         for sub in ["logs", "spool"] {
             std::fs::create_dir(root.join(sub)).expect("ejabberd dir");

@@ -33,6 +33,23 @@ pub const SECRET_B: &str = "endpoint-secret-B-0123456789";
 /// Bound on anything the harness waits for: generous for a loaded CI machine, yet nothing hangs.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A server's config template with its `@NAME@` placeholders filled in: the names every test
+/// server shares (domains, component, secret), then the server's own `more`.
+fn fill_template(template: &str, more: &[(&str, String)]) -> String {
+    let shared = [
+        ("DOMAIN", DOMAIN),
+        ("OTHER_DOMAIN", OTHER_DOMAIN),
+        ("COMPONENT", COMPONENT),
+        ("COMPONENT_SECRET", COMPONENT_SECRET),
+    ];
+    let names = shared
+        .into_iter()
+        .chain(more.iter().map(|(name, value)| (*name, value.as_str())));
+    names.fold(template.to_owned(), |text, (name, value)| {
+        text.replace(&format!("@{name}@"), value)
+    })
+}
+
 /// A port that was free a moment ago on loopback, for a server to listen on.
 ///
 /// It is taken from below the kernel's ephemeral range (where the outgoing connections of every

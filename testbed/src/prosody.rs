@@ -6,9 +6,7 @@ use std::{path::PathBuf, process::Stdio};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::{
-    COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_DOMAIN, PASSWORD, free_port, wait_for_port,
-};
+use crate::{PASSWORD, fill_template, free_port, wait_for_port};
 
 pub struct Prosody {
     dir: TempDir,
@@ -36,15 +34,15 @@ impl Prosody {
             child: None,
         };
         let template = include_str!("../prosody.cfg.lua.in");
-        let config = format!("{template}\n{extra}\n")
-            .replace("@ROOT@", &prosody.dir.path().display().to_string())
-            .replace("@C2S_PORT@", &prosody.c2s_port.to_string())
-            .replace("@COMPONENT_PORT@", &prosody.component_port.to_string())
-            .replace("@HTTP_PORT@", &prosody.http_port.to_string())
-            .replace("@DOMAIN@", DOMAIN)
-            .replace("@OTHER_DOMAIN@", OTHER_DOMAIN)
-            .replace("@COMPONENT@", COMPONENT)
-            .replace("@COMPONENT_SECRET@", COMPONENT_SECRET);
+        let config = fill_template(
+            &format!("{template}\n{extra}\n"),
+            &[
+                ("ROOT", prosody.dir.path().display().to_string()),
+                ("C2S_PORT", prosody.c2s_port.to_string()),
+                ("COMPONENT_PORT", prosody.component_port.to_string()),
+                ("HTTP_PORT", prosody.http_port.to_string()),
+            ],
+        );
         std::fs::write(prosody.config_path(), config).expect("write prosody config");
         prosody.launch().await;
         prosody
