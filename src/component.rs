@@ -6,9 +6,11 @@
 //! cloneable [`Link`] to send stanzas through, so a reconnect is invisible to HTTP handlers: while
 //! the link is down, sends fail at once instead of queueing behind a dead socket.
 //!
-//! Incoming stanzas are routed here: `<register>` to the registrar, IQ answers to the relay's
-//! waiters, disco#info and ping answered directly, every other request refused with
-//! `service-unavailable`. An IQ `result` or `error` is never answered (RFC 6120 §8.2.3).
+//! Incoming stanzas are routed here: `<register>` to the registrar, IQ answers to the pushes in
+//! flight (`pending.rs`), disco#info and ping answered directly, every other request refused with
+//! `service-unavailable`. An IQ `result` or `error` is never answered (RFC 6120 §8.2.3). What the
+//! link learns about clients (presence, signs of life, answers nobody waits for any more) goes
+//! out as [`LinkEvent`]s on a channel, for the deliverer; the link calls into nothing above it.
 //!
 //! tokio-xmpp's `Component` hides soft read timeouts and single malformed stanzas behind the same
 //! "end of stream" as a dead socket, so this module drives tokio-xmpp's XML stream layer itself:
@@ -58,11 +60,11 @@ use xmpp_parsers::{
 
 use crate::{
     config::ComponentConfig,
-    deliver::Wakeups,
     metrics::METRICS,
+    pending::{Answer, Detached, InFlight, Resolved},
     protocol,
     register::Registrar,
-    relay::{self, Answer, Answers},
+    relay,
 };
 
 /// Silence on the link after which we ping the server, so a dead peer is found within
@@ -122,13 +124,30 @@ impl Link {
     }
 }
 
+/// What the link learns about clients, for the deliverer.
+#[derive(Debug, PartialEq)]
+pub enum LinkEvent {
+    /// A client's presence towards xup: it came online (`available`) or its session ended.
+    Presence { from: Jid, available: bool },
+    /// The client answered a push with `result`, or registered: it is there.
+    Alive(Jid),
+    /// An answer to a push whose sender stopped waiting (`push`, with what it carried), or to one
+    /// that is no longer in flight at all (`push` is `None`: a `result` after `delivery.timeout`).
+    Unclaimed {
+        id: String,
+        from: Jid,
+        answer: Answer,
+        push: Option<Detached>,
+    },
+}
+
 /// Where incoming stanzas go.
 pub struct Router {
     pub jid: BareJid,
     pub registrar: Arc<Registrar>,
-    pub answers: Answers,
-    /// Told of clients announcing themselves and of answers nobody waits for any more.
-    pub wakeups: Wakeups,
+    pub in_flight: InFlight,
+    /// Told of what the link learns about clients.
+    pub events: mpsc::UnboundedSender<LinkEvent>,
 }
 
 /// Start the task that keeps the link up until `shutdown` is cancelled.
@@ -198,7 +217,7 @@ async fn keep_connected(
                 up.send_replace(false);
                 // Whatever waits for an answer will not get one on the next connection, and what
                 // is still queued was meant for a waiter that has just been failed.
-                router.answers.fail_all();
+                router.in_flight.clear();
                 while queue.try_recv().is_ok() {}
                 match ended {
                     Ended::Shutdown => {
@@ -505,11 +524,16 @@ impl Router {
         let iq = match stanza {
             Stanza::Iq(iq) => iq,
             Stanza::Presence(presence) => {
-                // A client coming online tells us with directed presence: time for what is held.
-                if presence.type_ == PresenceType::None
-                    && let Some(from) = presence.from
+                // Clients are full JIDs; presence from anything else says nothing about one.
+                let available = match presence.type_ {
+                    PresenceType::None => true,
+                    PresenceType::Unavailable => false,
+                    _ => return None,
+                };
+                if let Some(from) = presence.from
+                    && from.resource().is_some()
                 {
-                    self.wakeups.wake(from.to_string());
+                    self.tell(LinkEvent::Presence { from, available });
                 }
                 return None;
             }
@@ -517,19 +541,13 @@ impl Router {
         };
         let (from, to, id, outcome) = match iq {
             Iq::Result { from, id, .. } => {
-                if !self.answers.resolve(&id, from.as_ref(), Answer::Result)
-                    && let Some(from) = from
-                    && relay::is_push_id(&id)
-                {
-                    self.wakeups.late_result(id, from);
-                }
+                self.answered(id, from, Answer::Result);
                 return None;
             }
             Iq::Error {
                 from, id, error, ..
             } => {
-                self.answers
-                    .resolve(&id, from.as_ref(), Answer::Error(error.defined_condition));
+                self.answered(id, from, Answer::Error(error.defined_condition));
                 return None;
             }
             Iq::Get {
@@ -570,6 +588,36 @@ impl Router {
         Some(reply.into())
     }
 
+    fn tell(&self, event: LinkEvent) {
+        // Only a stopped deliverer drops them, at shutdown.
+        let _ = self.events.send(event);
+    }
+
+    /// An IQ answer: to the push it belongs to, and what it says about its sender to the deliverer.
+    fn answered(&self, id: String, from: Option<Jid>, answer: Answer) {
+        let resolved = self.in_flight.resolve(&id, from.as_ref(), answer.clone());
+        let Some(from) = from else {
+            return;
+        };
+        match resolved {
+            Resolved::Claimed if answer == Answer::Result => self.tell(LinkEvent::Alive(from)),
+            Resolved::Claimed => {}
+            Resolved::Detached(push) => self.tell(LinkEvent::Unclaimed {
+                id,
+                from,
+                answer,
+                push: Some(push),
+            }),
+            Resolved::Unknown if relay::is_push_id(&id) => self.tell(LinkEvent::Unclaimed {
+                id,
+                from,
+                answer,
+                push: None,
+            }),
+            Resolved::Unknown => {}
+        }
+    }
+
     fn get(&self, payload: Element) -> Result<Option<Element>, Box<StanzaError>> {
         if payload.is("query", ns::DISCO_INFO) {
             if payload.attr("node").is_some() {
@@ -595,7 +643,12 @@ impl Router {
     ) -> Result<Option<Element>, Box<StanzaError>> {
         if payload.is("register", protocol::NS) {
             return match self.registrar.register(from, payload, SystemTime::now()) {
-                Ok(registered) => Ok(Some(registered.into())),
+                Ok(registered) => {
+                    if let Some(from) = from {
+                        self.tell(LinkEvent::Alive(from.clone()));
+                    }
+                    Ok(Some(registered.into()))
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "register refused");
                     Err(Box::new(e.to_stanza_error()))

@@ -69,6 +69,11 @@ pub struct RegistrationConfig {
 }
 
 pub struct DeliveryConfig {
+    /// How long a push waits for the client's answer before the sender is answered anyway (the
+    /// message held, `201`); at most `timeout`.
+    pub answer_within: Duration,
+    /// How long the client's answer to a push is awaited at all; a later one still counts if it
+    /// is a `result`.
     pub timeout: Duration,
     /// How long a message is held for an unreachable client when the sender gave no `TTL`.
     pub default_ttl: Duration,
@@ -209,6 +214,7 @@ struct RawRegistration {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
+    answer_within: Option<String>,
     timeout: Option<String>,
     default_ttl: Option<String>,
     max_ttl: Option<String>,
@@ -411,6 +417,18 @@ impl Config {
             ));
         }
 
+        // Left out, it follows a shorter `timeout` down rather than make that config invalid.
+        let answer_within = match &raw.delivery.answer_within {
+            Some(text) => duration("delivery.answer_within", text)?,
+            None => protocol::DEFAULT_ANSWER_WITHIN.min(timeout),
+        };
+        if answer_within.is_zero() || answer_within > timeout {
+            return Err(invalid(
+                "delivery.answer_within",
+                "must be more than 0s and at most delivery.timeout",
+            ));
+        }
+
         let default_ttl = match &raw.delivery.default_ttl {
             Some(text) => duration("delivery.default_ttl", text)?,
             None => protocol::DEFAULT_TTL,
@@ -552,6 +570,7 @@ impl Config {
                 allow,
             },
             delivery: DeliveryConfig {
+                answer_within,
                 timeout,
                 default_ttl,
                 max_ttl,
@@ -721,6 +740,16 @@ mod tests {
     }
 
     #[test]
+    fn answer_within_defaults_to_3s_and_never_exceeds_the_timeout() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.delivery.answer_within, Duration::from_secs(3));
+        let short = Config::parse(&GOOD.replace(r#""15s""#, r#""1s""#)).expect("valid");
+        assert_eq!(short.delivery.answer_within, Duration::from_secs(1));
+        let e = error_of(&GOOD.replace(r#""timeout""#, r#""answer_within": "20s", "timeout""#));
+        assert!(e.starts_with("delivery.answer_within:"), "{e}");
+    }
+
+    #[test]
     fn a_bad_duration_names_the_field() {
         let e = error_of(&GOOD.replace(r#""15s""#, r#""soon""#));
         assert!(e.starts_with("delivery.timeout:"), "{e}");
@@ -844,8 +873,8 @@ mod tests {
     #[test]
     fn limits_have_defaults_and_bad_ones_name_their_field() {
         let config = Config::parse(GOOD).expect("valid");
-        assert_eq!(config.limits.per_endpoint.burst.get(), 30);
-        assert_eq!(config.limits.per_endpoint.every, Duration::from_secs(1));
+        assert_eq!(config.limits.per_endpoint.burst.get(), 240);
+        assert_eq!(config.limits.per_endpoint.every, Duration::from_millis(250));
         assert_eq!(
             config.http.max_connections,
             protocol::DEFAULT_MAX_CONNECTIONS

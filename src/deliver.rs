@@ -1,189 +1,515 @@
 //! Offering held messages again, until each is taken, expires, or its app is gone.
 //!
-//! A client's held messages go out when it sends xup a directed presence (Conversations does so
-//! when it comes online), when a new message for it is held while the link is up, on a periodic
-//! retry (`delivery.retry_interval`) for clients that never announce themselves, and whenever the
-//! component link comes back. They go out one at a time, oldest first, each waiting for its answer,
-//! so the client sees them in order; the first one it cannot take ends the round for that client.
+//! A phone is not one inbox: each app on it has its own registration, and a message stuck in one
+//! must never hold back another. So held messages queue *per registration* (one app instance of
+//! one client, `held.rs`): within a queue they go out one at a time, oldest first, each waiting for
+//! its answer, so the app sees them in order; across queues nothing waits. A client gets at most
+//! [`CLIENT_WINDOW`] queues offered at once, so a phone coming back is not flooded either.
 //!
-//! An answer that arrives after its push stopped waiting (a `result` later than
-//! `delivery.timeout`) is a late answer: the held copy is removed, so the client never gets the
-//! message twice.
+//! When a queue is offered:
+//! - as soon as a message is held in it, unless the client is known to be offline, the queue is
+//!   waiting after a failure, or its oldest message is still in flight (a push whose sender was
+//!   answered while the client may still answer, `pending.rs`);
+//! - when the client sends available presence (Conversations does at every new session): all its
+//!   queues at once, whatever they were waiting for;
+//! - on any sign of life (a `result`, a `<register>`; a stream resumed under XEP-0198 sends no new
+//!   presence): the queues whose last failure may have been the client's absence, that is, those
+//!   that failed with no sign of life from the client since their offer went out;
+//! - after a failure, with backoff per queue: [`FIRST_RETRY`], doubling up to
+//!   `delivery.retry_interval`;
+//! - every `delivery.retry_interval`, each queue that is due (a safety net), and all of them each
+//!   time the component link comes back.
+//!
+//! A client known to be offline (`presence.rs`) is offered nothing until it is heard of again.
+//!
+//! One task owns all of this state; the relay tells it what it held ([`Notice`]), the component link
+//! what it learnt ([`LinkEvent`]), and each round (the offers of one queue) reports how it ended.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use tokio::{
     sync::{Semaphore, mpsc, watch},
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use xmpp_parsers::jid::Jid;
 
 use crate::{
+    component::LinkEvent,
     held::HeldMessages,
-    relay::{Offered, Relay, RelayError},
+    pending::{Answer, InFlight},
+    presence::Presence,
+    relay::{Notice, Offered, Relay},
+    store::{RegistrationKey, registration_key_of},
 };
 
-/// What the deliverer is told.
-#[derive(Debug)]
-pub enum Event {
-    /// Offer this client (a full JID) what is held for it.
-    Wake(String),
-    /// A `result` from `from` for push `id`, after nobody waited for it any more.
-    LateResult { id: String, from: Jid },
-}
+/// Queues offered to one client at once: enough that one stuck app never holds back the others,
+/// few enough that a phone coming back is not flooded.
+pub const CLIENT_WINDOW: usize = 8;
 
-/// The sending side, for the relay and the component link. Cheap to clone.
-#[derive(Clone)]
-pub struct Wakeups(mpsc::UnboundedSender<Event>);
+/// The first wait after an offer that was not taken; it doubles at every failure, up to
+/// `delivery.retry_interval`.
+pub const FIRST_RETRY: Duration = Duration::from_secs(30);
 
-impl Wakeups {
-    pub fn channel() -> (Wakeups, mpsc::UnboundedReceiver<Event>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        (Wakeups(sender), receiver)
-    }
-
-    pub fn wake(&self, subject: String) {
-        let _ = self.0.send(Event::Wake(subject));
-    }
-
-    pub fn late_result(&self, id: String, from: Jid) {
-        let _ = self.0.send(Event::LateResult { id, from });
-    }
-}
-
-/// Clients being offered their messages right now, and whether another round was asked for
-/// meanwhile (a wake-up during a round must not be lost, nor start a second round beside it).
-type Busy = Arc<Mutex<HashMap<String, bool>>>;
-
-/// Clients being offered messages at once. A retry offers every waiting client; with many
-/// offline, this spreads the IQs (and the server's bounces) instead of sending them in one burst.
+/// Queues being offered at once, over all clients. A retry or a reconnect offers every waiting
+/// queue; with many clients offline this spreads the IQs (and the server's bounces) out.
 const MAX_ROUNDS_AT_ONCE: usize = 256;
 
-/// Run until `shutdown`: react to events, retry every `retry_interval`, and offer everything
-/// again each time `link_up` turns true.
+/// How often pushes whose sender stopped waiting are checked for having run out of time.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// What the deliverer works with.
+pub struct Parts {
+    pub relay: Arc<Relay>,
+    pub held: Arc<HeldMessages>,
+    pub in_flight: InFlight,
+    pub presence: Arc<Presence>,
+    pub link_up: watch::Receiver<bool>,
+}
+
+/// What it is told.
+pub struct Inputs {
+    pub link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+/// Run until `shutdown`. Whatever a round had not yet offered stays held for the next start.
 pub async fn run(
-    relay: Arc<Relay>,
-    held: Arc<HeldMessages>,
-    mut link_up: watch::Receiver<bool>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    parts: Parts,
+    mut inputs: Inputs,
     retry_interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let busy: Busy = Arc::default();
-    let offering = Arc::new(Semaphore::new(MAX_ROUNDS_AT_ONCE));
-    let mut rounds = JoinSet::new();
+    let mut link_up = parts.link_up.clone();
+    let mut deliverer = Deliverer {
+        parts,
+        retry_interval,
+        clients: HashMap::new(),
+        rounds: JoinSet::new(),
+        timers: BinaryHeap::new(),
+        offering: Arc::new(Semaphore::new(MAX_ROUNDS_AT_ONCE)),
+    };
     let mut retry = tokio::time::interval(retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     loop {
-        let everyone = tokio::select! {
+        let next_timer = deliverer.next_timer();
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(event) = events.recv() => {
-                match event {
-                    Event::Wake(subject) => {
-                        start_round(subject, &relay, &held, &busy, &offering, &mut rounds);
-                    }
-                    Event::LateResult { id, from } => {
-                        match held.remove(&id, &from.to_string()).await {
+            Some(event) = inputs.link_events.recv() => deliverer.on_link_event(event).await,
+            Some(notice) = inputs.notices.recv() => deliverer.on_notice(notice),
+            Some(round) = deliverer.rounds.join_next() => {
+                if let Ok(round) = round {
+                    deliverer.on_round_end(round);
+                }
+            }
+            _ = tokio::time::sleep_until(next_timer) => deliverer.on_timers(),
+            _ = sweep.tick() => deliverer.expire(),
+            _ = retry.tick() => deliverer.everyone(false),
+            changed = link_up.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let up = *link_up.borrow();
+                if up {
+                    deliverer.everyone(true);
+                } else {
+                    deliverer.parts.presence.forget_all();
+                }
+            }
+        }
+    }
+    deliverer.rounds.shutdown().await;
+}
+
+struct Deliverer {
+    parts: Parts,
+    retry_interval: Duration,
+    /// Clients with messages held, by full JID.
+    clients: HashMap<String, Client>,
+    rounds: JoinSet<Round>,
+    /// When a queue that failed may be tried again; stale entries are skipped when they come due.
+    timers: BinaryHeap<Reverse<(Instant, String, RegistrationKey)>>,
+    offering: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Client {
+    /// Rounds running for this client, one per queue, at most [`CLIENT_WINDOW`].
+    running: usize,
+    /// The last sign of life from it.
+    alive_at: Option<Instant>,
+    queues: HashMap<RegistrationKey, Queue>,
+}
+
+/// One registration's queue, as the deliverer sees it (the messages are in the store).
+#[derive(Default)]
+struct Queue {
+    running: bool,
+    /// Run again when the running round ends: a message was held meanwhile.
+    again: bool,
+    /// Run again when the running round ends, even after a failure: the client came back.
+    forced: bool,
+    /// When the last offer that was not taken went out.
+    offered: Option<Instant>,
+    /// After a failure: the current wait, and when it ends.
+    backoff: Option<Duration>,
+    not_before: Option<Instant>,
+}
+
+/// How the offers of one queue ended.
+struct Round {
+    subject: String,
+    registration: RegistrationKey,
+    end: End,
+}
+
+enum End {
+    /// Everything was taken (or had expired).
+    Emptied,
+    /// The app is gone; the registration is revoked.
+    Gone,
+    /// The oldest message is in flight already: its answer, or its silence, continues the queue.
+    InFlight,
+    /// An offer that went out at this moment was not taken (or the store failed).
+    Failed(Instant),
+}
+
+impl Deliverer {
+    /// Offer `registration` of `subject` now, if nothing stands in the way.
+    fn start(&mut self, subject: &str, registration: RegistrationKey) {
+        if !*self.parts.link_up.borrow() || self.parts.presence.is_offline(subject) {
+            return;
+        }
+        let now = Instant::now();
+        let client = self.clients.entry(subject.to_owned()).or_default();
+        let queue = client.queues.entry(registration).or_default();
+        if queue.running {
+            queue.again = true;
+            return;
+        }
+        if queue.not_before.is_some_and(|t| t > now) || client.running >= CLIENT_WINDOW {
+            // Its timer, or the end of one of the client's rounds, starts it.
+            return;
+        }
+        queue.running = true;
+        client.running += 1;
+        let parts = (
+            self.parts.relay.clone(),
+            self.parts.held.clone(),
+            self.parts.in_flight.clone(),
+            self.offering.clone(),
+        );
+        let subject = subject.to_owned();
+        self.rounds.spawn(async move {
+            let (relay, held, in_flight, offering) = parts;
+            let end = match offering.acquire_owned().await {
+                Ok(_turn) => offer_queue(&subject, registration, &relay, &held, &in_flight).await,
+                Err(_) => End::Emptied, // never closed
+            };
+            Round {
+                subject,
+                registration,
+                end,
+            }
+        });
+    }
+
+    /// Offer every queue of `subject` that is due.
+    fn start_client(&mut self, subject: &str) {
+        for registration in self.parts.held.registrations_of(subject) {
+            self.start(subject, registration);
+        }
+    }
+
+    /// Offer every queue of `subject` now, whatever it was waiting for.
+    fn force_client(&mut self, subject: &str) {
+        if let Some(client) = self.clients.get_mut(subject) {
+            for queue in client.queues.values_mut() {
+                queue.clear_backoff();
+                queue.forced |= queue.running;
+            }
+        }
+        self.start_client(subject);
+    }
+
+    /// Every client with messages held: the queues that are due, or (`force`) all of them.
+    fn everyone(&mut self, force: bool) {
+        for subject in self.parts.held.subjects() {
+            if force {
+                self.force_client(&subject);
+            } else {
+                self.start_client(&subject);
+            }
+        }
+    }
+
+    /// A sign of life from `subject`: restart the queues that failed with no sign of life since
+    /// their offer went out, as the client may simply have been away.
+    fn alive(&mut self, subject: &str) {
+        self.parts.presence.came_back(subject);
+        let Some(client) = self.clients.get_mut(subject) else {
+            return;
+        };
+        let previous = client.alive_at.replace(Instant::now());
+        let mut restart = Vec::new();
+        for (registration, queue) in &mut client.queues {
+            let unheard_since_offer = queue
+                .offered
+                .is_some_and(|offered| previous.is_none_or(|alive| offered > alive));
+            if queue.not_before.is_some() && unheard_since_offer {
+                queue.clear_backoff();
+                restart.push(*registration);
+            }
+        }
+        for registration in restart {
+            self.start(subject, registration);
+        }
+    }
+
+    /// An offer that went out at `offered` was not taken: the queue waits before it is tried again.
+    fn failed(&mut self, subject: &str, registration: RegistrationKey, offered: Instant) {
+        if !self.parts.held.has_backlog(subject, &registration) {
+            return;
+        }
+        let now = Instant::now();
+        let client = self.clients.entry(subject.to_owned()).or_default();
+        let queue = client.queues.entry(registration).or_default();
+        let backoff = queue
+            .backoff
+            .map_or(FIRST_RETRY, |wait| wait * 2)
+            .min(self.retry_interval);
+        queue.offered = Some(offered);
+        queue.backoff = Some(backoff);
+        queue.not_before = Some(now + backoff);
+        self.timers
+            .push(Reverse((now + backoff, subject.to_owned(), registration)));
+    }
+
+    fn on_round_end(&mut self, round: Round) {
+        let Round {
+            subject,
+            registration,
+            end,
+        } = round;
+        let Some(client) = self.clients.get_mut(&subject) else {
+            return;
+        };
+        client.running -= 1;
+        let (again, forced) = match client.queues.get_mut(&registration) {
+            Some(queue) => {
+                queue.running = false;
+                (
+                    std::mem::take(&mut queue.again),
+                    std::mem::take(&mut queue.forced),
+                )
+            }
+            None => (false, false),
+        };
+        match end {
+            End::Emptied | End::Gone => {
+                if let Some(queue) = client.queues.get_mut(&registration) {
+                    queue.clear_backoff();
+                }
+                if again || forced {
+                    self.start(&subject, registration);
+                }
+            }
+            // Its answer or its expiry continues the queue.
+            End::InFlight => {}
+            End::Failed(_) if forced => self.start(&subject, registration),
+            End::Failed(offered) => self.failed(&subject, registration, offered),
+        }
+        // A place in the client's window is free.
+        self.start_client(&subject);
+        self.forget_if_idle(&subject);
+    }
+
+    /// Drop what is kept about `subject` once nothing of it is held or running.
+    fn forget_if_idle(&mut self, subject: &str) {
+        let held = &self.parts.held;
+        if let Some(client) = self.clients.get_mut(subject) {
+            client
+                .queues
+                .retain(|registration, queue| queue.running || held.has_backlog(subject, registration));
+            if client.queues.is_empty() && client.running == 0 {
+                self.clients.remove(subject);
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Held {
+                subject,
+                registration,
+                offered: None,
+                ..
+            } => self.start(&subject, registration),
+            // Still in flight: its answer or its expiry will say.
+            Notice::Held { id, .. } if self.parts.in_flight.contains(&id) => {}
+            Notice::Held {
+                subject,
+                registration,
+                offered: Some(offered),
+                ..
+            } => self.failed(&subject, registration, offered.into()),
+        }
+    }
+
+    async fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Presence {
+                from,
+                available: true,
+            } => {
+                let subject = from.to_string();
+                tracing::debug!("a client announced itself");
+                self.alive(&subject);
+                self.force_client(&subject);
+            }
+            LinkEvent::Presence {
+                from,
+                available: false,
+            } => {
+                tracing::debug!("a client went offline");
+                self.parts.presence.went_offline(from.to_string());
+            }
+            LinkEvent::Alive(from) => self.alive(&from.to_string()),
+            LinkEvent::Unclaimed {
+                id,
+                from,
+                answer,
+                push,
+            } => {
+                let subject = from.to_string();
+                match (push, answer) {
+                    (push, Answer::Result) => {
+                        match self.parts.held.remove(&id, &subject).await {
                             Ok(true) => tracing::debug!("a late result removed a held message"),
                             Ok(false) => {}
                             Err(e) => tracing::warn!(error = %e, "cannot remove a held message"),
                         }
+                        self.alive(&subject);
+                        match push {
+                            Some(push) => self.start(
+                                &subject,
+                                registration_key_of(&subject, &push.application, &push.instance),
+                            ),
+                            None => self.start_client(&subject),
+                        }
                     }
+                    (Some(push), answer) if answer.means_gone() => {
+                        let revoked = self
+                            .parts
+                            .relay
+                            .revoke(&subject, &push.application, &push.instance)
+                            .await;
+                        if let Err(e) = revoked {
+                            tracing::warn!(error = %e, "cannot revoke a registration");
+                        }
+                    }
+                    (Some(push), Answer::Error(_)) => {
+                        let registration =
+                            registration_key_of(&subject, &push.application, &push.instance);
+                        self.failed(&subject, registration, push.sent.into());
+                    }
+                    // A late error to a push long forgotten: its held copy is tried again anyway.
+                    (None, Answer::Error(_)) => {}
                 }
-                false
-            }
-            _ = retry.tick() => true,
-            changed = link_up.changed() => changed.is_ok() && *link_up.borrow(),
-            // Reap finished rounds so the set does not grow.
-            Some(_) = rounds.join_next() => false,
-        };
-        if everyone && *link_up.borrow() {
-            for subject in held.subjects() {
-                start_round(subject, &relay, &held, &busy, &offering, &mut rounds);
+                self.forget_if_idle(&subject);
             }
         }
     }
-    // Whatever a round had not yet offered stays held for the next start.
-    rounds.shutdown().await;
+
+    /// Pushes whose sender stopped waiting and whose client stayed silent to the end: not taken.
+    fn expire(&mut self) {
+        for push in self.parts.in_flight.expire(Instant::now().into()) {
+            let registration =
+                registration_key_of(&push.subject, &push.application, &push.instance);
+            self.failed(&push.subject, registration, push.sent.into());
+        }
+    }
+
+    /// When the earliest timer is due; far off when there is none.
+    fn next_timer(&self) -> Instant {
+        match self.timers.peek() {
+            Some(Reverse((at, _, _))) => *at,
+            None => Instant::now() + self.retry_interval,
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.timers.peek()
+            && *at <= now
+        {
+            let Some(Reverse((_, subject, registration))) = self.timers.pop() else {
+                break;
+            };
+            let due = self
+                .clients
+                .get(&subject)
+                .and_then(|client| client.queues.get(&registration))
+                .is_some_and(|queue| queue.not_before.is_some_and(|t| t <= now));
+            if due {
+                self.start(&subject, registration);
+            }
+        }
+    }
 }
 
-fn start_round(
-    subject: String,
-    relay: &Arc<Relay>,
-    held: &Arc<HeldMessages>,
-    busy: &Busy,
-    offering: &Arc<Semaphore>,
-    rounds: &mut JoinSet<()>,
-) {
-    if !held.has_any(&subject) {
-        return;
+impl Queue {
+    fn clear_backoff(&mut self) {
+        self.backoff = None;
+        self.not_before = None;
     }
-    {
-        let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(again) = busy.get_mut(&subject) {
-            *again = true;
-            return;
-        }
-        busy.insert(subject.clone(), false);
-    }
-    let (relay, held, busy, offering) =
-        (relay.clone(), held.clone(), busy.clone(), offering.clone());
-    rounds.spawn(async move {
-        let Ok(_turn) = offering.acquire_owned().await else {
-            return; // never closed
-        };
-        loop {
-            offer_all(&subject, &relay, &held).await;
-            let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-            if busy.get(&subject) == Some(&true) {
-                busy.insert(subject.clone(), false);
-                continue;
-            }
-            busy.remove(&subject);
-            return;
-        }
-    });
 }
 
-/// Offer `subject` its held messages in order, until one is not taken.
-async fn offer_all(subject: &str, relay: &Relay, held: &HeldMessages) {
-    let waiting = match held.waiting_for(subject, SystemTime::now()).await {
+/// Offer one queue's messages in order, until one is not taken.
+async fn offer_queue(
+    subject: &str,
+    registration: RegistrationKey,
+    relay: &Relay,
+    held: &HeldMessages,
+    in_flight: &InFlight,
+) -> End {
+    let waiting = match held.waiting_in(registration, SystemTime::now()).await {
         Ok(waiting) => waiting,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read held messages");
-            return;
+            return End::Failed(Instant::now());
         }
     };
-    // Apps found gone during this round: their other messages were dropped with the registration.
-    let mut gone = Vec::new();
     for message in waiting {
-        if gone.contains(&(message.application.clone(), message.instance.clone())) {
-            continue;
+        if in_flight.contains(&message.id) {
+            return End::InFlight;
         }
-        let (offered, _ticket) = relay.offer(&message).await;
-        let done = match offered {
-            Offered::Taken => held
-                .remove(&message.id, subject)
-                .await
-                .map(|_| ())
-                .map_err(RelayError::from),
+        let offered = Instant::now();
+        let (result, _ticket) = relay.offer(&message, relay.timeout()).await;
+        match result {
+            Offered::Taken => {
+                if let Err(e) = held.remove(&message.id, subject).await {
+                    tracing::warn!(error = %e, "cannot remove a delivered message");
+                    return End::Failed(offered);
+                }
+            }
             Offered::Gone => {
-                gone.push((message.application.clone(), message.instance.clone()));
-                relay.forget_registration(&message).await
+                if let Err(e) = relay.forget_registration(&message).await {
+                    tracing::warn!(error = %e, "cannot revoke a registration");
+                }
+                return End::Gone;
             }
             Offered::NotNow(why) => {
-                tracing::debug!(?why, "a client with held messages is still unreachable");
-                return;
+                tracing::debug!(?why, "a held message was not taken");
+                return End::Failed(offered);
             }
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "cannot update held messages");
-            return;
         }
     }
+    End::Emptied
 }

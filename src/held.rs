@@ -1,18 +1,19 @@
 //! Messages held for clients that could not take them when they arrived.
 //!
 //! RFC 8030 lets a push service keep a message for its `TTL` while the user agent is away. xup keeps
-//! one when the client is offline, answers with a temporary error, stays silent past
-//! `delivery.timeout`, or when the component link is down; it is written to the store **before** the
-//! sender gets its `201`, so a crash after the answer loses nothing. Held messages go out again, in
-//! the order they arrived, when the client announces itself (directed presence), on a periodic
-//! retry, and after the component link comes back (`deliver.rs` does that).
+//! one when the client is offline, answers with a temporary error, has not answered within
+//! `delivery.answer_within`, or when the component link is down; it is written to the store
+//! **before** the sender gets its `201`, so a crash after the answer loses nothing. Held messages go
+//! out again in the order they arrived *per registration* (one app instance of one client), never
+//! across registrations, so one app's stuck message never holds back another app of the same phone
+//! (`deliver.rs` offers them).
 //!
 //! Bounds: per registration (the oldest is dropped for the newest), and in total (past it, new
 //! messages are refused with `503`, so the sender keeps them instead). A newer message with the same
 //! `Topic` replaces the held one. Expired messages are never sent and are pruned.
 //!
-//! The rows live in the same SQLite file as the revocations; an in-memory count per client keeps
-//! the push path from asking the disk whether a client has anything waiting.
+//! The rows live in the same SQLite file as the revocations; an in-memory count per registration
+//! keeps the push path from asking the disk whether a registration has anything waiting.
 
 use std::{
     collections::HashMap,
@@ -68,7 +69,7 @@ pub struct Held {
     pub dropped: usize,
 }
 
-/// The held messages: durable in the store, counted in memory per client.
+/// The held messages: durable in the store, counted in memory per registration.
 pub struct HeldMessages {
     db: Database,
     per_registration: usize,
@@ -76,9 +77,10 @@ pub struct HeldMessages {
     counts: Mutex<Counts>,
 }
 
+/// Held messages per client (full JID) and, within it, per registration.
 #[derive(Default)]
 struct Counts {
-    by_subject: HashMap<String, usize>,
+    by_subject: HashMap<String, HashMap<RegistrationKey, usize>>,
     total: usize,
 }
 
@@ -125,15 +127,27 @@ impl HeldMessages {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether anything waits for `subject`; memory only. A new message for a client with a
-    /// backlog is held behind it rather than sent ahead of it.
-    pub fn has_any(&self, subject: &str) -> bool {
-        self.counts().by_subject.contains_key(subject)
+    /// Whether anything waits for the registration `registration` of `subject`; memory only. A
+    /// new message for a registration with a backlog is held behind it rather than sent ahead.
+    pub fn has_backlog(&self, subject: &str, registration: &RegistrationKey) -> bool {
+        self.counts()
+            .by_subject
+            .get(subject)
+            .is_some_and(|registrations| registrations.contains_key(registration))
     }
 
     /// Every client with messages waiting.
     pub fn subjects(&self) -> Vec<String> {
         self.counts().by_subject.keys().cloned().collect()
+    }
+
+    /// The registrations of `subject` that have messages waiting.
+    pub fn registrations_of(&self, subject: &str) -> Vec<RegistrationKey> {
+        self.counts()
+            .by_subject
+            .get(subject)
+            .map(|registrations| registrations.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// How many messages are held in all.
@@ -147,7 +161,7 @@ impl HeldMessages {
         let per_registration = self.per_registration;
         let max_total = self.max_total;
         let subject = message.subject.clone();
-        let (held, subject_count, total) = self
+        let (held, count, total) = self
             .db
             .run(move |conn| {
                 let tx = conn.transaction()?;
@@ -194,32 +208,31 @@ impl HeldMessages {
                         micros(message.expires_at),
                     ],
                 )?;
-                let subject_count = count_subject(&tx, &message.subject)?;
+                let count = count_registration(&tx, &registration)?;
                 tx.commit()?;
                 // `total` was counted after the replaced and dropped rows left.
-                Ok(Some((held, subject_count, total + 1)))
+                Ok(Some((held, count, total + 1)))
             })
             .await?
             .ok_or(HoldError::Full)?;
-        self.set_count(subject, subject_count, total);
+        self.set_count(subject, registration, count, total);
         Ok(held)
     }
 
-    /// The messages waiting for `subject` that have not expired by `now`, oldest first.
-    pub async fn waiting_for(
+    /// The messages waiting in `registration` that have not expired by `now`, oldest first.
+    pub async fn waiting_in(
         &self,
-        subject: &str,
+        registration: RegistrationKey,
         now: SystemTime,
     ) -> Result<Vec<Message>, StoreError> {
-        let subject = subject.to_owned();
         self.db
             .run(move |conn| {
                 let mut query = conn.prepare(
                     "SELECT id, subject, application, instance, body, topic, urgency,
                             expires_at_us
-                     FROM held WHERE subject = ?1 AND expires_at_us > ?2 ORDER BY seq",
+                     FROM held WHERE registration = ?1 AND expires_at_us > ?2 ORDER BY seq",
                 )?;
-                let rows = query.query_map(params![subject, micros(now)], |row| {
+                let rows = query.query_map(params![registration.as_slice(), micros(now)], |row| {
                     let urgency: String = row.get(6)?;
                     Ok(Message {
                         id: row.get(0)?,
@@ -244,34 +257,42 @@ impl HeldMessages {
         let removed = self
             .db
             .run(move |conn| {
-                let removed = conn.execute(
-                    "DELETE FROM held WHERE id = ?1 AND subject = ?2",
-                    params![id, owned_subject],
-                )?;
-                let counts = (count_subject(conn, &owned_subject)?, count_total(conn)?);
-                Ok((removed > 0, counts))
+                use rusqlite::OptionalExtension;
+                let registration: Option<Vec<u8>> = conn
+                    .query_row(
+                        "DELETE FROM held WHERE id = ?1 AND subject = ?2 RETURNING registration",
+                        params![id, owned_subject],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let Some(registration) = registration.and_then(|r| r.try_into().ok()) else {
+                    return Ok(None);
+                };
+                let count = count_registration(conn, &registration)?;
+                Ok(Some((registration, count, count_total(conn)?)))
             })
             .await?;
-        let (removed, (subject_count, total)) = removed;
-        self.set_count(subject.to_owned(), subject_count, total);
-        Ok(removed)
+        let Some((registration, count, total)) = removed else {
+            return Ok(false);
+        };
+        self.set_count(subject.to_owned(), registration, count, total);
+        Ok(true)
     }
 
     /// The app is gone: drop everything held for its registration.
     pub async fn drop_registration(&self, claims: &Claims) -> Result<usize, StoreError> {
         let registration = registration_key(claims);
-        let subject = claims.subject.clone();
-        let (dropped, subject_count, total) = self
+        let (dropped, total) = self
             .db
             .run(move |conn| {
                 let dropped = conn.execute(
                     "DELETE FROM held WHERE registration = ?1",
                     params![registration.as_slice()],
                 )?;
-                Ok((dropped, count_subject(conn, &subject)?, count_total(conn)?))
+                Ok((dropped, count_total(conn)?))
             })
             .await?;
-        self.set_count(claims.subject.clone(), subject_count, total);
+        self.set_count(claims.subject.clone(), registration, 0, total);
         Ok(dropped)
     }
 
@@ -291,14 +312,24 @@ impl HeldMessages {
         Ok(pruned)
     }
 
-    fn set_count(&self, subject: String, count: usize, total: usize) {
+    fn set_count(
+        &self,
+        subject: String,
+        registration: RegistrationKey,
+        count: usize,
+        total: usize,
+    ) {
         let mut counts = self.counts();
-        if count == 0 {
-            counts.by_subject.remove(&subject);
-        } else {
-            counts.by_subject.insert(subject, count);
-        }
         counts.total = total;
+        if count > 0 {
+            let registrations = counts.by_subject.entry(subject).or_default();
+            registrations.insert(registration, count);
+        } else if let Some(registrations) = counts.by_subject.get_mut(&subject) {
+            registrations.remove(&registration);
+            if registrations.is_empty() {
+                counts.by_subject.remove(&subject);
+            }
+        }
     }
 }
 
@@ -312,11 +343,14 @@ fn count(
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-fn count_subject(conn: &rusqlite::Connection, subject: &str) -> rusqlite::Result<usize> {
+fn count_registration(
+    conn: &rusqlite::Connection,
+    registration: &RegistrationKey,
+) -> rusqlite::Result<usize> {
     count(
         conn,
-        "SELECT COUNT(*) FROM held WHERE subject = ?1",
-        params![subject],
+        "SELECT COUNT(*) FROM held WHERE registration = ?1",
+        params![registration.as_slice()],
     )
 }
 
@@ -326,12 +360,19 @@ fn count_total(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
 
 fn count_all(conn: &rusqlite::Connection) -> rusqlite::Result<Counts> {
     let mut counts = Counts::default();
-    let mut query = conn.prepare("SELECT subject, COUNT(*) FROM held GROUP BY subject")?;
+    let mut query = conn.prepare(
+        "SELECT subject, registration, COUNT(*) FROM held GROUP BY subject, registration",
+    )?;
     let mut rows = query.query([])?;
     while let Some(row) = rows.next()? {
-        let n = usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        let registration: Vec<u8> = row.get(1)?;
+        let Ok(registration) = RegistrationKey::try_from(registration) else {
+            continue; // not a row xup wrote
+        };
+        let n = usize::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
         counts.total += n;
-        counts.by_subject.insert(row.get(0)?, n);
+        let registrations = counts.by_subject.entry(row.get(0)?).or_default();
+        registrations.insert(registration, n);
     }
     Ok(counts)
 }
@@ -374,8 +415,13 @@ mod tests {
         HeldMessages::open(store.database(), per_registration, max).expect("held")
     }
 
+    /// The registration of `message(_, "i", _)`.
+    fn registration_i() -> RegistrationKey {
+        message("", "i", None).registration()
+    }
+
     async fn ids(held: &HeldMessages) -> Vec<String> {
-        held.waiting_for("juliet@example.org/phone", SystemTime::now())
+        held.waiting_in(registration_i(), SystemTime::now())
             .await
             .expect("read")
             .into_iter()
@@ -395,9 +441,9 @@ mod tests {
             }
         }
         let held = open(dir.path(), 100, 1000);
-        assert!(held.has_any("juliet@example.org/phone"));
+        assert!(held.has_backlog("juliet@example.org/phone", &registration_i()));
         let waiting = held
-            .waiting_for("juliet@example.org/phone", SystemTime::now())
+            .waiting_in(registration_i(), SystemTime::now())
             .await
             .expect("read");
         // Microseconds are what the store keeps.
@@ -424,7 +470,8 @@ mod tests {
         held.remove("m3", "juliet@example.org/phone")
             .await
             .expect("remove");
-        assert!(!held.has_any("juliet@example.org/phone"));
+        assert!(!held.has_backlog("juliet@example.org/phone", &registration_i()));
+        assert!(held.subjects().is_empty());
         assert_eq!(held.total(), 0);
     }
 
@@ -453,9 +500,14 @@ mod tests {
             }
         );
         assert_eq!(ids(&held).await, ["c", "d", "e"]);
-        // Another instance of the same client has a bound of its own.
+        // Another instance of the same client has a bound of its own, and a backlog of its own.
         held.hold(message("x", "other", None)).await.expect("hold");
         assert_eq!(held.total(), 4);
+        assert_eq!(
+            held.registrations_of("juliet@example.org/phone").len(),
+            2,
+            "two registrations wait"
+        );
     }
 
     #[tokio::test]
@@ -482,7 +534,7 @@ mod tests {
         held.hold(message("new", "i", None)).await.expect("hold");
         let later = SystemTime::now() + Duration::from_secs(2);
         let waiting = held
-            .waiting_for("juliet@example.org/phone", later)
+            .waiting_in(registration_i(), later)
             .await
             .expect("read");
         assert_eq!(waiting.len(), 1);
@@ -504,6 +556,8 @@ mod tests {
             expires_at: SystemTime::now() + DAY,
         };
         assert_eq!(held.drop_registration(&claims).await.expect("drop"), 1);
-        assert_eq!(ids(&held).await, ["b"]);
+        assert!(ids(&held).await.is_empty());
+        let other = message("", "other", None).registration();
+        assert_eq!(held.registrations_of("juliet@example.org/phone"), [other]);
     }
 }

@@ -13,6 +13,8 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pending;
+pub mod presence;
 pub mod protocol;
 pub mod register;
 pub mod relay;
@@ -26,13 +28,8 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config,
-    deliver::Wakeups,
-    held::HeldMessages,
-    limits::Limits,
-    relay::{Answers, Relay},
-    store::Store,
-    token::KeyRing,
+    config::Config, held::HeldMessages, limits::Limits, pending::InFlight, presence::Presence,
+    relay::Relay, store::Store, token::KeyRing,
 };
 
 /// How often revocations that can no longer kill a token, and expired messages, are forgotten.
@@ -41,8 +38,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Run xup with `config`, serving HTTP on `listener`, until `shutdown` is cancelled.
 ///
 /// Shutdown order: stop accepting HTTP and let in-flight requests finish (each is bounded by
-/// `delivery.timeout`, after which its message is held), stop offering held messages, then close
-/// the XMPP stream.
+/// `delivery.answer_within`, after which its message is held), stop offering held messages, then
+/// close the XMPP stream.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -54,7 +51,7 @@ pub async fn run(
     match config.metrics.listen {
         None => {
             let router = pushes.merge(started.status.clone());
-            // In-flight pushes finish here: each is bounded by `delivery.timeout`, then held.
+            // In-flight pushes finish here: each is bounded by `delivery.answer_within`, then held.
             listener::serve(listener, router, &config.http, shutdown).await;
         }
         Some(address) => {
@@ -103,14 +100,15 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
     }
     let jid = config.component.jid.clone();
     let keys = Arc::new(KeyRing::new(&config.registration.secrets, jid.as_str())?);
-    let answers = Answers::default();
+    let in_flight_pushes = InFlight::default();
+    let presence = Arc::new(Presence::default());
     let limits = Arc::new(Limits::new(&config.limits));
     let registrar = Arc::new(register::Registrar::new(
         config,
         keys.clone(),
         limits.clone(),
     ));
-    let (wakeups, events) = Wakeups::channel();
+    let (link_events, link_events_receiver) = tokio::sync::mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
 
     let link_shutdown = CancellationToken::new();
@@ -119,8 +117,8 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         component::Router {
             jid,
             registrar,
-            answers: answers.clone(),
-            wakeups: wakeups.clone(),
+            in_flight: in_flight_pushes.clone(),
+            events: link_events,
         },
         link_shutdown.clone(),
     );
@@ -128,23 +126,34 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
     let status = Arc::new(status::Status {
         link_up: link_up.clone(),
         held: held.clone(),
+        presence: presence.clone(),
         in_flight: in_flight.clone(),
         max_in_flight: config.http.max_in_flight,
         started: std::time::Instant::now(),
     });
-    let relay = Arc::new(Relay::new(
-        link,
-        answers,
-        store.clone(),
-        held.clone(),
+    let (relay, notices) = Relay::new(
+        relay::Parts {
+            link,
+            in_flight: in_flight_pushes.clone(),
+            presence: presence.clone(),
+            store: store.clone(),
+            held: held.clone(),
+        },
         config,
-        wakeups,
-    ));
+    );
+    let relay = Arc::new(relay);
     let deliverer = tokio::spawn(deliver::run(
-        relay.clone(),
-        held.clone(),
-        link_up,
-        events,
+        deliver::Parts {
+            relay: relay.clone(),
+            held: held.clone(),
+            in_flight: in_flight_pushes,
+            presence,
+            link_up,
+        },
+        deliver::Inputs {
+            link_events: link_events_receiver,
+            notices,
+        },
         config.delivery.retry_interval,
         link_shutdown.clone(),
     ));

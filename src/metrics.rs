@@ -130,10 +130,12 @@ pub struct Metrics {
     registrations: Family<RegisterLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     iq_round_trip: Histogram,
+    push_iqs: Counter,
     link_connects: Counter,
     link_up: Gauge,
     in_flight: Gauge,
     held: Gauge,
+    offline: Gauge,
 }
 
 /// The state the gauges report, read at the moment of a scrape.
@@ -141,6 +143,7 @@ pub struct Readings {
     pub link_up: bool,
     pub in_flight: usize,
     pub held: usize,
+    pub offline: usize,
 }
 
 impl Metrics {
@@ -167,6 +170,12 @@ impl Metrics {
             "From sending a <push> IQ to the client's answer",
             iq_round_trip.clone(),
         );
+        let push_iqs = Counter::default();
+        registry.register(
+            "push_iqs_sent",
+            "<push> IQs sent to clients, first offers and offers of held messages alike",
+            push_iqs.clone(),
+        );
         let link_connects = Counter::default();
         registry.register(
             "component_connects",
@@ -191,16 +200,24 @@ impl Metrics {
             "Messages held for clients that could not take them",
             held.clone(),
         );
+        let offline = Gauge::default();
+        registry.register(
+            "clients_known_offline",
+            "Clients whose server said they went away: their pushes are held without an IQ",
+            offline.clone(),
+        );
         Metrics {
             registry,
             pushes,
             registrations,
             rate_limited,
             iq_round_trip,
+            push_iqs,
             link_connects,
             link_up,
             in_flight,
             held,
+            offline,
         }
     }
 
@@ -227,6 +244,10 @@ impl Metrics {
         self.iq_round_trip.observe(round_trip.as_secs_f64());
     }
 
+    pub fn push_iq_sent(&self) {
+        self.push_iqs.inc();
+    }
+
     pub fn link_connected(&self) {
         self.link_connects.inc();
     }
@@ -237,6 +258,7 @@ impl Metrics {
         self.link_up.set(i64::from(readings.link_up));
         self.in_flight.set(as_gauge(readings.in_flight));
         self.held.set(as_gauge(readings.held));
+        self.offline.set(as_gauge(readings.offline));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

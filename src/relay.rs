@@ -7,18 +7,26 @@
 //! offline, or a lost component link, is temporary: the phone may be back in a minute, so the
 //! message is held for its `TTL` (`held.rs`) and offered again later (`deliver.rs`), and the
 //! sender hears `201` either way. Only `TTL: 0` means "now or never".
+//!
+//! Two clocks: the sender hears within `delivery.answer_within`, the client's verdict if it came by
+//! then; otherwise the message is held and the push stays in flight, detached (`pending.rs`), until
+//! `delivery.timeout`, so a late answer still counts. A message is not sent at all when the client
+//! is known to be offline (`presence.rs`) or when its registration has older messages waiting: it
+//! is held at once, behind them.
+//!
+//! The deliverer hears of every message held here through [`Notice`], so it can offer it when its
+//! turn comes; nothing here calls back into it.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use xmpp_parsers::{
     iq::Iq,
     jid::{BareJid, Jid},
@@ -30,82 +38,14 @@ use xmpp_parsers::{
 use crate::{
     component::Link,
     config::Config,
-    deliver::Wakeups,
     held::{HeldMessages, HoldError, Message},
     metrics::METRICS,
+    pending::{Answer, Detached, InFlight, Ticket},
+    presence::Presence,
     protocol::{Push, Urgency},
-    store::Store,
+    store::{RegistrationKey, Store},
     token::Claims,
 };
-
-/// How a client answered an IQ we sent it.
-#[derive(Debug)]
-pub enum Answer {
-    Result,
-    Error(DefinedCondition),
-}
-
-struct Waiting {
-    peer: Jid,
-    reply: oneshot::Sender<Answer>,
-}
-
-/// IQs awaiting an answer, by id. Shared by the relay (which sends) and the component session (which
-/// receives), so answers find their waiter whichever connection they arrive on.
-#[derive(Clone, Default)]
-pub struct Answers {
-    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
-}
-
-/// A claim on the answer to one IQ. Dropping it (a timeout, or the HTTP client going away) removes
-/// the entry, so the map never outgrows the pushes actually in flight.
-pub struct Ticket {
-    id: String,
-    answers: Answers,
-    reply: oneshot::Receiver<Answer>,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.answers.lock().remove(&self.id);
-    }
-}
-
-impl Answers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn expect(&self, id: String, peer: Jid) -> Ticket {
-        let (reply, receiver) = oneshot::channel();
-        self.lock().insert(id.clone(), Waiting { peer, reply });
-        Ticket {
-            id,
-            answers: self.clone(),
-            reply: receiver,
-        }
-    }
-
-    /// Hand an incoming `result` or `error` to whoever waits for `id`. An answer is only accepted
-    /// from the JID the IQ was sent to, so nobody can answer on a client's behalf. Returns whether
-    /// it was taken; one nobody waits for is dropped (an IQ answer is never answered).
-    pub fn resolve(&self, id: &str, from: Option<&Jid>, answer: Answer) -> bool {
-        let mut waiting = self.lock();
-        match waiting.get(id) {
-            Some(w) if from == Some(&w.peer) => {}
-            _ => return false,
-        }
-        match waiting.remove(id) {
-            Some(w) => w.reply.send(answer).is_ok(),
-            None => false,
-        }
-    }
-
-    /// The component link went down: no answer can arrive for what is waiting.
-    pub fn fail_all(&self) {
-        self.lock().clear();
-    }
-}
 
 /// What became of one push request.
 #[derive(Debug, PartialEq)]
@@ -129,7 +69,8 @@ pub enum Unavailable {
     LinkDown,
     /// The client (or its server on its behalf) answered with a temporary error.
     Refused(String),
-    /// No answer within `delivery.timeout`.
+    /// No answer yet: past `delivery.answer_within` for a fresh message (it may still come),
+    /// past `delivery.timeout` for a held one.
     Timeout,
 }
 
@@ -157,52 +98,75 @@ pub struct Request {
     pub urgency: Urgency,
 }
 
+/// What the relay tells the deliverer.
+#[derive(Debug)]
+pub enum Notice {
+    /// Message `id` was held in `registration` of `subject`. `offered` is when it was sent to the
+    /// client and not taken (the registration then waits before it is tried again), `None` when it
+    /// was held without trying (behind older messages, or the client or the link away).
+    Held {
+        id: String,
+        subject: String,
+        registration: RegistrationKey,
+        offered: Option<Instant>,
+    },
+}
+
 /// Sends pushes and interprets their answers. One per process, shared by every HTTP request and
 /// by the redelivery of held messages.
 pub struct Relay {
     link: Link,
-    answers: Answers,
+    in_flight: InFlight,
+    presence: Arc<Presence>,
     store: Arc<Store>,
     held: Arc<HeldMessages>,
     component: BareJid,
+    answer_within: Duration,
     timeout: Duration,
     lifetime: Duration,
     default_ttl: Duration,
     max_ttl: Duration,
-    /// Told which client has messages waiting, so they go out without waiting for a retry.
-    wake: Wakeups,
+    notices: mpsc::UnboundedSender<Notice>,
     /// Random per process, so ids stay unique across restarts while late answers may still arrive.
     id_prefix: String,
     next_id: AtomicU64,
 }
 
+/// The parts a [`Relay`] works with.
+pub struct Parts {
+    pub link: Link,
+    pub in_flight: InFlight,
+    pub presence: Arc<Presence>,
+    pub store: Arc<Store>,
+    pub held: Arc<HeldMessages>,
+}
+
 impl Relay {
-    pub fn new(
-        link: Link,
-        answers: Answers,
-        store: Arc<Store>,
-        held: Arc<HeldMessages>,
-        config: &Config,
-        wake: Wakeups,
-    ) -> Relay {
-        Relay {
-            link,
-            answers,
-            store,
-            held,
+    /// A relay, and the receiving end of what it tells the deliverer.
+    pub fn new(parts: Parts, config: &Config) -> (Relay, mpsc::UnboundedReceiver<Notice>) {
+        let (notices, receiver) = mpsc::unbounded_channel();
+        let relay = Relay {
+            link: parts.link,
+            in_flight: parts.in_flight,
+            presence: parts.presence,
+            store: parts.store,
+            held: parts.held,
             component: config.component.jid.clone(),
+            answer_within: config.delivery.answer_within,
             timeout: config.delivery.timeout,
             lifetime: config.registration.lifetime,
             default_ttl: config.delivery.default_ttl,
             max_ttl: config.delivery.max_ttl,
-            wake,
+            notices,
             id_prefix: format!("{PUSH_ID_PREFIX}{:08x}", rand::random::<u32>()),
             next_id: AtomicU64::new(0),
-        }
+        };
+        (relay, receiver)
     }
 
-    /// Deliver one message to the client `claims` name, or hold it for later, and say which. A
-    /// message that is held is on disk before this returns.
+    /// Deliver one message to the client `claims` name, or hold it for later, and say which,
+    /// within `delivery.answer_within` (plus a store write). A message that is held is on disk
+    /// before this returns.
     pub async fn push(&self, claims: Claims, request: Request) -> Result<Outcome, RelayError> {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
@@ -221,44 +185,68 @@ impl Relay {
             urgency: request.urgency,
             expires_at: SystemTime::now() + ttl,
         };
-        // Behind a backlog, or with no link at all, a message waits its turn rather than trying.
-        // (The paths that write to the store are boxed: they are rare, and inline they would make
-        // every push in flight carry their state; docs/BENCHMARKS.md.)
-        if !ttl.is_zero() && (self.held.has_any(&message.subject) || !self.link.is_up()) {
-            return Box::pin(self.hold(message, ttl, true)).await;
+        // No IQ for a client known to be away or with no link to reach it; and a message waits its
+        // turn behind older ones of its registration rather than overtake them. (The paths that
+        // write to the store are boxed: they are rare, and inline they would make every push in
+        // flight carry their state; docs/BENCHMARKS.md.)
+        let reachable = self.link.is_up() && !self.presence.is_offline(&message.subject);
+        if !reachable && ttl.is_zero() {
+            return Ok(Outcome::Dropped { id });
         }
-        let (offered, ticket) = self.offer(&message).await;
+        if !reachable
+            || (!ttl.is_zero() && self.held.has_backlog(&message.subject, &message.registration()))
+        {
+            return Box::pin(self.hold(message, ttl, None)).await;
+        }
+        let offered_at = Instant::now();
+        let (offered, ticket) = self.offer(&message, self.answer_within).await;
         match offered {
             Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
             Offered::Gone => {
                 Box::pin(self.forget_registration(&message)).await?;
                 Ok(Outcome::Revoked)
             }
-            Offered::NotNow(_) if ttl.is_zero() => Ok(Outcome::Dropped { id }),
             Offered::NotNow(why) => {
                 tracing::debug!(?why, "holding a push");
-                // No immediate retry: the client just could not take it, and a silent client may
-                // still answer the first offer late (which then removes the held copy).
-                let outcome = Box::pin(self.hold(message.clone(), ttl, false)).await?;
-                // An answer that came while the message was being written still counts.
-                if let Some(mut ticket) = ticket
-                    && let Ok(answer) = ticket.reply.try_recv()
-                {
-                    return Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
+                let outcome = if ttl.is_zero() {
+                    Outcome::Dropped { id }
+                } else {
+                    Box::pin(self.hold(message.clone(), ttl, Some(offered_at))).await?
+                };
+                // Silent so far: the client may still answer, up to `delivery.timeout`.
+                let Some(ticket) = ticket else {
+                    return Ok(outcome);
+                };
+                let detached = Detached {
+                    id: message.id.clone(),
+                    subject: message.subject.clone(),
+                    application: message.application.clone(),
+                    instance: message.instance.clone(),
+                    sent: offered_at,
+                };
+                match ticket.detach(detached, offered_at + self.timeout) {
+                    Ok(()) => Ok(outcome),
+                    // It answered while the message was being written.
+                    Err(answer) => Box::pin(self.late_answer(&message, answer, ttl, outcome)).await,
                 }
-                Ok(outcome)
             }
         }
     }
 
-    /// Hold `message`; with `wake`, ask for its client's backlog to be offered now.
+    /// Hold `message`, and tell the deliverer. `offered` is when the client was just offered it.
     async fn hold(
         &self,
         message: Message,
         ttl: Duration,
-        wake: bool,
+        offered: Option<Instant>,
     ) -> Result<Outcome, RelayError> {
-        let (id, subject) = (message.id.clone(), message.subject.clone());
+        let notice = Notice::Held {
+            id: message.id.clone(),
+            subject: message.subject.clone(),
+            registration: message.registration(),
+            offered,
+        };
+        let id = message.id.clone();
         match self.held.hold(message).await {
             Ok(held) => {
                 if held.dropped > 0 {
@@ -267,9 +255,7 @@ impl Relay {
                         "dropped the oldest held messages of a registration at its bound"
                     );
                 }
-                if wake && self.link.is_up() {
-                    self.wake.wake(subject);
-                }
+                let _ = self.notices.send(notice);
                 Ok(Outcome::Held { id, ttl })
             }
             Err(HoldError::Full) => {
@@ -297,7 +283,7 @@ impl Relay {
                     ttl,
                 })
             }
-            Answer::Error(condition) if means_gone(&condition) => {
+            answer if answer.means_gone() => {
                 self.forget_registration(message).await?;
                 Ok(Outcome::Revoked)
             }
@@ -305,10 +291,10 @@ impl Relay {
         }
     }
 
-    /// Send `message` to its client and wait for the verdict, at most `delivery.timeout`. The
-    /// ticket is returned while the answer may still come (a timeout), so the caller decides when
-    /// to stop listening; dropping it forgets the pending answer.
-    pub async fn offer(&self, message: &Message) -> (Offered, Option<Ticket>) {
+    /// Send `message` to its client and wait for the verdict, at most `wait`. The ticket is
+    /// returned while the answer may still come (no answer yet), so the caller decides whether to
+    /// keep listening; dropping it forgets the push.
+    pub async fn offer(&self, message: &Message, wait: Duration) -> (Offered, Option<Ticket>) {
         let Ok(peer) = message.subject.parse::<Jid>() else {
             // Only a token we issued gets here, and we issued it for a parsed JID.
             return (
@@ -329,14 +315,15 @@ impl Relay {
             }
             .into(),
         );
-        let mut ticket = self.answers.expect(message.id.clone(), peer);
+        let mut ticket = self.in_flight.expect(message.id.clone(), peer);
         let sent = Instant::now();
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
         let exchange = async {
             self.link.send(iq).await.ok()?;
-            (&mut ticket.reply).await.ok()
+            METRICS.push_iq_sent();
+            ticket.answer().await
         };
-        let answer = match tokio::time::timeout(self.timeout, exchange).await {
+        let answer = match tokio::time::timeout(wait, exchange).await {
             Err(_) => return (Offered::NotNow(Unavailable::Timeout), Some(ticket)),
             Ok(None) => return (Offered::NotNow(Unavailable::LinkDown), None),
             Ok(Some(answer)) => answer,
@@ -344,7 +331,7 @@ impl Relay {
         METRICS.iq_answered(sent.elapsed());
         let offered = match answer {
             Answer::Result => Offered::Taken,
-            Answer::Error(condition) if means_gone(&condition) => Offered::Gone,
+            answer if answer.means_gone() => Offered::Gone,
             Answer::Error(condition) => {
                 Offered::NotNow(Unavailable::Refused(condition_name(&condition)))
             }
@@ -352,14 +339,32 @@ impl Relay {
         (offered, None)
     }
 
+    /// How long a held message's offer waits for its answer: the whole `delivery.timeout`, as
+    /// nobody else waits for it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The app behind `message` is gone: revoke its registration, durably, and drop what is held
     /// for it.
     pub async fn forget_registration(&self, message: &Message) -> Result<(), RelayError> {
+        self.revoke(&message.subject, &message.application, &message.instance)
+            .await
+    }
+
+    /// The app `application`/`instance` of client `subject` is gone: revoke its registration,
+    /// durably, and drop what is held for it.
+    pub async fn revoke(
+        &self,
+        subject: &str,
+        application: &str,
+        instance: &str,
+    ) -> Result<(), RelayError> {
         let now = SystemTime::now();
         let claims = Claims {
-            subject: message.subject.clone(),
-            application: message.application.clone(),
-            instance: message.instance.clone(),
+            subject: subject.to_owned(),
+            application: application.to_owned(),
+            instance: instance.to_owned(),
             issued_at: now,
             // Revocations live until every token they kill has expired; none outlives `lifetime`.
             expires_at: now,
@@ -379,14 +384,6 @@ pub fn is_push_id(id: &str) -> bool {
     id.starts_with(PUSH_ID_PREFIX)
 }
 
-/// The distributor's way of saying "no such app here any more".
-fn means_gone(condition: &DefinedCondition) -> bool {
-    matches!(
-        condition,
-        DefinedCondition::ItemNotFound | DefinedCondition::FeatureNotImplemented
-    )
-}
-
 fn condition_name(condition: &DefinedCondition) -> String {
     xmpp_parsers::minidom::Element::from(condition.clone())
         .name()
@@ -396,36 +393,6 @@ fn condition_name(condition: &DefinedCondition) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn jid(s: &str) -> Jid {
-        s.parse().expect("jid")
-    }
-
-    #[tokio::test]
-    async fn an_answer_from_another_jid_is_not_taken() {
-        let answers = Answers::default();
-        let mut ticket = answers.expect("p-1".into(), jid("juliet@example.org/phone"));
-        assert!(!answers.resolve("p-1", Some(&jid("eve@example.org/x")), Answer::Result));
-        assert!(!answers.resolve("p-1", None, Answer::Result));
-        assert!(answers.resolve(
-            "p-1",
-            Some(&jid("juliet@example.org/phone")),
-            Answer::Result
-        ));
-        assert!(matches!(ticket.reply.try_recv(), Ok(Answer::Result)));
-    }
-
-    #[test]
-    fn a_dropped_ticket_leaves_nothing_behind() {
-        let answers = Answers::default();
-        drop(answers.expect("p-1".into(), jid("juliet@example.org/phone")));
-        assert!(answers.lock().is_empty());
-        assert!(!answers.resolve(
-            "p-1",
-            Some(&jid("juliet@example.org/phone")),
-            Answer::Result
-        ));
-    }
 
     #[test]
     fn conditions_have_their_xml_names() {

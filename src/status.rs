@@ -20,12 +20,14 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     held::HeldMessages,
     metrics::{METRICS, Readings},
+    presence::Presence,
 };
 
 /// The state that `/health` and `/metrics` report.
 pub struct Status {
     pub link_up: watch::Receiver<bool>,
     pub held: Arc<HeldMessages>,
+    pub presence: Arc<Presence>,
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub started: Instant,
@@ -65,6 +67,7 @@ async fn metrics(State(status): State<Arc<Status>>) -> Response {
             .max_in_flight
             .saturating_sub(status.in_flight.available_permits()),
         held: status.held.total(),
+        offline: status.presence.offline_count(),
     };
     (
         [(

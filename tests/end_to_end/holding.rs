@@ -92,8 +92,10 @@ async fn a_new_message_waits_behind_the_held_ones() {
     accepted(&endpoint, &[], "first", "86400").await;
     assert_eq!(phone.next_push().await.data, b"first");
     phone.answer_with("result").await;
-    // The client is reachable again, yet "second" must not overtake "first".
+    // The app takes messages again, yet "second" must not overtake "first": it is held behind it,
+    // and both go out, in order, once the client is heard of.
     accepted(&endpoint, &[], "second", "86400").await;
+    phone.announce().await;
     receives_exactly(&mut phone, &endpoint, &["first", "second"]).await;
 }
 

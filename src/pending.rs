@@ -1,0 +1,295 @@
+//! Pushes in flight: `<push>` IQs sent to a client and not answered yet.
+//!
+//! Whoever sends a push (the relay for a fresh message, the deliverer for a held one) registers it
+//! here by IQ id, which is the message's id; the component link hands every incoming IQ answer
+//! here. An answer finds its push only if it comes from the full JID the push went to, so nobody
+//! can answer on a client's behalf.
+//!
+//! A sender of a fresh message hears within `delivery.answer_within`, but the phone may answer
+//! later. Such a push stays here, *detached* from any waiter, until `delivery.timeout`: its answer
+//! still counts (a late `result` removes the held copy, a late `item-not-found` revokes), and while
+//! it is here the message is in flight and is not offered again. One offer of a message at a time
+//! is what keeps a client from getting it twice.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use tokio::sync::oneshot;
+use xmpp_parsers::{jid::Jid, stanza_error::DefinedCondition};
+
+/// How a client answered a push.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Result,
+    Error(DefinedCondition),
+}
+
+impl Answer {
+    /// `item-not-found` or `feature-not-implemented`: the distributor's "no such app here any more".
+    pub fn means_gone(&self) -> bool {
+        matches!(
+            self,
+            Answer::Error(DefinedCondition::ItemNotFound | DefinedCondition::FeatureNotImplemented)
+        )
+    }
+}
+
+/// A push whose sender stopped waiting, with what is needed to act on its answer or its silence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detached {
+    /// The message id, which is also the IQ id.
+    pub id: String,
+    /// The full JID it went to.
+    pub subject: String,
+    pub application: String,
+    pub instance: String,
+    /// When the push was sent.
+    pub sent: Instant,
+}
+
+/// What became of an incoming answer.
+#[derive(Debug, PartialEq)]
+pub enum Resolved {
+    /// Handed to the push's waiter.
+    Claimed,
+    /// The push's sender had stopped waiting: the answer is the caller's to act on.
+    Detached(Detached),
+    /// No push of ours waits for it from that JID (an answer after `delivery.timeout`, a forged
+    /// one, or one to a keep-alive ping).
+    Unknown,
+}
+
+struct Entry {
+    peer: Jid,
+    /// `None` once detached.
+    reply: Option<oneshot::Sender<Answer>>,
+    detached: Option<(Detached, Instant)>,
+}
+
+/// The table of pushes in flight. Cheap to clone; every clone is the same table.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+/// A claim on the answer to one push. Dropping it forgets the push, so the table never outgrows
+/// the pushes actually in flight; [`Ticket::detach`] keeps it without a waiter instead.
+pub struct Ticket {
+    id: String,
+    table: InFlight,
+    reply: oneshot::Receiver<Answer>,
+    detached: bool,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Expect an answer from `peer` to the push with IQ id `id`.
+    pub fn expect(&self, id: String, peer: Jid) -> Ticket {
+        let (reply, receiver) = oneshot::channel();
+        let entry = Entry {
+            peer,
+            reply: Some(reply),
+            detached: None,
+        };
+        self.lock().insert(id.clone(), entry);
+        Ticket {
+            id,
+            table: self.clone(),
+            reply: receiver,
+            detached: false,
+        }
+    }
+
+    /// Whether the message with this id is being offered right now.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// How many pushes are in flight, waited for or detached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hand an incoming `result` or `error` to the push it answers. An answer is never itself
+    /// answered (RFC 6120 §8.2.3), so one that belongs to nobody is only reported.
+    pub fn resolve(&self, id: &str, from: Option<&Jid>, answer: Answer) -> Resolved {
+        let mut entries = self.lock();
+        match entries.get(id) {
+            Some(entry) if from == Some(&entry.peer) => {}
+            _ => return Resolved::Unknown,
+        }
+        let Some(entry) = entries.remove(id) else {
+            return Resolved::Unknown;
+        };
+        match (entry.reply, entry.detached) {
+            (Some(reply), _) => match reply.send(answer) {
+                Ok(()) => Resolved::Claimed,
+                Err(_) => Resolved::Unknown,
+            },
+            (None, Some((detached, _))) => Resolved::Detached(detached),
+            (None, None) => Resolved::Unknown,
+        }
+    }
+
+    /// Forget the detached pushes whose time ran out by `now`, and return them: each was offered
+    /// and not taken.
+    pub fn expire(&self, now: Instant) -> Vec<Detached> {
+        let mut expired = Vec::new();
+        self.lock().retain(|_, entry| match &entry.detached {
+            Some((detached, until)) if *until <= now => {
+                expired.push(detached.clone());
+                false
+            }
+            _ => true,
+        });
+        expired
+    }
+
+    /// The component link went down: nothing in flight can be answered any more.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+impl Ticket {
+    /// The client's answer; `None` if the push was forgotten (the link went down). No internal
+    /// timeout: the caller bounds the wait, and may then detach or drop the ticket.
+    pub async fn answer(&mut self) -> Option<Answer> {
+        (&mut self.reply).await.ok()
+    }
+
+    /// Stop waiting but keep the push in flight until `until`, as `detached` (with the message's
+    /// application and instance) for whoever handles its answer or its silence later. If the
+    /// answer came in the meantime it is returned instead, for the caller to act on.
+    pub fn detach(mut self, detached: Detached, until: Instant) -> Result<(), Answer> {
+        let mut entries = self.table.lock();
+        match entries.get_mut(&self.id) {
+            Some(entry) => {
+                entry.reply = None;
+                entry.detached = Some((detached, until));
+                self.detached = true;
+                Ok(())
+            }
+            // Answers are handed over under the same lock, so an answer that removed the entry
+            // is already in the channel.
+            None => match self.reply.try_recv() {
+                Ok(answer) => Err(answer),
+                Err(_) => Ok(()),
+            },
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.table.lock().remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn jid(s: &str) -> Jid {
+        s.parse().expect("jid")
+    }
+
+    fn detached(id: &str, sent: Instant) -> Detached {
+        Detached {
+            id: id.into(),
+            subject: "juliet@example.org/phone".into(),
+            application: "app".into(),
+            instance: "i".into(),
+            sent,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_jid_is_not_taken() {
+        let table = InFlight::default();
+        let mut ticket = table.expect("p-1".into(), jid("juliet@example.org/phone"));
+        let eve = jid("eve@example.org/x");
+        assert_eq!(
+            table.resolve("p-1", Some(&eve), Answer::Result),
+            Resolved::Unknown
+        );
+        assert_eq!(table.resolve("p-1", None, Answer::Result), Resolved::Unknown);
+        let juliet = jid("juliet@example.org/phone");
+        assert_eq!(
+            table.resolve("p-1", Some(&juliet), Answer::Result),
+            Resolved::Claimed
+        );
+        assert_eq!(ticket.answer().await, Some(Answer::Result));
+    }
+
+    #[test]
+    fn a_dropped_ticket_leaves_nothing_behind() {
+        let table = InFlight::default();
+        drop(table.expect("p-1".into(), jid("juliet@example.org/phone")));
+        assert!(table.is_empty());
+        let juliet = jid("juliet@example.org/phone");
+        assert_eq!(
+            table.resolve("p-1", Some(&juliet), Answer::Result),
+            Resolved::Unknown
+        );
+    }
+
+    #[test]
+    fn a_detached_push_stays_in_flight_until_answered_or_expired() {
+        let table = InFlight::default();
+        let juliet = jid("juliet@example.org/phone");
+        let now = Instant::now();
+        let later = now + Duration::from_secs(10);
+        for id in ["p-1", "p-2"] {
+            let ticket = table.expect(id.into(), juliet.clone());
+            assert_eq!(ticket.detach(detached(id, now), later), Ok(()));
+        }
+        assert!(table.contains("p-1") && table.contains("p-2"));
+        assert_eq!(
+            table.resolve("p-1", Some(&juliet), Answer::Result),
+            Resolved::Detached(detached("p-1", now))
+        );
+        assert!(table.expire(now).is_empty(), "not yet");
+        assert_eq!(table.expire(later), vec![detached("p-2", now)]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_answer_that_beat_the_detach_is_handed_back() {
+        let table = InFlight::default();
+        let juliet = jid("juliet@example.org/phone");
+        let ticket = table.expect("p-1".into(), juliet.clone());
+        assert_eq!(
+            table.resolve("p-1", Some(&juliet), Answer::Result),
+            Resolved::Claimed
+        );
+        let now = Instant::now();
+        assert_eq!(
+            ticket.detach(detached("p-1", now), now),
+            Err(Answer::Result)
+        );
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn gone_means_item_not_found_or_feature_not_implemented() {
+        assert!(Answer::Error(DefinedCondition::ItemNotFound).means_gone());
+        assert!(Answer::Error(DefinedCondition::FeatureNotImplemented).means_gone());
+        assert!(!Answer::Error(DefinedCondition::ServiceUnavailable).means_gone());
+        assert!(!Answer::Result.means_gone());
+    }
+}
