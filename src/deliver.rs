@@ -14,7 +14,8 @@
 //!   queues at once, whatever they were waiting for;
 //! - on any sign of life (a `result`, a `<register>`; a stream resumed under XEP-0198 sends no new
 //!   presence): the queues whose last failure may have been the client's absence, that is, those
-//!   that failed with no sign of life from the client since their offer went out;
+//!   whose offer met silence with no sign of life from the client since it went out (an app that
+//!   refuses, or stays silent while the client answers for its other apps, waits its backoff);
 //! - after a failure, with backoff per queue: [`FIRST_RETRY`], doubling up to
 //!   `delivery.retry_interval`;
 //! - every `delivery.retry_interval`, each queue that is due (a safety net), and all of them each
@@ -44,7 +45,7 @@ use crate::{
     held::HeldMessages,
     pending::{Answer, InFlight},
     presence::Presence,
-    relay::{Notice, Offered, Relay},
+    relay::{Notice, Offered, Relay, Unavailable},
     store::{RegistrationKey, registration_key_of},
 };
 
@@ -153,10 +154,13 @@ struct Queue {
     running: bool,
     /// Run again when the running round ends: a message was held meanwhile.
     again: bool,
-    /// Run again when the running round ends, even after a failure: the client came back.
-    forced: bool,
-    /// When the last offer that was not taken went out.
+    /// When the client last came back (available presence, the link made anew): an offer sent
+    /// before that which fails is tried again at once, not after a backoff.
+    forced_at: Option<Instant>,
+    /// When the last offer that was not taken went out, and whether it met silence (rather than
+    /// an error).
     offered: Option<Instant>,
+    silent: bool,
     /// After a failure: the current wait, and when it ends.
     backoff: Option<Duration>,
     not_before: Option<Instant>,
@@ -176,8 +180,9 @@ enum End {
     Gone,
     /// The oldest message is in flight already: its answer, or its silence, continues the queue.
     InFlight,
-    /// An offer that went out at this moment was not taken (or the store failed).
-    Failed(Instant),
+    /// An offer that went out at `offered` was not taken (or the store failed); `silent` when no
+    /// answer came.
+    Failed { offered: Instant, silent: bool },
 }
 
 impl Deliverer {
@@ -227,12 +232,14 @@ impl Deliverer {
         }
     }
 
-    /// Offer every queue of `subject` now, whatever it was waiting for.
+    /// Offer every queue of `subject` now, whatever it was waiting for; a queue whose offer is
+    /// still out is offered again as soon as that one fails.
     fn force_client(&mut self, subject: &str) {
         if let Some(client) = self.clients.get_mut(subject) {
+            let now = Instant::now();
             for queue in client.queues.values_mut() {
                 queue.clear_backoff();
-                queue.forced |= queue.running;
+                queue.forced_at = Some(now);
             }
         }
         self.start_client(subject);
@@ -262,7 +269,7 @@ impl Deliverer {
             let unheard_since_offer = queue
                 .offered
                 .is_some_and(|offered| previous.is_none_or(|alive| offered > alive));
-            if queue.not_before.is_some() && unheard_since_offer {
+            if queue.not_before.is_some() && queue.silent && unheard_since_offer {
                 queue.clear_backoff();
                 restart.push(*registration);
             }
@@ -272,19 +279,32 @@ impl Deliverer {
         }
     }
 
-    /// An offer that went out at `offered` was not taken: the queue waits before it is tried again.
-    fn failed(&mut self, subject: &str, registration: RegistrationKey, offered: Instant) {
+    /// An offer that went out at `offered` was not taken (`silent`: no answer came): the queue
+    /// waits before it is tried again, unless the client came back since that offer went out.
+    fn failed(
+        &mut self,
+        subject: &str,
+        registration: RegistrationKey,
+        offered: Instant,
+        silent: bool,
+    ) {
         if !self.parts.held.has_backlog(subject, &registration) {
             return;
         }
         let now = Instant::now();
         let client = self.clients.entry(subject.to_owned()).or_default();
         let queue = client.queues.entry(registration).or_default();
+        if queue.forced_at.is_some_and(|forced| offered < forced) {
+            queue.clear_backoff();
+            self.start(subject, registration);
+            return;
+        }
         let backoff = queue
             .backoff
             .map_or(FIRST_RETRY, |wait| wait * 2)
             .min(self.retry_interval);
         queue.offered = Some(offered);
+        queue.silent = silent;
         queue.backoff = Some(backoff);
         queue.not_before = Some(now + backoff);
         self.timers
@@ -301,29 +321,23 @@ impl Deliverer {
             return;
         };
         client.running -= 1;
-        let (again, forced) = match client.queues.get_mut(&registration) {
+        let again = match client.queues.get_mut(&registration) {
             Some(queue) => {
                 queue.running = false;
-                (
-                    std::mem::take(&mut queue.again),
-                    std::mem::take(&mut queue.forced),
-                )
+                if matches!(end, End::Emptied | End::Gone) {
+                    queue.clear_backoff();
+                    queue.forced_at = None;
+                }
+                std::mem::take(&mut queue.again)
             }
-            None => (false, false),
+            None => false,
         };
         match end {
-            End::Emptied | End::Gone => {
-                if let Some(queue) = client.queues.get_mut(&registration) {
-                    queue.clear_backoff();
-                }
-                if again || forced {
-                    self.start(&subject, registration);
-                }
-            }
-            // Its answer or its expiry continues the queue.
-            End::InFlight => {}
-            End::Failed(_) if forced => self.start(&subject, registration),
-            End::Failed(offered) => self.failed(&subject, registration, offered),
+            // Its answer or its expiry continues a queue whose message is in flight, unless that
+            // came while the round ran.
+            End::Emptied | End::Gone | End::InFlight if again => self.start(&subject, registration),
+            End::Emptied | End::Gone | End::InFlight => {}
+            End::Failed { offered, silent } => self.failed(&subject, registration, offered, silent),
         }
         // A place in the client's window is free.
         self.start_client(&subject);
@@ -358,7 +372,7 @@ impl Deliverer {
                 registration,
                 offered: Some(offered),
                 ..
-            } => self.failed(&subject, registration, offered.into()),
+            } => self.failed(&subject, registration, offered.into(), false),
         }
     }
 
@@ -395,6 +409,7 @@ impl Deliverer {
                             Ok(false) => {}
                             Err(e) => tracing::warn!(error = %e, "cannot remove a held message"),
                         }
+                        self.parts.in_flight.settle(&id);
                         self.alive(&subject);
                         match push {
                             Some(push) => self.start(
@@ -413,11 +428,13 @@ impl Deliverer {
                         if let Err(e) = revoked {
                             tracing::warn!(error = %e, "cannot revoke a registration");
                         }
+                        self.parts.in_flight.settle(&id);
                     }
                     (Some(push), Answer::Error(_)) => {
+                        self.parts.in_flight.settle(&id);
                         let registration =
                             registration_key_of(&subject, &push.application, &push.instance);
-                        self.failed(&subject, registration, push.sent.into());
+                        self.failed(&subject, registration, push.sent.into(), false);
                     }
                     // A late error to a push long forgotten: its held copy is tried again anyway.
                     (None, Answer::Error(_)) => {}
@@ -432,7 +449,7 @@ impl Deliverer {
         for push in self.parts.in_flight.expire(Instant::now().into()) {
             let registration =
                 registration_key_of(&push.subject, &push.application, &push.instance);
-            self.failed(&push.subject, registration, push.sent.into());
+            self.failed(&push.subject, registration, push.sent.into(), true);
         }
     }
 
@@ -483,7 +500,11 @@ async fn offer_queue(
         Ok(waiting) => waiting,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read held messages");
-            return End::Failed(Instant::now());
+            let offered = Instant::now();
+            return End::Failed {
+                offered,
+                silent: false,
+            };
         }
     };
     for message in waiting {
@@ -491,12 +512,16 @@ async fn offer_queue(
             return End::InFlight;
         }
         let offered = Instant::now();
+        tracing::debug!(id = message.id, "offering a held message");
         let (result, _ticket) = relay.offer(&message, relay.timeout()).await;
         match result {
             Offered::Taken => {
                 if let Err(e) = held.remove(&message.id, subject).await {
                     tracing::warn!(error = %e, "cannot remove a delivered message");
-                    return End::Failed(offered);
+                    return End::Failed {
+                        offered,
+                        silent: false,
+                    };
                 }
             }
             Offered::Gone => {
@@ -507,7 +532,8 @@ async fn offer_queue(
             }
             Offered::NotNow(why) => {
                 tracing::debug!(?why, "a held message was not taken");
-                return End::Failed(offered);
+                let silent = matches!(why, Unavailable::Timeout | Unavailable::LinkDown);
+                return End::Failed { offered, silent };
             }
         }
     }

@@ -10,6 +10,10 @@
 //! still counts (a late `result` removes the held copy, a late `item-not-found` revokes), and while
 //! it is here the message is in flight and is not offered again. One offer of a message at a time
 //! is what keeps a client from getting it twice.
+//!
+//! An answered push stays in the table until whoever handles the answer is done with it (the
+//! ticket is dropped, or [`InFlight::settle`] is called), so a message whose `result` has arrived
+//! but whose held copy is not yet removed is never taken for one that can be offered again.
 
 use std::{
     collections::HashMap,
@@ -64,9 +68,17 @@ pub enum Resolved {
 
 struct Entry {
     peer: Jid,
-    /// `None` once detached.
-    reply: Option<oneshot::Sender<Answer>>,
-    detached: Option<(Detached, Instant)>,
+    state: State,
+}
+
+enum State {
+    /// A ticket waits for the answer.
+    Waiting(oneshot::Sender<Answer>),
+    /// Nobody waits; the answer is reported, or the push expires at `until`.
+    Detached { push: Detached, until: Instant },
+    /// Answered; kept until the answer has been acted on. `until` is when a detached push would
+    /// have expired: a safety net should nobody settle it.
+    Answered { until: Option<Instant> },
 }
 
 /// The table of pushes in flight. Cheap to clone; every clone is the same table.
@@ -94,8 +106,7 @@ impl InFlight {
         let (reply, receiver) = oneshot::channel();
         let entry = Entry {
             peer,
-            reply: Some(reply),
-            detached: None,
+            state: State::Waiting(reply),
         };
         self.lock().insert(id.clone(), entry);
         Ticket {
@@ -121,35 +132,52 @@ impl InFlight {
     }
 
     /// Hand an incoming `result` or `error` to the push it answers. An answer is never itself
-    /// answered (RFC 6120 §8.2.3), so one that belongs to nobody is only reported.
+    /// answered (RFC 6120 §8.2.3), so one that belongs to nobody is only reported. A detached
+    /// push's answer must be [`settle`](InFlight::settle)d once acted on.
     pub fn resolve(&self, id: &str, from: Option<&Jid>, answer: Answer) -> Resolved {
         let mut entries = self.lock();
-        match entries.get(id) {
-            Some(entry) if from == Some(&entry.peer) => {}
-            _ => return Resolved::Unknown,
-        }
-        let Some(entry) = entries.remove(id) else {
+        let Some(entry) = entries.get_mut(id).filter(|e| from == Some(&e.peer)) else {
             return Resolved::Unknown;
         };
-        match (entry.reply, entry.detached) {
-            (Some(reply), _) => match reply.send(answer) {
+        let state = std::mem::replace(&mut entry.state, State::Answered { until: None });
+        match state {
+            State::Waiting(reply) => match reply.send(answer) {
                 Ok(()) => Resolved::Claimed,
                 Err(_) => Resolved::Unknown,
             },
-            (None, Some((detached, _))) => Resolved::Detached(detached),
-            (None, None) => Resolved::Unknown,
+            State::Detached { push, until } => {
+                entry.state = State::Answered { until: Some(until) };
+                Resolved::Detached(push)
+            }
+            answered @ State::Answered { .. } => {
+                entry.state = answered;
+                Resolved::Unknown
+            }
         }
     }
 
-    /// Forget the detached pushes whose time ran out by `now`, and return them: each was offered
-    /// and not taken.
+    /// The answer to detached push `id` has been acted on: it is no longer in flight.
+    pub fn settle(&self, id: &str) {
+        let mut entries = self.lock();
+        if let Some(Entry {
+            state: State::Answered { until: Some(_) },
+            ..
+        }) = entries.get(id)
+        {
+            entries.remove(id);
+        }
+    }
+
+    /// Forget the detached pushes whose time ran out by `now`, and return those never answered:
+    /// each was offered and not taken.
     pub fn expire(&self, now: Instant) -> Vec<Detached> {
         let mut expired = Vec::new();
-        self.lock().retain(|_, entry| match &entry.detached {
-            Some((detached, until)) if *until <= now => {
-                expired.push(detached.clone());
+        self.lock().retain(|_, entry| match &entry.state {
+            State::Detached { push, until } if *until <= now => {
+                expired.push(push.clone());
                 false
             }
+            State::Answered { until: Some(until) } => *until > now,
             _ => true,
         });
         expired
@@ -168,24 +196,20 @@ impl Ticket {
         (&mut self.reply).await.ok()
     }
 
-    /// Stop waiting but keep the push in flight until `until`, as `detached` (with the message's
+    /// Stop waiting but keep the push in flight until `until`, as `push` (with the message's
     /// application and instance) for whoever handles its answer or its silence later. If the
-    /// answer came in the meantime it is returned instead, for the caller to act on.
-    pub fn detach(mut self, detached: Detached, until: Instant) -> Result<(), Answer> {
+    /// answer came in the meantime it is returned instead, for the caller to act on before it
+    /// drops the ticket.
+    pub fn detach(&mut self, push: Detached, until: Instant) -> Option<Answer> {
         let mut entries = self.table.lock();
         match entries.get_mut(&self.id) {
-            Some(entry) => {
-                entry.reply = None;
-                entry.detached = Some((detached, until));
+            Some(entry) if matches!(entry.state, State::Waiting(_)) => {
+                entry.state = State::Detached { push, until };
                 self.detached = true;
-                Ok(())
+                None
             }
-            // Answers are handed over under the same lock, so an answer that removed the entry
-            // is already in the channel.
-            None => match self.reply.try_recv() {
-                Ok(answer) => Err(answer),
-                Err(_) => Ok(()),
-            },
+            // Answers are handed over under the same lock, so one that came is in the channel.
+            _ => self.reply.try_recv().ok(),
         }
     }
 }
@@ -255,14 +279,22 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(10);
         for id in ["p-1", "p-2"] {
-            let ticket = table.expect(id.into(), juliet.clone());
-            assert_eq!(ticket.detach(detached(id, now), later), Ok(()));
+            let mut ticket = table.expect(id.into(), juliet.clone());
+            assert_eq!(ticket.detach(detached(id, now), later), None);
         }
         assert!(table.contains("p-1") && table.contains("p-2"));
         assert_eq!(
             table.resolve("p-1", Some(&juliet), Answer::Result),
             Resolved::Detached(detached("p-1", now))
         );
+        assert_eq!(
+            table.resolve("p-1", Some(&juliet), Answer::Result),
+            Resolved::Unknown,
+            "answered once"
+        );
+        assert!(table.contains("p-1"), "in flight until its answer is acted on");
+        table.settle("p-1");
+        assert!(!table.contains("p-1"));
         assert!(table.expire(now).is_empty(), "not yet");
         assert_eq!(table.expire(later), vec![detached("p-2", now)]);
         assert!(table.is_empty());
@@ -272,7 +304,7 @@ mod tests {
     fn an_answer_that_beat_the_detach_is_handed_back() {
         let table = InFlight::default();
         let juliet = jid("juliet@example.org/phone");
-        let ticket = table.expect("p-1".into(), juliet.clone());
+        let mut ticket = table.expect("p-1".into(), juliet.clone());
         assert_eq!(
             table.resolve("p-1", Some(&juliet), Answer::Result),
             Resolved::Claimed
@@ -280,8 +312,10 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             ticket.detach(detached("p-1", now), now),
-            Err(Answer::Result)
+            Some(Answer::Result)
         );
+        assert!(table.contains("p-1"), "in flight until the ticket goes");
+        drop(ticket);
         assert!(table.is_empty());
     }
 

@@ -214,7 +214,7 @@ impl Relay {
                     Box::pin(self.hold(message.clone(), ttl, Some(offered_at))).await?
                 };
                 // Silent so far: the client may still answer, up to `delivery.timeout`.
-                let Some(ticket) = ticket else {
+                let Some(mut ticket) = ticket else {
                     return Ok(outcome);
                 };
                 let detached = Detached {
@@ -225,9 +225,10 @@ impl Relay {
                     sent: offered_at,
                 };
                 match ticket.detach(detached, offered_at + self.timeout) {
-                    Ok(()) => Ok(outcome),
-                    // It answered while the message was being written.
-                    Err(answer) => Box::pin(self.late_answer(&message, answer, ttl, outcome)).await,
+                    None => Ok(outcome),
+                    // It answered while the message was being written; the message stays in
+                    // flight (the ticket) until that answer has been acted on.
+                    Some(answer) => Box::pin(self.late_answer(&message, answer, ttl, outcome)).await,
                 }
             }
         }

@@ -93,12 +93,33 @@ fn python() -> PathBuf {
 impl Peer {
     /// Log in as `user@domain/resource` and return once the session is up.
     pub async fn connect(server: &Server, user: &str, domain: &str, resource: &str) -> Peer {
+        Peer::start(server, user, domain, resource, &[]).await
+    }
+
+    /// [`Peer::connect`], with stream management (XEP-0198) enabled, as Conversations has it.
+    pub async fn connect_resumable(
+        server: &Server,
+        user: &str,
+        domain: &str,
+        resource: &str,
+    ) -> Peer {
+        Peer::start(server, user, domain, resource, &["--stream-management"]).await
+    }
+
+    async fn start(
+        server: &Server,
+        user: &str,
+        domain: &str,
+        resource: &str,
+        flags: &[&str],
+    ) -> Peer {
         server.add_user(user, domain).await;
         let mut child = Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/peer.py"))
             .args(["--jid", &format!("{user}@{domain}/{resource}")])
             .args(["--password", PASSWORD])
             .args(["--port", &server.c2s_port().to_string()])
+            .args(flags)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -215,6 +236,30 @@ impl Peer {
         self.reply_to("ack", sent).await;
     }
 
+    /// How to answer pushes for `application` only, from now on.
+    pub async fn answer_for(&mut self, application: &str, mode: &str) {
+        let command = json!({ "cmd": "answer", "with": mode, "application": application });
+        let sent = self.command(command).await;
+        self.reply_to("ack", sent).await;
+    }
+
+    /// Lose the TCP connection without closing the stream (needs [`Peer::connect_resumable`]):
+    /// the server keeps the session, hibernated, and queues what is sent to it.
+    pub async fn drop_connection(&mut self) {
+        let sent = self.command(json!({ "cmd": "drop" })).await;
+        self.reply_to("ack", sent).await;
+    }
+
+    /// Connect again and resume the hibernated session; panics if the server refuses.
+    pub async fn resume(&mut self) {
+        self.command(json!({ "cmd": "resume" })).await;
+        let event = first_matching(&mut self.events, "the session resumed or a new one", |e| {
+            e["event"] == "resumed" || e["event"] == "online"
+        })
+        .await;
+        assert_eq!(event["event"], "resumed", "the server resumed the session");
+    }
+
     /// Answer pushes with `result`, but only `delay` after each arrives.
     pub async fn answer_late(&mut self, delay: Duration) {
         let command =
@@ -242,7 +287,12 @@ impl Peer {
 
     /// The next push this client receives.
     pub async fn next_push(&mut self) -> ReceivedPush {
-        let event = timeout(WAIT, self.pushes.recv())
+        self.next_push_within(WAIT).await
+    }
+
+    /// The next push this client receives; panics if none comes within `deadline`.
+    pub async fn next_push_within(&mut self, deadline: Duration) -> ReceivedPush {
+        let event = timeout(deadline, self.pushes.recv())
             .await
             .expect("a push arrives in time")
             .expect("peer still running");
@@ -288,6 +338,21 @@ pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Respons
         .expect("HTTP request to xup")
 }
 
+/// GET `url`: the status and the body.
+pub async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// The value of the sample named exactly `sample` (labels included) in a Prometheus text page.
+pub fn sample(page: &str, sample: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{page}"))
+}
+
 /// Prosody, one xup and a store directory that outlives xup restarts.
 pub struct Stack {
     pub server: Server,
@@ -317,6 +382,13 @@ impl Stack {
 
     pub async fn juliet(&self, resource: &str) -> Peer {
         Peer::connect(&self.server, "juliet", DOMAIN, resource).await
+    }
+
+    /// The value of `sample` on xup's `/metrics` page now.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, page) = get(&format!("{}/metrics", self.xup.base_url)).await;
+        assert_eq!(status, 200, "{page}");
+        sample(&page, name)
     }
 
     /// Stop xup and start it again with (possibly changed) settings and the same store.

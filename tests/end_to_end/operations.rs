@@ -5,20 +5,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-/// The value of the sample named exactly `sample` (labels included) in a Prometheus text page.
-fn sample(page: &str, sample: &str) -> f64 {
-    page.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in:\n{page}"))
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.expect("GET");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
 #[tokio::test]
 async fn health_follows_the_component_link() {
     let mut stack = Stack::start().await;

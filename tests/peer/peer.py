@@ -7,8 +7,15 @@ from stdout:
 commands
   {"cmd": "answer", "ref": N, "with": "result" | "silent" | "late" | "<stanza error condition>"}
       how to answer the <push> IQs that arrive from now on (default: result); "late" answers
-      result after "delay_ms" (in the command) and then reports "answered"; acknowledged with
-      an "ack" event carrying the same ref once in force
+      result after "delay_ms" (in the command) and then reports "answered"; with "application",
+      only for that app's pushes (an app's own setting wins over the general one); acknowledged
+      with an "ack" event carrying the same ref once in force
+  {"cmd": "drop", "ref": N}
+      (with --stream-management) lose the TCP connection without closing the stream, as a phone
+      whose network goes away does; acknowledged with an "ack" once the connection is gone
+  {"cmd": "resume", "ref": N}
+      (with --stream-management) connect again and resume the session (XEP-0198); reports
+      "resumed", or "online" if the server started a new session instead
   {"cmd": "presence", "ref": N, "to": JID}
       send directed presence (how Conversations tells a push provider it is back); acknowledged
       with an "ack" event once sent
@@ -19,6 +26,7 @@ commands
 
 events
   {"event": "online", "jid": FULL_JID}
+  {"event": "resumed"}
   {"event": "ack", "ref": N}
   {"event": "push", "id", "from", "to", "application", "instance", "data"}
   {"event": "answered", "id"}                       (after a late answer was sent)
@@ -48,16 +56,24 @@ def emit(**event):
 
 
 class Peer(slixmpp.ClientXMPP):
-    def __init__(self, jid, password):
+    def __init__(self, jid, password, port, stream_management):
         super().__init__(jid, password)
+        self.port = port
         # Loopback tests run the XMPP server without TLS.
         self.enable_starttls = False
         self.enable_direct_tls = False
         self.enable_plaintext = True
         self.plugin["feature_mechanisms"].unencrypted_plain = True
-        self.answer_with = "result"
-        self.delay_ms = 0
+        # How to answer pushes: (mode, delay in ms), in general and per application.
+        self.answering = ("result", 0)
+        self.answering_app = {}
+        # Set when the process should end: after "quit", or when the harness goes away.
+        self.done = asyncio.get_event_loop().create_future()
+        self.dropped = None
+        if stream_management:
+            self.register_plugin("xep_0198")
         self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("session_resumed", self.on_resumed)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.register_handler(
             Callback(
@@ -71,8 +87,30 @@ class Peer(slixmpp.ClientXMPP):
         self.send_presence()
         emit(event="online", jid=str(self.boundjid.full))
 
+    def on_resumed(self, _event):
+        emit(event="resumed")
+
     def on_disconnected(self, _event):
         emit(event="offline")
+        if self.dropped is not None:
+            self.dropped.set_result(None)
+            self.dropped = None
+        elif not self.done.done():
+            # Quit, or lost the server: either way this client is over.
+            self.done.set_result(None)
+
+    def quit(self):
+        if self.transport is None:
+            if not self.done.done():
+                self.done.set_result(None)
+        else:
+            self.disconnect()
+
+    async def drop(self, ref):
+        self.dropped = asyncio.get_event_loop().create_future()
+        self.abort()
+        await self.dropped
+        emit(event="ack", ref=ref)
 
     def on_push(self, iq):
         push = iq.xml.find("{%s}push" % UP_NS)
@@ -85,17 +123,18 @@ class Peer(slixmpp.ClientXMPP):
             instance=push.get("instance"),
             data=push.text or "",
         )
-        if self.answer_with == "silent":
+        mode, delay_ms = self.answering_app.get(push.get("application"), self.answering)
+        if mode == "silent":
             return
-        if self.answer_with == "late":
+        if mode == "late":
             asyncio.get_event_loop().call_later(
-                self.delay_ms / 1000, self.answer_late, iq.reply(), iq["id"]
+                delay_ms / 1000, self.answer_late, iq.reply(), iq["id"]
             )
             return
         reply = iq.reply()
-        if self.answer_with != "result":
+        if mode != "result":
             reply["type"] = "error"
-            reply["error"]["condition"] = self.answer_with
+            reply["error"]["condition"] = mode
             reply["error"]["type"] = "cancel"
         reply.send()
 
@@ -144,9 +183,16 @@ class Peer(slixmpp.ClientXMPP):
     def command(self, line):
         cmd = json.loads(line)
         if cmd["cmd"] == "answer":
-            self.answer_with = cmd["with"]
-            self.delay_ms = cmd.get("delay_ms", 0)
+            answering = (cmd["with"], cmd.get("delay_ms", 0))
+            if "application" in cmd:
+                self.answering_app[cmd["application"]] = answering
+            else:
+                self.answering = answering
             emit(event="ack", ref=cmd["ref"])
+        elif cmd["cmd"] == "drop":
+            asyncio.ensure_future(self.drop(cmd["ref"]))
+        elif cmd["cmd"] == "resume":
+            self.connect("127.0.0.1", self.port)
         elif cmd["cmd"] == "presence":
             self.send_presence(pto=cmd["to"])
             emit(event="ack", ref=cmd["ref"])
@@ -155,7 +201,7 @@ class Peer(slixmpp.ClientXMPP):
                 self.send_iq(cmd["ref"], cmd["type"], cmd["to"], cmd["xml"])
             )
         elif cmd["cmd"] == "quit":
-            self.disconnect()
+            self.quit()
 
 
 def read_commands(peer, loop):
@@ -163,7 +209,7 @@ def read_commands(peer, loop):
         if line.strip():
             loop.call_soon_threadsafe(peer.command, line)
     # The harness went away: leave rather than linger as an orphan.
-    loop.call_soon_threadsafe(peer.disconnect)
+    loop.call_soon_threadsafe(peer.quit)
 
 
 def main():
@@ -171,13 +217,14 @@ def main():
     parser.add_argument("--jid", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--stream-management", action="store_true")
     args = parser.parse_args()
 
-    peer = Peer(args.jid, args.password)
     loop = asyncio.get_event_loop()
+    peer = Peer(args.jid, args.password, args.port, args.stream_management)
     threading.Thread(target=read_commands, args=(peer, loop), daemon=True).start()
     peer.connect("127.0.0.1", args.port)
-    loop.run_until_complete(peer.disconnected)
+    loop.run_until_complete(peer.done)
 
 
 if __name__ == "__main__":
