@@ -145,6 +145,9 @@ struct Client {
     running: usize,
     /// The last sign of life from it.
     alive_at: Option<Instant>,
+    /// When it last came back (available presence, the link made anew): an offer sent before
+    /// that which fails is tried again at once, not after a backoff.
+    back_at: Option<Instant>,
     queues: HashMap<RegistrationKey, Queue>,
 }
 
@@ -152,11 +155,11 @@ struct Client {
 #[derive(Default)]
 struct Queue {
     running: bool,
+    /// Its oldest message is in flight: only that push's answer or expiry (or the client coming
+    /// back) starts the queue again.
+    parked: bool,
     /// Run again when the running round ends: a message was held meanwhile.
     again: bool,
-    /// When the client last came back (available presence, the link made anew): an offer sent
-    /// before that which fails is tried again at once, not after a backoff.
-    forced_at: Option<Instant>,
     /// When the last offer that was not taken went out, and whether it met silence (rather than
     /// an error).
     offered: Option<Instant>,
@@ -198,7 +201,10 @@ impl Deliverer {
             queue.again = true;
             return;
         }
-        if queue.not_before.is_some_and(|t| t > now) || client.running >= CLIENT_WINDOW {
+        if queue.parked
+            || queue.not_before.is_some_and(|t| t > now)
+            || client.running >= CLIENT_WINDOW
+        {
             // Its timer, or the end of one of the client's rounds, starts it.
             return;
         }
@@ -235,18 +241,25 @@ impl Deliverer {
     /// Offer every queue of `subject` now, whatever it was waiting for; a queue whose offer is
     /// still out is offered again as soon as that one fails.
     fn force_client(&mut self, subject: &str) {
-        if let Some(client) = self.clients.get_mut(subject) {
-            let now = Instant::now();
-            for queue in client.queues.values_mut() {
-                queue.clear_backoff();
-                queue.forced_at = Some(now);
-            }
+        let client = self.clients.entry(subject.to_owned()).or_default();
+        client.back_at = Some(Instant::now());
+        for queue in client.queues.values_mut() {
+            queue.clear_backoff();
+            queue.parked = false;
         }
         self.start_client(subject);
+        self.forget_if_idle(subject);
     }
 
-    /// Every client with messages held: the queues that are due, or (`force`) all of them.
+    /// Every client with messages held: the queues that are due, or (`force`) all of them. A
+    /// queue parked behind a push in flight is looked at again too (it parks again if that push
+    /// is still out), so no lost event can leave one parked for good.
     fn everyone(&mut self, force: bool) {
+        for client in self.clients.values_mut() {
+            for queue in client.queues.values_mut() {
+                queue.parked = false;
+            }
+        }
         for subject in self.parts.held.subjects() {
             if force {
                 self.force_client(&subject);
@@ -293,8 +306,10 @@ impl Deliverer {
         }
         let now = Instant::now();
         let client = self.clients.entry(subject.to_owned()).or_default();
+        let back_since_offer = client.back_at.is_some_and(|back| offered < back);
         let queue = client.queues.entry(registration).or_default();
-        if queue.forced_at.is_some_and(|forced| offered < forced) {
+        queue.parked = false;
+        if back_since_offer {
             queue.clear_backoff();
             self.start(subject, registration);
             return;
@@ -324,18 +339,17 @@ impl Deliverer {
         let again = match client.queues.get_mut(&registration) {
             Some(queue) => {
                 queue.running = false;
+                queue.parked = matches!(end, End::InFlight);
                 if matches!(end, End::Emptied | End::Gone) {
                     queue.clear_backoff();
-                    queue.forced_at = None;
                 }
                 std::mem::take(&mut queue.again)
             }
             None => false,
         };
         match end {
-            // Its answer or its expiry continues a queue whose message is in flight, unless that
-            // came while the round ran.
-            End::Emptied | End::Gone | End::InFlight if again => self.start(&subject, registration),
+            End::Emptied | End::Gone if again => self.start(&subject, registration),
+            // Its answer or its expiry continues a queue whose message is in flight.
             End::Emptied | End::Gone | End::InFlight => {}
             End::Failed { offered, silent } => self.failed(&subject, registration, offered, silent),
         }
@@ -348,9 +362,9 @@ impl Deliverer {
     fn forget_if_idle(&mut self, subject: &str) {
         let held = &self.parts.held;
         if let Some(client) = self.clients.get_mut(subject) {
-            client
-                .queues
-                .retain(|registration, queue| queue.running || held.has_backlog(subject, registration));
+            client.queues.retain(|registration, queue| {
+                queue.running || held.has_backlog(subject, registration)
+            });
             if client.queues.is_empty() && client.running == 0 {
                 self.clients.remove(subject);
             }
@@ -373,6 +387,13 @@ impl Deliverer {
                 offered: Some(offered),
                 ..
             } => self.failed(&subject, registration, offered.into(), false),
+            Notice::Settled {
+                subject,
+                registration,
+            } => {
+                self.unpark(&subject, registration);
+                self.start(&subject, registration);
+            }
         }
     }
 
@@ -412,10 +433,15 @@ impl Deliverer {
                         self.parts.in_flight.settle(&id);
                         self.alive(&subject);
                         match push {
-                            Some(push) => self.start(
-                                &subject,
-                                registration_key_of(&subject, &push.application, &push.instance),
-                            ),
+                            Some(push) => {
+                                let registration = registration_key_of(
+                                    &subject,
+                                    &push.application,
+                                    &push.instance,
+                                );
+                                self.unpark(&subject, registration);
+                                self.start(&subject, registration);
+                            }
                             None => self.start_client(&subject),
                         }
                     }
@@ -450,6 +476,17 @@ impl Deliverer {
             let registration =
                 registration_key_of(&push.subject, &push.application, &push.instance);
             self.failed(&push.subject, registration, push.sent.into(), true);
+        }
+    }
+
+    /// The in-flight push a queue waited for has been answered.
+    fn unpark(&mut self, subject: &str, registration: RegistrationKey) {
+        if let Some(queue) = self
+            .clients
+            .get_mut(subject)
+            .and_then(|client| client.queues.get_mut(&registration))
+        {
+            queue.parked = false;
         }
     }
 

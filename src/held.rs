@@ -232,19 +232,20 @@ impl HeldMessages {
                             expires_at_us
                      FROM held WHERE registration = ?1 AND expires_at_us > ?2 ORDER BY seq",
                 )?;
-                let rows = query.query_map(params![registration.as_slice(), micros(now)], |row| {
-                    let urgency: String = row.get(6)?;
-                    Ok(Message {
-                        id: row.get(0)?,
-                        subject: row.get(1)?,
-                        application: row.get(2)?,
-                        instance: row.get(3)?,
-                        body: row.get(4)?,
-                        topic: row.get(5)?,
-                        urgency: Urgency::parse(&urgency).unwrap_or_default(),
-                        expires_at: from_micros(row.get(7)?),
-                    })
-                })?;
+                let rows =
+                    query.query_map(params![registration.as_slice(), micros(now)], |row| {
+                        let urgency: String = row.get(6)?;
+                        Ok(Message {
+                            id: row.get(0)?,
+                            subject: row.get(1)?,
+                            application: row.get(2)?,
+                            instance: row.get(3)?,
+                            body: row.get(4)?,
+                            topic: row.get(5)?,
+                            urgency: Urgency::parse(&urgency).unwrap_or_default(),
+                            expires_at: from_micros(row.get(7)?),
+                        })
+                    })?;
                 rows.collect()
             })
             .await

@@ -251,7 +251,10 @@ mod tests {
             table.resolve("p-1", Some(&eve), Answer::Result),
             Resolved::Unknown
         );
-        assert_eq!(table.resolve("p-1", None, Answer::Result), Resolved::Unknown);
+        assert_eq!(
+            table.resolve("p-1", None, Answer::Result),
+            Resolved::Unknown
+        );
         let juliet = jid("juliet@example.org/phone");
         assert_eq!(
             table.resolve("p-1", Some(&juliet), Answer::Result),
@@ -292,7 +295,10 @@ mod tests {
             Resolved::Unknown,
             "answered once"
         );
-        assert!(table.contains("p-1"), "in flight until its answer is acted on");
+        assert!(
+            table.contains("p-1"),
+            "in flight until its answer is acted on"
+        );
         table.settle("p-1");
         assert!(!table.contains("p-1"));
         assert!(table.expire(now).is_empty(), "not yet");

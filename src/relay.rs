@@ -110,6 +110,12 @@ pub enum Notice {
         registration: RegistrationKey,
         offered: Option<Instant>,
     },
+    /// The answer to message `id`, held while it was in flight, has been acted on: its queue can go
+    /// on.
+    Settled {
+        subject: String,
+        registration: RegistrationKey,
+    },
 }
 
 /// Sends pushes and interprets their answers. One per process, shared by every HTTP request and
@@ -194,7 +200,10 @@ impl Relay {
             return Ok(Outcome::Dropped { id });
         }
         if !reachable
-            || (!ttl.is_zero() && self.held.has_backlog(&message.subject, &message.registration()))
+            || (!ttl.is_zero()
+                && self
+                    .held
+                    .has_backlog(&message.subject, &message.registration()))
         {
             return Box::pin(self.hold(message, ttl, None)).await;
         }
@@ -228,7 +237,16 @@ impl Relay {
                     None => Ok(outcome),
                     // It answered while the message was being written; the message stays in
                     // flight (the ticket) until that answer has been acted on.
-                    Some(answer) => Box::pin(self.late_answer(&message, answer, ttl, outcome)).await,
+                    Some(answer) => {
+                        let outcome =
+                            Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
+                        drop(ticket);
+                        let _ = self.notices.send(Notice::Settled {
+                            registration: message.registration(),
+                            subject: message.subject,
+                        });
+                        outcome
+                    }
                 }
             }
         }

@@ -9,20 +9,19 @@ use std::sync::{Arc, LazyLock, Mutex};
 use libfuzzer_sys::fuzz_target;
 use xmpp_parsers::{iq::Iq, stanza::Stanza};
 use xup::{
-    component::Router,
+    component::{LinkEvent, Router},
     config::Config,
-    deliver::{Event, Wakeups},
     limits::Limits,
+    pending::InFlight,
     register::Registrar,
-    relay::Answers,
 };
 
 use xup_fuzz as seeds;
 
 struct World {
     router: Router,
-    /// Kept so wake-ups have somewhere to go; emptied after every input.
-    events: Mutex<tokio::sync::mpsc::UnboundedReceiver<Event>>,
+    /// Kept so link events have somewhere to go; emptied after every input.
+    events: Mutex<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
@@ -40,13 +39,13 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     .expect("config");
     let keys = Arc::new(seeds::key_ring());
     let limits = Arc::new(Limits::new(&config.limits));
-    let (wakeups, events) = Wakeups::channel();
+    let (link_events, events) = tokio::sync::mpsc::unbounded_channel();
     World {
         router: Router {
             jid: config.component.jid.clone(),
             registrar: Arc::new(Registrar::new(&config, keys, limits)),
-            answers: Answers::default(),
-            wakeups,
+            in_flight: InFlight::default(),
+            events: link_events,
         },
         events: Mutex::new(events),
     }

@@ -69,7 +69,10 @@ async fn an_apps_temporary_error_does_not_hold_back_twenty_pushes_to_another_app
     let mut bodies = Vec::new();
     while bodies.len() < 20 {
         let (push, others) = next_push_for(&mut phone, &other_app()).await;
-        assert!(others.is_empty(), "the refused app is not offered again yet");
+        assert!(
+            others.is_empty(),
+            "the refused app is not offered again yet"
+        );
         bodies.push(String::from_utf8(push.data).expect("utf-8"));
     }
     assert!(
