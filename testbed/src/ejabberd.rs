@@ -3,13 +3,25 @@
 //!
 //! ejabberd runs as the `ejabberd` user (it refuses to run as root), in its own process group so
 //! that a kill reaches the Erlang VM itself and not only the script that started it.
+//!
+//! A start is awaited on ejabberd's own readiness signal, the log line that says it "is started in
+//! the node", with a generous bound: its first start on a fresh machine creates its database and
+//! the Erlang cookie, and can take far longer than later ones. If it does not come, the panic
+//! carries ejabberd's real logs (its console output, `ejabberd.log`, `error.log`, `crash.log`).
 
-use std::process::Stdio;
+use std::{path::Path, process::Stdio, time::Duration};
 
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use crate::{PASSWORD, fill_template, free_port, listening};
+
+/// How long ejabberd may take to say it has started: its first start on a fresh machine, on a
+/// loaded 2-core CI machine, has taken over 20 s.
+const STARTUP: Duration = Duration::from_secs(120);
+
+/// ejabberd's own readiness signal in its log: "ejabberd 23.01 is started in the node …".
+const STARTED: &str = "is started in the node";
 
 pub struct Ejabberd {
     dir: TempDir,
@@ -94,6 +106,8 @@ impl Ejabberd {
 
     async fn launch(&mut self) {
         let root = self.dir.path();
+        // A restart appends to the same log: wait for one more start than there was.
+        let starts_before = started_count(root);
         let log = std::fs::File::create(root.join("ejabberd.out")).expect("log file");
         let child = Command::new("/usr/sbin/ejabberdctl")
             .arg("--config-dir")
@@ -122,14 +136,30 @@ impl Ejabberd {
             .spawn()
             .expect("ejabberd is installed (scripts/setup installs it)");
         self.child = Some(child);
+        let started = async {
+            loop {
+                if started_count(root) > starts_before {
+                    return Ok(());
+                }
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                    return Err(format!("ejabberd exited ({status}) before it started"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        match tokio::time::timeout(STARTUP, started).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => panic!("{why}\n{}", logs(root)),
+            Err(_) => panic!(
+                "ejabberd did not say it started within {STARTUP:?}\n{}",
+                logs(root)
+            ),
+        }
         for port in [self.c2s_port, self.component_port, self.api_port] {
             if !listening(port).await {
-                let log = std::fs::read_to_string(root.join("logs").join("ejabberd.log"))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
-                    "ejabberd does not listen on port {port}; its log ends:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "ejabberd started but does not listen on port {port}\n{}",
+                    logs(root)
                 );
             }
         }
@@ -148,6 +178,31 @@ impl Ejabberd {
         self.kill().await;
         self.launch().await;
     }
+}
+
+/// How many times the log in `root` says ejabberd started.
+fn started_count(root: &Path) -> usize {
+    std::fs::read_to_string(root.join("logs").join("ejabberd.log"))
+        .map(|log| log.matches(STARTED).count())
+        .unwrap_or(0)
+}
+
+/// Everything ejabberd wrote, for a failure report: the console and each log file's last lines.
+fn logs(root: &Path) -> String {
+    let files = [
+        root.join("ejabberd.out"),
+        root.join("logs").join("ejabberd.log"),
+        root.join("logs").join("error.log"),
+        root.join("logs").join("crash.log"),
+    ];
+    let mut report = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| format!("({e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        report += &format!("--- {} ---\n{}\n", file.display(), tail.join("\n"));
+    }
+    report
 }
 
 fn kill_group(child: &Child) {
