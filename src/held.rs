@@ -17,11 +17,12 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rusqlite::params;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     protocol::Urgency,
@@ -72,9 +73,23 @@ pub struct Held {
 /// The held messages: durable in the store, counted in memory per registration.
 pub struct HeldMessages {
     db: Database,
+    counts: Arc<Mutex<Counts>>,
+    /// To the task that writes holds, in batches.
+    writer: mpsc::UnboundedSender<Hold>,
+}
+
+/// A message to hold, and who waits to hear it is on disk.
+type Hold = (Message, oneshot::Sender<Result<Held, HoldError>>);
+
+/// Holds written in one transaction at most: a bound on one batch's work, far above any burst
+/// the HTTP side can bring (`http.max_in_flight`).
+const MAX_BATCH: usize = 16_384;
+
+/// The bounds a hold is checked against.
+#[derive(Clone, Copy)]
+struct Bounds {
     per_registration: usize,
-    max_total: usize,
-    counts: Mutex<Counts>,
+    total: usize,
 }
 
 /// Held messages per client (full JID) and, within it, per registration.
@@ -86,6 +101,7 @@ struct Counts {
 
 impl HeldMessages {
     /// Create the table if need be, forget what expired while xup was stopped, and count the rest.
+    /// Starts the writer task, so it must be called within a Tokio runtime.
     pub fn open(
         db: Database,
         per_registration: usize,
@@ -115,16 +131,18 @@ impl HeldMessages {
             )?;
             count_all(&conn)?
         };
-        Ok(HeldMessages {
-            db,
+        let counts = Arc::new(Mutex::new(counts));
+        let (writer, queue) = mpsc::unbounded_channel();
+        let bounds = Bounds {
             per_registration,
-            max_total,
-            counts: Mutex::new(counts),
-        })
+            total: max_total,
+        };
+        tokio::spawn(write_forever(db.clone(), counts.clone(), bounds, queue));
+        Ok(HeldMessages { db, counts, writer })
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        lock(&self.counts)
     }
 
     /// Whether anything waits for the registration `registration` of `subject`; memory only. A
@@ -155,68 +173,16 @@ impl HeldMessages {
         self.counts().total
     }
 
-    /// Keep `message` durably; returns once it is on disk.
+    /// Keep `message` durably; returns once it is on disk. Holds that arrive together are
+    /// written in one transaction (group commit): a burst of thousands costs one sync, not
+    /// thousands. Dropping the future does not undo the write.
     pub async fn hold(&self, message: Message) -> Result<Held, HoldError> {
-        let registration = message.registration();
-        let per_registration = self.per_registration;
-        let max_total = self.max_total;
-        let subject = message.subject.clone();
-        let (held, count, total) = self
-            .db
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                let mut held = Held::default();
-                if let Some(topic) = &message.topic {
-                    held.replaced = tx.execute(
-                        "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
-                        params![registration.as_slice(), topic],
-                    )?;
-                }
-                let mine = count(
-                    &tx,
-                    "SELECT COUNT(*) FROM held WHERE registration = ?1",
-                    params![registration.as_slice()],
-                )?;
-                if mine >= per_registration {
-                    held.dropped = tx.execute(
-                        "DELETE FROM held WHERE seq IN (SELECT seq FROM held
-                             WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
-                        params![
-                            registration.as_slice(),
-                            (mine + 1 - per_registration) as i64
-                        ],
-                    )?;
-                }
-                let total = count_total(&tx)?;
-                if total >= max_total {
-                    // Nothing is changed: the transaction rolls back when dropped.
-                    return Ok(None);
-                }
-                tx.execute(
-                    "INSERT INTO held (id, registration, subject, application, instance, topic,
-                                       urgency, body, expires_at_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        message.id,
-                        registration.as_slice(),
-                        message.subject,
-                        message.application,
-                        message.instance,
-                        message.topic,
-                        message.urgency.as_str(),
-                        message.body,
-                        micros(message.expires_at),
-                    ],
-                )?;
-                let count = count_registration(&tx, &registration)?;
-                tx.commit()?;
-                // `total` was counted after the replaced and dropped rows left.
-                Ok(Some((held, count, total + 1)))
-            })
-            .await?
-            .ok_or(HoldError::Full)?;
-        self.set_count(subject, registration, count, total);
-        Ok(held)
+        let (reply, held) = oneshot::channel();
+        self.writer
+            .send((message, reply))
+            .map_err(|_| StoreError::Task("the held-message writer has stopped".into()))?;
+        held.await
+            .map_err(|_| StoreError::Task("the held-message writer has stopped".into()))?
     }
 
     /// The messages waiting in `registration` that have not expired by `now`, oldest first.
@@ -266,34 +232,30 @@ impl HeldMessages {
                         |row| row.get(0),
                     )
                     .optional()?;
-                let Some(registration) = registration.and_then(|r| r.try_into().ok()) else {
-                    return Ok(None);
-                };
-                let count = count_registration(conn, &registration)?;
-                Ok(Some((registration, count, count_total(conn)?)))
+                Ok(registration.and_then(|r| RegistrationKey::try_from(r).ok()))
             })
             .await?;
-        let Some((registration, count, total)) = removed else {
+        let Some(registration) = removed else {
             return Ok(false);
         };
-        self.set_count(subject.to_owned(), registration, count, total);
+        self.counts().add(subject, registration, -1);
         Ok(true)
     }
 
     /// The app is gone: drop everything held for its registration.
     pub async fn drop_registration(&self, claims: &Claims) -> Result<usize, StoreError> {
         let registration = registration_key(claims);
-        let (dropped, total) = self
+        let dropped = self
             .db
             .run(move |conn| {
-                let dropped = conn.execute(
+                conn.execute(
                     "DELETE FROM held WHERE registration = ?1",
                     params![registration.as_slice()],
-                )?;
-                Ok((dropped, count_total(conn)?))
+                )
             })
             .await?;
-        self.set_count(claims.subject.clone(), registration, 0, total);
+        let delta = -isize::try_from(dropped).unwrap_or(isize::MAX);
+        self.counts().add(&claims.subject, registration, delta);
         Ok(dropped)
     }
 
@@ -312,26 +274,162 @@ impl HeldMessages {
         *self.counts() = counts;
         Ok(pruned)
     }
+}
 
-    fn set_count(
-        &self,
-        subject: String,
-        registration: RegistrationKey,
-        count: usize,
-        total: usize,
-    ) {
-        let mut counts = self.counts();
-        counts.total = total;
-        if count > 0 {
-            let registrations = counts.by_subject.entry(subject).or_default();
-            registrations.insert(registration, count);
-        } else if let Some(registrations) = counts.by_subject.get_mut(&subject) {
+impl Counts {
+    /// `delta` more messages in `registration` of `subject`. Every change is applied as a
+    /// difference, so changes that finish in any order add up to the same counts.
+    fn add(&mut self, subject: &str, registration: RegistrationKey, delta: isize) {
+        self.total = self.total.saturating_add_signed(delta);
+        let registrations = self.by_subject.entry(subject.to_owned()).or_default();
+        let count = registrations.entry(registration).or_default();
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
             registrations.remove(&registration);
-            if registrations.is_empty() {
-                counts.by_subject.remove(&subject);
+        }
+        if registrations.is_empty() {
+            self.by_subject.remove(subject);
+        }
+    }
+}
+
+fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
+    counts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write holds as they come, each batch that queued up meanwhile in one transaction, and tell
+/// each waiter how its hold went once the batch is on disk. Ends when [`HeldMessages`] is dropped.
+async fn write_forever(
+    db: Database,
+    counts: Arc<Mutex<Counts>>,
+    bounds: Bounds,
+    mut queue: mpsc::UnboundedReceiver<Hold>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = queue.try_recv()
+        {
+            batch.push(next);
+        }
+        let (messages, replies): (Vec<Message>, Vec<_>) = batch.into_iter().unzip();
+        let total = lock(&counts).total;
+        let written = db
+            .run(move |conn| hold_all(conn, messages, bounds, total))
+            .await;
+        match written {
+            Ok(outcomes) => {
+                let mut results = Vec::with_capacity(outcomes.len());
+                {
+                    let mut counts = lock(&counts);
+                    for (subject, registration, outcome) in outcomes {
+                        if let Ok(held) = &outcome {
+                            let gone = isize::try_from(held.replaced + held.dropped).unwrap_or(0);
+                            counts.add(&subject, registration, 1 - gone);
+                        }
+                        results.push(outcome);
+                    }
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(HoldError::Store(StoreError::Task(e.clone()))));
+                }
             }
         }
     }
+}
+
+/// What became of one message of a batch, with the registration it counts against.
+type Outcome = (String, RegistrationKey, Result<Held, HoldError>);
+
+/// Hold `messages` in one transaction, each in a savepoint of its own so that one that cannot be
+/// held (the store full, a failed write) changes nothing and costs the others nothing. `total`
+/// is how many are held before the batch.
+fn hold_all(
+    conn: &mut rusqlite::Connection,
+    messages: Vec<Message>,
+    bounds: Bounds,
+    mut total: usize,
+) -> rusqlite::Result<Vec<Outcome>> {
+    let mut tx = conn.transaction()?;
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for message in messages {
+        let registration = message.registration();
+        let subject = message.subject.clone();
+        let mut one = tx.savepoint()?;
+        let outcome = match hold_one(&one, message, registration, bounds, total) {
+            Ok(Some(held)) => {
+                one.commit()?;
+                total = (total + 1).saturating_sub(held.replaced + held.dropped);
+                Ok(held)
+            }
+            Ok(None) => {
+                one.rollback()?;
+                Err(HoldError::Full)
+            }
+            Err(e) => {
+                one.rollback()?;
+                Err(HoldError::Store(e.into()))
+            }
+        };
+        outcomes.push((subject, registration, outcome));
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Hold one message: replace its topic, make room within its registration's bound, and insert
+/// it, unless the store already holds `bounds.total` messages (`None`; the caller rolls back).
+fn hold_one(
+    conn: &rusqlite::Connection,
+    message: Message,
+    registration: RegistrationKey,
+    bounds: Bounds,
+    total: usize,
+) -> rusqlite::Result<Option<Held>> {
+    let mut held = Held::default();
+    if let Some(topic) = &message.topic {
+        held.replaced = conn.execute(
+            "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
+            params![registration.as_slice(), topic],
+        )?;
+    }
+    let mine = count_registration(conn, &registration)?;
+    if mine >= bounds.per_registration {
+        held.dropped = conn.execute(
+            "DELETE FROM held WHERE seq IN (SELECT seq FROM held
+                 WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
+            params![
+                registration.as_slice(),
+                (mine + 1 - bounds.per_registration) as i64
+            ],
+        )?;
+    }
+    if total.saturating_sub(held.replaced + held.dropped) >= bounds.total {
+        return Ok(None);
+    }
+    conn.execute(
+        "INSERT INTO held (id, registration, subject, application, instance, topic,
+                           urgency, body, expires_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            message.id,
+            registration.as_slice(),
+            message.subject,
+            message.application,
+            message.instance,
+            message.topic,
+            message.urgency.as_str(),
+            message.body,
+            micros(message.expires_at),
+        ],
+    )?;
+    Ok(Some(held))
 }
 
 /// The one number a `SELECT COUNT(*) …` query returns.
@@ -353,10 +451,6 @@ fn count_registration(
         "SELECT COUNT(*) FROM held WHERE registration = ?1",
         params![registration.as_slice()],
     )
-}
-
-fn count_total(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
-    count(conn, "SELECT COUNT(*) FROM held", [])
 }
 
 fn count_all(conn: &rusqlite::Connection) -> rusqlite::Result<Counts> {
@@ -523,6 +617,37 @@ mod tests {
         ));
         assert!(!exists(&held.db.lock(), "c").expect("query"));
         assert_eq!(held.total(), 2);
+    }
+
+    #[tokio::test]
+    async fn holds_that_arrive_together_share_a_transaction_and_each_gets_its_own_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), 100, 5);
+        let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        let outcomes =
+            futures::future::join_all(names.iter().map(|id| held.hold(message(id, "i", None))))
+                .await;
+        let full = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(HoldError::Full)))
+            .count();
+        assert_eq!((outcomes.len() - full, full), (5, 5));
+        // The first five, in order; the others changed nothing.
+        assert_eq!(ids(&held).await, ["m0", "m1", "m2", "m3", "m4"]);
+        assert_eq!(held.total(), 5);
+        // A duplicate id fails alone, the rest of its batch is kept.
+        held.remove("m4", "juliet@example.org/phone")
+            .await
+            .expect("remove");
+        let (dup, fresh) = futures::future::join(
+            held.hold(message("m0", "i", None)),
+            held.hold(message("m9", "i", None)),
+        )
+        .await;
+        assert!(matches!(dup, Err(HoldError::Store(_))));
+        assert!(fresh.is_ok());
+        assert_eq!(ids(&held).await, ["m0", "m1", "m2", "m3", "m9"]);
+        assert_eq!(held.total(), 5);
     }
 
     #[tokio::test]
