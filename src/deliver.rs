@@ -548,6 +548,19 @@ async fn offer_queue(
         if in_flight.contains(&message.id) {
             return End::InFlight;
         }
+        // What was read may be stale: an answer acted on since (the held copy removed, then the
+        // push let go of) must not bring the message out again.
+        match held.contains(&message.id).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read held messages");
+                return End::Failed {
+                    offered: Instant::now(),
+                    silent: false,
+                };
+            }
+        }
         let offered = Instant::now();
         tracing::debug!(id = message.id, "offering a held message");
         let (result, _ticket) = relay.offer(&message, relay.timeout()).await;

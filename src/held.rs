@@ -217,6 +217,19 @@ impl HeldMessages {
             .await
     }
 
+    /// Whether message `id` is still held.
+    pub async fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .run(move |conn| {
+                use rusqlite::OptionalExtension;
+                conn.query_row("SELECT 1 FROM held WHERE id = ?1", params![id], |_| Ok(()))
+                    .optional()
+                    .map(|row| row.is_some())
+            })
+            .await
+    }
+
     /// The client took message `id`: forget it. Only `subject` (who it was for) can have taken it.
     /// Returns whether there was such a message.
     pub async fn remove(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
@@ -476,15 +489,6 @@ fn from_micros(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 
-/// Whether a row with this id exists; for tests.
-#[cfg(test)]
-fn exists(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
-    use rusqlite::OptionalExtension;
-    conn.query_row("SELECT 1 FROM held WHERE id = ?1", params![id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,7 +619,7 @@ mod tests {
             held.hold(message("c", "i", None)).await,
             Err(HoldError::Full)
         ));
-        assert!(!exists(&held.db.lock(), "c").expect("query"));
+        assert!(!held.contains("c").await.expect("query"));
         assert_eq!(held.total(), 2);
     }
 

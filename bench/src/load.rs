@@ -130,7 +130,10 @@ pub async fn fire(target: Arc<Target>, load: &Load) -> Vec<Sample> {
 /// How the in-flight measurement reaches the provider.
 #[derive(Clone, Copy, Debug)]
 pub enum Transport {
-    /// HTTP/1.1, one connection per message: what application servers without HTTP/2 do.
+    /// HTTP/1.1 over this many keep-alive connections, each sending its messages one after the
+    /// other ([`fire`]): a sender population held to xup's connection cap.
+    Http1KeepAlive { connections: usize },
+    /// HTTP/1.1, one connection per message, all at once: the worst a sender population can do.
     Http1PerMessage,
     /// HTTP/2 (prior knowledge, RFC 8030's own transport), messages multiplexed over this many
     /// connections.
@@ -147,7 +150,7 @@ pub async fn fire_all_at_once(
     connecting: usize,
 ) -> anyhow::Result<Vec<Sample>> {
     let shared = match transport {
-        Transport::Http1PerMessage => Vec::new(),
+        Transport::Http1PerMessage | Transport::Http1KeepAlive { .. } => Vec::new(),
         Transport::Http2 { connections } => {
             let mut senders = Vec::with_capacity(connections);
             for _ in 0..connections {

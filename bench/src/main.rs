@@ -5,8 +5,10 @@
 //! sessions register K endpoints with each, then M numbered messages are POSTed at concurrency C
 //! to each provider in turn, for every C asked for. Each run reports throughput, HTTP and delivery
 //! latency, refusals, lost and duplicated pushes, and the CPU and peak memory of xup, of Prosody
-//! and of the load tool itself. After that: registrations per second (over XMPP, and the token
-//! code alone) and xup's memory with many pushes in flight to clients that hold their answers.
+//! and of the load tool itself. After that, for xup alone: the same load with a share of the
+//! registrations never answering (fairness under faults), registrations per second (over XMPP,
+//! and the token code alone), and what clients that never answer cost: the senders' wait and
+//! xup's memory with many pushes to them at once.
 //!
 //! Everything runs on loopback, is bounded in count and time, and stops by itself. The table goes
 //! to stdout, one JSON line per measurement to `--json`. The exit code is 1 if any run lost or
@@ -21,6 +23,7 @@ mod soak;
 mod tokens;
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
@@ -94,11 +97,18 @@ struct Args {
     /// Iterations for the in-process token code rate (0 skips it).
     #[arg(long, default_value_t = 20_000)]
     token_iterations: u64,
-    /// Pushes held in flight at once for xup's memory figure (0 skips it).
+    /// Percent of xup's registrations that never answer in the run under faults (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    faulty_percent: usize,
+    /// Concurrency of the runs with and without faults.
+    #[arg(long, default_value_t = 64)]
+    faulty_concurrency: usize,
+    /// Pushes to clients that never answer, for the senders' wait and xup's memory (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     in_flight: u64,
-    /// Transports for the in-flight figure: http2 (multiplexed over 64 connections), http1 (a
-    /// connection per push).
+    /// Transports for the in-flight figure: http2 (all at once, multiplexed over 64
+    /// connections), http1 (1000 keep-alive connections, xup's default connection cap, each
+    /// sending its pushes one after the other), http1-per-push (all at once, a connection each).
     #[arg(long, value_delimiter = ',', default_values_t = ["http2".to_owned(), "http1".to_owned()])]
     in_flight_over: Vec<String>,
     /// Providers to measure, in this order.
@@ -125,6 +135,8 @@ struct Provider {
     /// Its own process, when it has one (xup); `mod_unified_push` lives inside Prosody.
     process: Option<Proc>,
     target: Option<Arc<Target>>,
+    /// The application of each of the target's endpoints, in the same order.
+    applications: Vec<String>,
 }
 
 #[tokio::main]
@@ -199,6 +211,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 http: ([127, 0, 0, 1], settings.http_port).into(),
                 process: Some(Proc::Pid(xup.pid().context("xup's pid")?)),
                 target: None,
+                applications: Vec::new(),
             },
             "mod_unified_push" => Provider {
                 name: "mod_unified_push",
@@ -206,6 +219,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 http: ([127, 0, 0, 1], prosody.http_port).into(),
                 process: None,
                 target: None,
+                applications: Vec::new(),
             },
             other => bail!("unknown provider {other:?} (xup, mod_unified_push)"),
         });
@@ -227,8 +241,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "kind": "registrations", "context": context, "provider": provider.name,
             "count": endpoints.len(), "registrations_per_second": per_second,
         }))?;
-        let endpoints = &endpoints[..args.endpoints];
-        provider.target = Some(Arc::new(Target::new(provider.http, endpoints)?));
+        let (urls, applications): (Vec<String>, Vec<String>) =
+            endpoints.into_iter().take(args.endpoints).unzip();
+        provider.target = Some(Arc::new(Target::new(provider.http, &urls)?));
+        provider.applications = applications;
     }
     if args.token_iterations > 0 {
         let rates = tokens::measure(args.token_iterations)?;
@@ -257,58 +273,109 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 until: None,
             };
             if args.warmup > 0 {
-                measure(provider, &load, &ledgers, prosody_process).await?;
+                measure(provider, &load, &ledgers, prosody_process, |_| true).await?;
             }
             load.run += 1;
             load.messages = args.messages;
             next_run += 2;
-            let run = measure(provider, &load, &ledgers, prosody_process).await?;
+            let run = measure(provider, &load, &ledgers, prosody_process, |_| true).await?;
             println!("{}", run.row());
             out.line(run.json(&context))?;
             sound &= run.is_sound();
         }
     }
 
+    let xup_provider = providers.iter().find(|p| p.name == "xup");
     if args.in_flight > 0
-        && let Some(xup_provider) = providers.iter().find(|p| p.name == "xup")
+        && let Some(xup_provider) = xup_provider
     {
-        // Over HTTP/1.1 the load tool holds one socket per message and xup one more.
-        let in_flight = args.in_flight.min(open_files.saturating_sub(256));
-        println!("\nxup with {in_flight} pushes in flight to clients that hold their answers:");
-        // Keep HTTP/2 first: memory freed after the HTTP/1.1 run is not all returned to the system.
+        println!(
+            "\nxup with {} pushes to clients that never answer (sender's wait, then xup's memory):",
+            args.in_flight
+        );
+        // Keep HTTP/2 first: memory freed after an HTTP/1.1 run is not all returned to the system.
         for name in &args.in_flight_over {
             let transport = match name.as_str() {
                 "http2" => Transport::Http2 { connections: 64 },
-                "http1" => Transport::Http1PerMessage,
-                other => bail!("unknown --in-flight-over {other:?} (http2, http1)"),
+                "http1" => Transport::Http1KeepAlive { connections: 1000 },
+                "http1-per-push" => Transport::Http1PerMessage,
+                other => bail!("unknown --in-flight-over {other:?} (http2, http1, http1-per-push)"),
+            };
+            // Over HTTP/1.1 with a connection per push the load tool holds one socket per message
+            // and xup one more.
+            let messages = match transport {
+                Transport::Http1PerMessage => args.in_flight.min(open_files.saturating_sub(256)),
+                _ => args.in_flight,
             };
             let load = Load {
                 run: next_run,
-                messages: in_flight,
-                concurrency: in_flight as usize,
+                messages,
+                concurrency: messages as usize,
                 body_len: args.body,
                 epoch,
                 zero_ttl_every: 0,
                 until: None,
             };
             next_run += 1;
-            let result =
-                in_flight_memory(xup_provider, &load, transport, &sessions, &ledgers).await?;
+            let result = unanswered(xup_provider, &load, transport, &sessions, &ledgers).await?;
             println!(
-                "  {:<34} {:>6.1} MiB resident with all in flight ({:.1} MiB before, peak {:.1}); {} of {} answered 2xx",
+                "  {:<40} sender p50 {:.0} / p99 {:.0} / max {:.0} ms; xup peak {:.1} MiB ({:.1} before); {} of {} answered 2xx; lost {}, dup {}",
                 format!("{transport:?}"),
-                result["rss_with_all_in_flight_mib"]
-                    .as_f64()
-                    .unwrap_or_default(),
-                result["rss_before_mib"].as_f64().unwrap_or_default(),
+                result["sender_ms"]["p50"].as_f64().unwrap_or_default(),
+                result["sender_ms"]["p99"].as_f64().unwrap_or_default(),
+                result["sender_ms"]["max"].as_f64().unwrap_or_default(),
                 result["peak_rss_mib"].as_f64().unwrap_or_default(),
+                result["rss_before_mib"].as_f64().unwrap_or_default(),
                 result["accepted"],
-                in_flight,
+                messages,
+                result["lost"],
+                result["duplicated"],
             );
             sound &= result["lost"] == 0 && result["duplicated"] == 0;
             out.line(json!({ "kind": "in_flight", "context": context, "result": result }))?;
         }
     }
+    // Last: its stuck registrations keep messages held that would stand in any later run's way.
+    if args.faulty_percent > 0
+        && let Some(xup_provider) = xup_provider
+    {
+        let runs = under_faults(
+            xup_provider,
+            &args,
+            &sessions,
+            &ledgers,
+            prosody_process,
+            &mut next_run,
+            epoch,
+        )
+        .await?;
+        let [healthy, faulty] = &runs;
+        println!(
+            "\nxup with {}% of its registrations never answering (C = {}; the faulty run counts \
+             the healthy registrations only):\n{}",
+            args.faulty_percent,
+            args.faulty_concurrency,
+            Run::HEADER
+        );
+        for run in &runs {
+            println!("{}", run.row());
+        }
+        let ms = |run: &Run| report::percentile(&run.http, 0.99) as f64 / 1e6;
+        println!(
+            "  healthy throughput {:.1}% of the all-healthy run, p99 {:.2} against {:.2} ms",
+            faulty.pushes_per_second() * 100.0 / healthy.pushes_per_second().max(1e-9),
+            ms(faulty),
+            ms(healthy),
+        );
+        for (run, which) in runs.iter().zip(["all_healthy", "faulty"]) {
+            sound &= run.is_sound();
+            let mut line = run.json(&context);
+            line["kind"] = json!("faults");
+            line["faults"] = json!({ "run": which, "silent_percent": args.faulty_percent });
+            out.line(line)?;
+        }
+    }
+
     println!("\nJSON lines appended to {}", args.json.display());
     Ok(sound)
 }
@@ -323,12 +390,13 @@ fn xup_binary(args: &Args) -> PathBuf {
 }
 
 /// Register `count` endpoints with `provider`, spread evenly over the sessions and pipelined on
-/// each; returns them interleaved by session (endpoint i belongs to session i mod P) and the rate.
+/// each; returns them with their applications, interleaved by session (endpoint i belongs to
+/// session i mod P), and the rate.
 async fn register(
     sessions: &[Session],
     provider: &Provider,
     count: usize,
-) -> anyhow::Result<(Vec<String>, f64)> {
+) -> anyhow::Result<(Vec<(String, String)>, f64)> {
     let random_digest = || {
         let bytes: [u8; 32] = rand::random();
         base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -336,10 +404,13 @@ async fn register(
     let started = Instant::now();
     let per_session = try_join_all(sessions.iter().enumerate().map(|(i, session)| {
         let mine = (i..count).step_by(sessions.len()).count();
-        try_join_all(
-            (0..mine)
-                .map(|_| session.register(provider.jid.as_str(), random_digest(), random_digest())),
-        )
+        try_join_all((0..mine).map(|_| async {
+            let application = random_digest();
+            let endpoint = session
+                .register(provider.jid.as_str(), application.clone(), random_digest())
+                .await?;
+            anyhow::Ok((endpoint, application))
+        }))
     }))
     .await
     .with_context(|| format!("registering with {}", provider.name))?;
@@ -360,11 +431,14 @@ async fn register(
 }
 
 /// One run: fire the load at `provider`, then tally what the clients received and what it cost.
+/// Only the messages whose sequence number is `counted` are tallied (a run under faults counts
+/// the healthy registrations only).
 async fn measure(
     provider: &Provider,
     load: &Load,
     ledgers: &watch::Sender<Arc<Ledger>>,
     prosody: Proc,
+    counted: impl Fn(u64) -> bool,
 ) -> anyhow::Result<Run> {
     let target = provider.target.clone().context("no endpoints registered")?;
     let ledger = Arc::new(Ledger::new(load.run, load.messages as usize, load.epoch));
@@ -377,7 +451,8 @@ async fn measure(
     let cpu_before = cpu_seconds(&watched)?;
     let tool_before = Proc::Myself.cpu_seconds()?;
 
-    let samples = load::fire(target, load).await;
+    let mut samples = load::fire(target, load).await;
+    samples.retain(|sample| counted(sample.seq));
     let accepted = samples.iter().filter(|s| s.ok()).count() as u64;
     let deadline = Instant::now() + ARRIVAL_GRACE;
     while ledger.distinct() < accepted && Instant::now() < deadline {
@@ -413,10 +488,66 @@ fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
         .collect()
 }
 
-/// xup's memory with `load.messages` pushes in flight at once: every client holds its answers,
-/// every message is sent at once over `transport`, and once all have reached a client (so xup is
-/// waiting on every one of them) its resident memory is read; then the clients answer them all.
-async fn in_flight_memory(
+/// The same load at `--faulty-concurrency` twice: every registration healthy, then with
+/// `--faulty-percent` of them never answering (their sessions leave those apps' pushes alone), on
+/// the same sessions, so a stuck app shares a phone with healthy ones. The faulty run counts the
+/// healthy registrations' messages only; its warm-up lets every silent registration's first
+/// push run into `delivery.answer_within`, as happens once per stuck app.
+async fn under_faults(
+    xup: &Provider,
+    args: &Args,
+    sessions: &[Session],
+    ledgers: &watch::Sender<Arc<Ledger>>,
+    prosody: Proc,
+    next_run: &mut u32,
+    epoch: Instant,
+) -> anyhow::Result<[Run; 2]> {
+    let endpoints = xup.applications.len() as u64;
+    let every = (100 / args.faulty_percent.clamp(1, 100)) as u64;
+    let silent = move |seq: u64| (seq % endpoints).is_multiple_of(every);
+    let mut load = Load {
+        run: *next_run,
+        messages: args.warmup,
+        concurrency: args.faulty_concurrency,
+        body_len: args.body,
+        epoch,
+        zero_ttl_every: 0,
+        until: None,
+    };
+    let mut runs = Vec::new();
+    for faulty in [false, true] {
+        let applications: HashSet<String> = match faulty {
+            false => HashSet::new(),
+            true => (0..endpoints)
+                .filter(|&i| silent(i))
+                .map(|i| xup.applications[i as usize].clone())
+                .collect(),
+        };
+        try_join_all(sessions.iter().map(|s| s.silence(applications.clone()))).await?;
+        let counted = move |seq: u64| !faulty || !silent(seq);
+        // Long enough for every silent registration's first push to wait out answer_within.
+        load.messages = if faulty {
+            args.warmup.max(args.faulty_concurrency as u64 * 20)
+        } else {
+            args.warmup
+        };
+        measure(xup, &load, ledgers, prosody, counted).await?;
+        load.run += 1;
+        load.messages = args.messages;
+        runs.push(measure(xup, &load, ledgers, prosody, counted).await?);
+        load.run += 1;
+    }
+    try_join_all(sessions.iter().map(|s| s.silence(HashSet::new()))).await?;
+    *next_run = load.run;
+    let [healthy, faulty]: [Run; 2] = runs.try_into().map_err(|_| anyhow::anyhow!("two runs"))?;
+    Ok([healthy, faulty])
+}
+
+/// What clients that never answer cost: `load.messages` pushes over `transport` to clients that
+/// hold every answer, each sender answered at `delivery.answer_within` (the message held); the
+/// senders' waits, and xup's peak memory meanwhile. Then the clients answer them all (late
+/// answers: the held copies go) and every message must have reached a client exactly once.
+async fn unanswered(
     xup: &Provider,
     load: &Load,
     transport: Transport,
@@ -431,33 +562,52 @@ async fn in_flight_memory(
     let _ = process.reset_peak();
     let rss_before = process.rss_kib()?;
 
-    let firing = tokio::spawn({
-        let load = *load;
-        async move { load::fire_all_at_once(target, &load, transport, 256).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(50);
-    while ledger.distinct() < load.messages && Instant::now() < deadline {
+    let samples = match transport {
+        Transport::Http1KeepAlive { connections } => {
+            let load = Load {
+                concurrency: connections,
+                ..*load
+            };
+            load::fire(target, &load).await
+        }
+        _ => load::fire_all_at_once(target, load, transport, 256).await?,
+    };
+    let peak = process.peak_rss_kib()?;
+    join_all(sessions.iter().map(|s| s.hold(false))).await;
+    // The answers are late ones now: once they have removed every held copy, nothing of this
+    // run stands in the next one's way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held_messages(xup.http).await? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let held = ledger.distinct();
-    let rss_held = process.rss_kib()?;
-    join_all(sessions.iter().map(|s| s.hold(false))).await;
-    let samples = firing.await??;
-    let peak = process.peak_rss_kib()?;
 
     let run = Run::tally(xup.name, load, &samples, &ledger);
+    let ms = |q: f64| report::percentile(&run.http, q) as f64 / 1e6;
     Ok(json!({
-        "in_flight": load.messages,
+        "messages": load.messages,
         "transport": format!("{transport:?}"),
-        "held_by_clients_at_once": held,
+        "sender_ms": { "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0) },
         "rss_before_mib": rss_before as f64 / 1024.0,
-        "rss_with_all_in_flight_mib": rss_held as f64 / 1024.0,
         "peak_rss_mib": peak as f64 / 1024.0,
         "accepted": run.accepted,
         "non_2xx": run.refused,
         "lost": run.lost,
         "duplicated": run.duplicated,
     }))
+}
+
+/// How many messages xup holds, from its `/metrics` page.
+async fn held_messages(xup: SocketAddr) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(xup).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: xup\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    tcp.read_to_string(&mut page).await?;
+    page.lines()
+        .find_map(|line| line.strip_prefix("xup_held_messages "))
+        .and_then(|value| value.trim().parse().ok())
+        .context("no xup_held_messages on /metrics")
 }
 
 /// Where JSON lines go; the directory is made if need be.

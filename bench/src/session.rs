@@ -2,7 +2,9 @@
 //!
 //! It logs in over c2s, registers endpoints on request, and answers every `<push>` IQ with an
 //! empty `result` at once, recording in the [`Ledger`] when each message arrived and how often.
-//! For the in-flight measurement it can instead hold its answers until told to release them.
+//! For the in-flight measurement it can instead hold its answers until told to release them, and
+//! for the run under faults it can leave some apps' pushes unanswered for good, as a phone with a
+//! hung app does.
 //!
 //! It sits on tokio-xmpp's XML stream layer rather than its `Client`, so that the load tool spends
 //! as little CPU per push as it can: answers are written as they are made and flushed once per
@@ -12,7 +14,11 @@
 //! xmpp-parsers types: xup builds xmpp-parsers with its `component` feature, which puts every
 //! typed stanza in the component namespace, and Cargo unifies that feature across the workspace.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -51,6 +57,8 @@ enum Command {
     Hold(bool, oneshot::Sender<()>),
     /// Send directed presence to this JID, as Conversations tells its push provider it is back.
     Announce(String, oneshot::Sender<()>),
+    /// Never answer (nor record) pushes for these applications from now on.
+    Silence(HashSet<String>, oneshot::Sender<()>),
 }
 
 /// A handle on one logged-in session; the session ends when the handle drops.
@@ -77,6 +85,7 @@ impl Session {
                 pending: HashMap::new(),
                 held: Vec::new(),
                 holding: false,
+                silent: HashSet::new(),
                 next_id: 0,
             };
             if let Err(e) = worker.run(stream, inbox).await {
@@ -120,6 +129,17 @@ impl Session {
     /// Whether the session is still connected.
     pub fn is_alive(&self) -> bool {
         !self.commands.is_closed()
+    }
+
+    /// Leave pushes for `applications` unanswered and unrecorded from now on (an empty set ends
+    /// that).
+    pub async fn silence(&self, applications: HashSet<String>) -> anyhow::Result<()> {
+        let (done, confirmed) = oneshot::channel();
+        self.commands
+            .send(Command::Silence(applications, done))
+            .ok()
+            .context("the session has ended")?;
+        confirmed.await.context("the session has ended")
     }
 
     /// Hold answers to pushes from now on, or answer everything held and go back to answering.
@@ -200,6 +220,8 @@ struct Worker {
     /// Answers withheld while `holding`: (to, id).
     held: Vec<(String, String)>,
     holding: bool,
+    /// Applications whose pushes are never answered.
+    silent: HashSet<String>,
     next_id: u64,
 }
 
@@ -267,6 +289,10 @@ impl Worker {
                 );
                 let _ = done.send(());
             }
+            Command::Silence(applications, done) => {
+                self.silent = applications;
+                let _ = done.send(());
+            }
             Command::Hold(hold, done) => {
                 self.holding = hold;
                 if !hold {
@@ -301,6 +327,12 @@ impl Worker {
                 let Some(push) = stanza.get_child("push", protocol::NS) else {
                     return Ok(());
                 };
+                if push
+                    .attr("application")
+                    .is_some_and(|app| self.silent.contains(app))
+                {
+                    return Ok(());
+                }
                 self.ledger.borrow().record(message_id(push));
                 let from = stanza.attr("from").unwrap_or_default().to_owned();
                 if self.holding {

@@ -78,6 +78,7 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
         http: ([127, 0, 0, 1], settings.http_port).into(),
         process: xup.pid().map(Proc::Pid),
         target: None,
+        applications: Vec::new(),
     };
 
     let epoch = Instant::now();
@@ -102,6 +103,7 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
     )
     .await?;
     let (endpoints, _) = register(&sessions, &provider, args.endpoints).await?;
+    let endpoints: Vec<String> = endpoints.into_iter().map(|(url, _)| url).collect();
     let mut sessions: Vec<Option<Session>> = sessions.into_iter().map(Some).collect();
     let target = Arc::new(Target::new(provider.http, &endpoints)?);
 

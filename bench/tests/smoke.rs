@@ -24,6 +24,7 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
         .args(["--clients", "2", "--endpoints", "4", "--registrations", "8"])
         .args(["--messages", "40", "--warmup", "5", "--concurrency", "1,4"])
         .args(["--token-iterations", "50", "--in-flight", "20"])
+        .args(["--faulty-percent", "25", "--faulty-concurrency", "4"])
         .arg("--json")
         .arg(&json)
         .status()
@@ -68,10 +69,27 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
 
     assert_eq!(of_kind("registrations").len(), 2);
     assert_eq!(of_kind("token_code").len(), 1);
+    let faults = of_kind("faults");
+    assert_eq!(faults.len(), 2, "all healthy, then with faults");
+    for run in &faults {
+        assert_eq!(run["non_2xx"], 0, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+    }
+    // One endpoint in four never answers: the faulty run counts the other three's messages.
+    assert_eq!(faults[1]["faults"]["run"], "faulty");
+    let counted = |run: &Value| run["pushes_per_second"].as_f64().expect("rate") > 0.0;
+    assert!(faults.iter().all(|run| counted(run)));
+
     let in_flight = of_kind("in_flight");
     assert_eq!(in_flight.len(), 2, "over HTTP/2 and over HTTP/1.1");
     for run in in_flight {
-        assert_eq!(run["result"]["held_by_clients_at_once"], 20, "{run}");
-        assert_eq!(run["result"]["accepted"], 20, "{run}");
+        let result = &run["result"];
+        assert_eq!(result["accepted"], 20, "{run}");
+        assert_eq!(result["lost"], 0, "{run}");
+        assert_eq!(result["duplicated"], 0, "{run}");
+        // Answered at delivery.answer_within (3 s), not at the clients' leisure.
+        let p99 = result["sender_ms"]["p99"].as_f64().expect("p99");
+        assert!((2900.0..30_000.0).contains(&p99), "{run}");
     }
 }
