@@ -189,8 +189,15 @@ enum End {
 }
 
 impl Deliverer {
-    /// Offer `registration` of `subject` now, if nothing stands in the way.
+    /// Offer `registration` of `subject` now, if nothing stands in the way: something happened to
+    /// it (a message held, an answer acted on, its time come). If a round is offering it already,
+    /// that round is followed by another, as what happened may have come too late for it.
     fn start(&mut self, subject: &str, registration: RegistrationKey) {
+        self.start_queue(subject, registration, true);
+    }
+
+    /// [`Deliverer::start`]; `again` says whether a running round is to be followed by another.
+    fn start_queue(&mut self, subject: &str, registration: RegistrationKey, again: bool) {
         if !*self.parts.link_up.borrow() || self.parts.presence.is_offline(subject) {
             return;
         }
@@ -198,7 +205,7 @@ impl Deliverer {
         let client = self.clients.entry(subject.to_owned()).or_default();
         let queue = client.queues.entry(registration).or_default();
         if queue.running {
-            queue.again = true;
+            queue.again |= again;
             return;
         }
         if queue.parked
@@ -231,10 +238,11 @@ impl Deliverer {
         });
     }
 
-    /// Offer every queue of `subject` that is due.
+    /// Offer every queue of `subject` that is due and not being offered already (filling the
+    /// client's window; nothing happened to the running ones).
     fn start_client(&mut self, subject: &str) {
         for registration in self.parts.held.registrations_of(subject) {
-            self.start(subject, registration);
+            self.start_queue(subject, registration, false);
         }
     }
 
@@ -338,17 +346,23 @@ impl Deliverer {
         client.running -= 1;
         let again = match client.queues.get_mut(&registration) {
             Some(queue) => {
+                let again = std::mem::take(&mut queue.again);
                 queue.running = false;
-                queue.parked = matches!(end, End::InFlight);
+                // Parked only if nothing happened to it meanwhile; else it is looked at again.
+                queue.parked = matches!(end, End::InFlight) && !again;
                 if matches!(end, End::Emptied | End::Gone) {
                     queue.clear_backoff();
                 }
-                std::mem::take(&mut queue.again)
+                again
             }
             None => false,
         };
         match end {
-            End::Emptied | End::Gone if again => self.start(&subject, registration),
+            // Something happened to the queue while the round ran: the message it found in
+            // flight may have been answered meanwhile.
+            End::Emptied | End::Gone | End::InFlight if again => {
+                self.start(&subject, registration);
+            }
             // Its answer or its expiry continues a queue whose message is in flight.
             End::Emptied | End::Gone | End::InFlight => {}
             End::Failed { offered, silent } => self.failed(&subject, registration, offered, silent),

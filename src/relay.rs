@@ -110,8 +110,8 @@ pub enum Notice {
         registration: RegistrationKey,
         offered: Option<Instant>,
     },
-    /// The answer to message `id`, held while it was in flight, has been acted on: its queue can go
-    /// on.
+    /// A message held while it was in flight was answered, and the relay has acted on the answer
+    /// itself: its registration's queue can go on.
     Settled {
         subject: String,
         registration: RegistrationKey,

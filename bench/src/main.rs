@@ -577,7 +577,14 @@ async fn unanswered(
     // The answers are late ones now: once they have removed every held copy, nothing of this
     // run stands in the next one's way.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while held_messages(xup.http).await? > 0 && Instant::now() < deadline {
+    loop {
+        let held = held_messages(xup.http).await?;
+        if held == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("xup still holds {held} messages 30 s after their clients answered");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -16,6 +16,24 @@ async fn phone_with_two_apps(stack: &Stack) -> (Peer, String, String) {
     (phone, stuck, healthy)
 }
 
+/// A stack whose senders are answered after 1 s of a client's silence, and whose pushes stay in
+/// flight until `timeout`.
+async fn answering_within_a_second(timeout: &'static str) -> Stack {
+    Stack::start_with(|s| {
+        s.timeout = timeout;
+        s.delivery = vec![("answer_within", json!("1s"))];
+    })
+    .await
+}
+
+/// `phone` answers again and announces itself, and what it gets next is a fresh push: nothing
+/// was held for it any more.
+async fn nothing_was_left_held(phone: &mut Peer, endpoint: &str) {
+    phone.answer_with("result").await;
+    phone.announce().await;
+    assert_delivered(endpoint, phone, b"and nothing else").await;
+}
+
 /// The push `phone` receives next for `application`, skipping (and returning) others before it.
 async fn next_push_for(phone: &mut Peer, application: &str) -> (ReceivedPush, Vec<ReceivedPush>) {
     let mut others = Vec::new();
@@ -121,11 +139,7 @@ async fn a_client_known_offline_costs_no_iq_and_gets_its_messages_when_back() {
 
 #[tokio::test]
 async fn a_silent_client_is_answered_within_answer_within_and_a_late_result_counts() {
-    let stack = Stack::start_with(|s| {
-        s.timeout = "20s";
-        s.delivery = vec![("answer_within", json!("1s"))];
-    })
-    .await;
+    let stack = answering_within_a_second("20s").await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     phone.answer_late(Duration::from_secs(3)).await;
@@ -143,19 +157,13 @@ async fn a_silent_client_is_answered_within_answer_within_and_a_late_result_coun
     assert_eq!(push.data, b"slow");
     phone.answered(&push.id).await;
 
-    // The late result removed the held copy: announcing brings nothing again.
-    phone.answer_with("result").await;
-    phone.announce().await;
-    assert_delivered(&endpoint, &mut phone, b"and nothing else").await;
+    // The late result removed the held copy.
+    nothing_was_left_held(&mut phone, &endpoint).await;
 }
 
 #[tokio::test]
 async fn ttl_zero_to_a_silent_client_is_answered_at_answer_within_and_not_kept() {
-    let stack = Stack::start_with(|s| {
-        s.timeout = "20s";
-        s.delivery = vec![("answer_within", json!("1s"))];
-    })
-    .await;
+    let stack = answering_within_a_second("20s").await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     phone.answer_with("silent").await;
@@ -165,18 +173,42 @@ async fn ttl_zero_to_a_silent_client_is_answered_at_answer_within_and_not_kept()
     assert_eq!(response.headers()["ttl"], "0");
     assert!(started.elapsed() < Duration::from_millis(1900));
     assert_eq!(phone.next_push().await.data, b"now or never");
+    nothing_was_left_held(&mut phone, &endpoint).await;
+}
+
+#[tokio::test]
+async fn a_burst_to_a_slow_app_arrives_whole_once_its_answers_come() {
+    let stack = answering_within_a_second("20s").await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    // Every push is answered 1.5 s after it arrives: after the senders were answered (1 s).
+    phone.answer_late(Duration::from_millis(1500)).await;
+    let bodies: Vec<String> = (0..10).map(|i| format!("burst {i}")).collect();
+    // The first six go out at once; the next four come once those are held, and wait behind them.
+    for wave in [&bodies[..6], &bodies[6..]] {
+        let responses = futures::future::join_all(wave.iter().map(|b| post(&endpoint, b.clone())));
+        for response in responses.await {
+            assert_eq!(response.status(), 201);
+            assert_eq!(response.headers()["ttl"], "86400", "held");
+        }
+    }
+    // No presence, no retry: the late answers alone bring out what waited, each once.
+    let mut seen = Vec::new();
+    while seen.len() < bodies.len() {
+        let push = phone.next_push_within(Duration::from_secs(15)).await;
+        seen.push(String::from_utf8(push.data).expect("utf-8"));
+    }
+    seen.sort();
+    let mut expected = bodies.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each once");
     phone.answer_with("result").await;
-    phone.announce().await;
     assert_delivered(&endpoint, &mut phone, b"and nothing else").await;
 }
 
 #[tokio::test]
 async fn a_silent_client_that_comes_back_gets_the_message_once() {
-    let stack = Stack::start_with(|s| {
-        s.timeout = "3s";
-        s.delivery = vec![("answer_within", json!("1s"))];
-    })
-    .await;
+    let stack = answering_within_a_second("3s").await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.register(APP, INSTANCE).await.endpoint;
     phone.answer_with("silent").await;
@@ -220,11 +252,7 @@ async fn a_refused_registration_is_retried_on_its_own_schedule() {
 
 #[tokio::test]
 async fn a_resumed_stream_gets_what_waited_once_and_in_order_per_app() {
-    let stack = Stack::start_with(|s| {
-        s.timeout = "30s";
-        s.delivery = vec![("answer_within", json!("1s"))];
-    })
-    .await;
+    let stack = answering_within_a_second("30s").await;
     let mut phone = Peer::connect_resumable(&stack.server, "juliet", DOMAIN, "phone").await;
     let first = phone.register(APP, INSTANCE).await.endpoint;
     let second = phone.register(&other_app(), INSTANCE).await.endpoint;
