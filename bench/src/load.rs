@@ -64,7 +64,8 @@ impl Target {
     }
 }
 
-/// One HTTP request as the application server saw it; times in nanoseconds after the epoch.
+/// One HTTP request as the application server saw it; times in nanoseconds after the epoch, from
+/// the moment the request could be sent (its connection ready) to the end of the response.
 #[derive(Clone, Copy)]
 pub struct Sample {
     pub seq: u64,
@@ -217,14 +218,17 @@ async fn post(
         "86400"
     };
     let epoch = load.epoch;
-    let start = epoch.elapsed().as_nanos() as u64;
+    let mut start = epoch.elapsed().as_nanos() as u64;
     let status = match tokio::time::timeout(
         REQUEST_TIMEOUT,
-        exchange(target, connection, seq, body, ttl),
+        exchange(target, connection, seq, body, ttl, epoch),
     )
     .await
     {
-        Ok(Ok(status)) => status,
+        Ok(Ok((status, sent))) => {
+            start = sent;
+            status
+        }
         Ok(Err(_)) | Err(_) => {
             *connection = None;
             0
@@ -244,7 +248,8 @@ async fn exchange(
     seq: u64,
     body: Vec<u8>,
     ttl: &'static str,
-) -> anyhow::Result<u16> {
+    epoch: Instant,
+) -> anyhow::Result<(u16, u64)> {
     let connection = match connection {
         Some(connection) => connection,
         None => connection.insert(connect(target).await?),
@@ -255,17 +260,21 @@ async fn exchange(
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
         .header("TTL", ttl)
         .body(Full::new(Bytes::from(body)))?;
-    let response = match connection {
+    // The clock starts once the request can go: connecting, and waiting for an HTTP/2 stream the
+    // provider's stream limit has not yet freed, are the sender's own queueing.
+    let (response, sent) = match connection {
         Connection::Http1(sender) => {
             sender.ready().await?;
-            sender.send_request(request).await?
+            let sent = epoch.elapsed().as_nanos() as u64;
+            (sender.send_request(request).await?, sent)
         }
         Connection::Http2(sender) => {
             sender.ready().await?;
-            sender.send_request(request).await?
+            let sent = epoch.elapsed().as_nanos() as u64;
+            (sender.send_request(request).await?, sent)
         }
     };
     let status = response.status().as_u16();
     response.into_body().collect().await?;
-    Ok(status)
+    Ok((status, sent))
 }
