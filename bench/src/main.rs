@@ -352,8 +352,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await?;
         let [healthy, faulty] = &runs;
         println!(
-            "\nxup with {}% of its registrations never answering (C = {}; the faulty run counts \
-             the healthy registrations only):\n{}",
+            "\nxup with {}% of its registrations never answering (C = {}; both runs count the \
+             registrations that stay healthy):\n{}",
             args.faulty_percent,
             args.faulty_concurrency,
             Run::HEADER
@@ -491,9 +491,10 @@ fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
 
 /// The same load at `--faulty-concurrency` twice: every registration healthy, then with
 /// `--faulty-percent` of them never answering (their sessions leave those apps' pushes alone), on
-/// the same sessions, so a stuck app shares a phone with healthy ones. The faulty run counts the
-/// healthy registrations' messages only; its warm-up lets every silent registration's first
-/// push run into `delivery.answer_within`, as happens once per stuck app.
+/// the same sessions, so a stuck app shares a phone with healthy ones. Both runs count the
+/// messages of the registrations that stay healthy, so they compare like with like; the faulty
+/// run's warm-up lets every silent registration's first push run into
+/// `delivery.answer_within`, as happens once per stuck app.
 async fn under_faults(
     xup: &Provider,
     args: &Args,
@@ -525,7 +526,8 @@ async fn under_faults(
                 .collect(),
         };
         try_join_all(sessions.iter().map(|s| s.silence(applications.clone()))).await?;
-        let counted = move |seq: u64| !faulty || !silent(seq);
+        // Both runs count the same registrations: the ones that stay healthy.
+        let counted = move |seq: u64| !silent(seq);
         // Long enough for every silent registration's first push to wait out answer_within.
         load.messages = if faulty {
             args.warmup.max(args.faulty_concurrency as u64 * 20)
