@@ -13,7 +13,9 @@
 //! `Topic` replaces the held one. Expired messages are never sent and are pruned.
 //!
 //! The rows live in the same SQLite file as the revocations; an in-memory count per registration
-//! keeps the push path from asking the disk whether a registration has anything waiting.
+//! keeps the push path from asking the disk whether a registration has anything waiting. Holds go
+//! through one writer task that commits whatever queued up meanwhile in one transaction, so a
+//! burst of silent phones (every push answered at `delivery.answer_within` at once) costs one sync.
 
 use std::{
     collections::HashMap,
