@@ -292,8 +292,10 @@ async fn accept_push(
     Path(token): Path<String>,
     request: Request,
 ) -> PushReply {
-    // What a push in flight keeps is kept for up to `delivery.timeout`, so the token and the
-    // request head (headers, URI) are let go of as soon as they have been read.
+    // `delivery.answer_within` counts from here, not from when the client is offered the message.
+    let received = std::time::Instant::now();
+    // What a push in flight keeps is kept for up to `delivery.answer_within`, so the token and
+    // the request head (headers, URI) are let go of as soon as they have been read.
     let (ttl, topic, urgency, claims, body) = {
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
@@ -338,6 +340,7 @@ async fn accept_push(
         ttl,
         topic,
         urgency,
+        received,
     };
     match state.relay.push(claims, request).await {
         Ok(Outcome::Delivered { id, ttl }) => PushReply::Accepted {

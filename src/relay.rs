@@ -96,6 +96,8 @@ pub struct Request {
     pub ttl: Option<u64>,
     pub topic: Option<String>,
     pub urgency: Urgency,
+    /// When xup began to handle the request: `delivery.answer_within` counts from then.
+    pub received: Instant,
 }
 
 /// What the relay tells the deliverer.
@@ -171,8 +173,8 @@ impl Relay {
     }
 
     /// Deliver one message to the client `claims` name, or hold it for later, and say which,
-    /// within `delivery.answer_within` (plus a store write). A message that is held is on disk
-    /// before this returns.
+    /// within `delivery.answer_within` of the request's arrival (plus a store write). A message
+    /// that is held is on disk before this returns.
     pub async fn push(&self, claims: Claims, request: Request) -> Result<Outcome, RelayError> {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
@@ -208,7 +210,8 @@ impl Relay {
             return Box::pin(self.hold(message, ttl, None)).await;
         }
         let offered_at = Instant::now();
-        let (offered, ticket) = self.offer(&message, self.answer_within).await;
+        let wait = (request.received + self.answer_within).saturating_duration_since(offered_at);
+        let (offered, ticket) = self.offer(&message, wait).await;
         match offered {
             Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
             Offered::Gone => {
