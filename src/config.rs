@@ -83,7 +83,8 @@ pub struct DeliveryConfig {
     pub max_held_per_registration: usize,
     /// Held messages in all; past it new ones are refused (`503`) rather than held.
     pub max_held: usize,
-    /// How often held messages are offered again to clients that never announce themselves.
+    /// The longest wait before a held message that was not taken is offered again (the wait
+    /// starts at 30 s and doubles), and how often every registration that is due is looked at.
     pub retry_interval: Duration,
 }
 

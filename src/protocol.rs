@@ -54,7 +54,8 @@ pub const DEFAULT_MAX_HELD_PER_REGISTRATION: usize = 100;
 /// Held messages in all, so a flood for phones that never come back cannot fill the disk.
 pub const DEFAULT_MAX_HELD: usize = 100_000;
 
-/// How often held messages are offered again to clients that never send presence to xup.
+/// The longest a held message that was not taken waits before it is offered again, and how often
+/// every registration that is due is looked at.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Open HTTP connections at once. Each costs a file descriptor and hyper's buffers (about 16 KB
