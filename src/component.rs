@@ -61,10 +61,9 @@ use xmpp_parsers::{
 use crate::{
     config::ComponentConfig,
     metrics::METRICS,
-    pending::{Answer, Detached, InFlight, Resolved},
+    pending::{self, Answer, Detached, InFlight, Resolved},
     protocol,
     register::Registrar,
-    relay,
 };
 
 /// Silence on the link after which we ping the server, so a dead peer is found within
@@ -608,7 +607,7 @@ impl Router {
                 answer,
                 push: Some(push),
             }),
-            Resolved::Unknown if relay::is_push_id(&id) => self.tell(LinkEvent::Unclaimed {
+            Resolved::Unknown if pending::is_push_id(&id) => self.tell(LinkEvent::Unclaimed {
                 id,
                 from,
                 answer,

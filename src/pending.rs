@@ -24,6 +24,14 @@ use std::{
 use tokio::sync::oneshot;
 use xmpp_parsers::{jid::Jid, stanza_error::DefinedCondition};
 
+/// Every push's IQ id starts so; other ids (keep-alive pings) are no message's.
+pub const PUSH_ID_PREFIX: &str = "p-";
+
+/// Whether an IQ id is one of our pushes'.
+pub fn is_push_id(id: &str) -> bool {
+    id.starts_with(PUSH_ID_PREFIX)
+}
+
 /// How a client answered a push.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {

@@ -40,7 +40,7 @@ use crate::{
     config::Config,
     held::{HeldMessages, HoldError, Message},
     metrics::METRICS,
-    pending::{Answer, Detached, InFlight, Ticket},
+    pending::{Answer, Detached, InFlight, PUSH_ID_PREFIX, Ticket},
     presence::Presence,
     protocol::{Push, Urgency},
     store::{RegistrationKey, Store},
@@ -396,14 +396,6 @@ impl Relay {
         tracing::info!(dropped, "endpoint revoked by its client");
         Ok(())
     }
-}
-
-/// Every push's IQ id starts so; other ids (keep-alive pings) are no message's.
-const PUSH_ID_PREFIX: &str = "p-";
-
-/// Whether an IQ id is one of our pushes'.
-pub fn is_push_id(id: &str) -> bool {
-    id.starts_with(PUSH_ID_PREFIX)
 }
 
 fn condition_name(condition: &DefinedCondition) -> String {
