@@ -127,6 +127,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         link_up: link_up.clone(),
         held: held.clone(),
         presence: presence.clone(),
+        awaiting: in_flight_pushes.clone(),
         in_flight: in_flight.clone(),
         max_in_flight: config.http.max_in_flight,
         started: std::time::Instant::now(),

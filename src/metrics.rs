@@ -136,6 +136,7 @@ pub struct Metrics {
     in_flight: Gauge,
     held: Gauge,
     offline: Gauge,
+    awaiting: Gauge,
 }
 
 /// The state the gauges report, read at the moment of a scrape.
@@ -144,6 +145,7 @@ pub struct Readings {
     pub in_flight: usize,
     pub held: usize,
     pub offline: usize,
+    pub awaiting: usize,
 }
 
 impl Metrics {
@@ -206,6 +208,12 @@ impl Metrics {
             "Clients whose server said they went away: their pushes are held without an IQ",
             offline.clone(),
         );
+        let awaiting = Gauge::default();
+        registry.register(
+            "pushes_awaiting_answer",
+            "<push> IQs sent and not yet answered, including those whose sender was already answered",
+            awaiting.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -218,6 +226,7 @@ impl Metrics {
             in_flight,
             held,
             offline,
+            awaiting,
         }
     }
 
@@ -259,6 +268,7 @@ impl Metrics {
         self.in_flight.set(as_gauge(readings.in_flight));
         self.held.set(as_gauge(readings.held));
         self.offline.set(as_gauge(readings.offline));
+        self.awaiting.set(as_gauge(readings.awaiting));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -135,6 +135,7 @@ impl InFlight {
         self.lock().len()
     }
 
+    /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     held::HeldMessages,
     metrics::{METRICS, Readings},
+    pending::InFlight,
     presence::Presence,
 };
 
@@ -28,6 +29,8 @@ pub struct Status {
     pub link_up: watch::Receiver<bool>,
     pub held: Arc<HeldMessages>,
     pub presence: Arc<Presence>,
+    /// Pushes sent and not yet answered.
+    pub awaiting: InFlight,
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub started: Instant,
@@ -68,6 +71,7 @@ async fn metrics(State(status): State<Arc<Status>>) -> Response {
             .saturating_sub(status.in_flight.available_permits()),
         held: status.held.total(),
         offline: status.presence.offline_count(),
+        awaiting: status.awaiting.len(),
     };
     (
         [(

@@ -153,6 +153,11 @@ async fn a_silent_client_is_answered_within_answer_within_and_a_late_result_coun
         waited >= Duration::from_secs(1) && waited < Duration::from_millis(1900),
         "201 once answer_within has passed, long before the answer: {waited:?}"
     );
+    assert_eq!(
+        stack.metric("xup_pushes_awaiting_answer").await,
+        1.0,
+        "still in flight, its answer 2 s away"
+    );
     let push = phone.next_push().await;
     assert_eq!(push.data, b"slow");
     phone.answered(&push.id).await;
