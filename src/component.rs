@@ -64,7 +64,41 @@ use crate::{
     pending::{self, Answer, Detached, InFlight, Resolved},
     protocol,
     register::Registrar,
+    sum7,
 };
+
+/// What an incoming stanza gets back.
+pub enum Reply {
+    Now(Box<Stanza>),
+    /// An answer that waits for something (a store write); it is sent when it is ready, and the
+    /// link goes on meanwhile.
+    Later(Pin<Box<dyn Future<Output = Stanza> + Send>>),
+}
+
+/// A refused IQ request: the stanza error, and a payload for a dialect whose clients read their
+/// own element instead.
+struct Refusal {
+    error: StanzaError,
+    payload: Option<Element>,
+}
+
+impl From<StanzaError> for Refusal {
+    fn from(error: StanzaError) -> Refusal {
+        Refusal {
+            error,
+            payload: None,
+        }
+    }
+}
+
+impl From<sum7::Refusal> for Refusal {
+    fn from(refusal: sum7::Refusal) -> Refusal {
+        Refusal {
+            error: refusal.error,
+            payload: Some(refusal.payload),
+        }
+    }
+}
 
 /// Silence on the link after which we ping the server, so a dead peer is found within
 /// `QUIET_BEFORE_PING + PEER_RESPONSE_TIMEOUT` rather than at the next TCP retransmit timeout.
@@ -144,6 +178,8 @@ pub enum LinkEvent {
 pub struct Router {
     pub jid: BareJid,
     pub registrar: Arc<Registrar>,
+    /// sum7's dialect, `unifiedpush.org`.
+    pub sum7: sum7::Registry,
     pub in_flight: InFlight,
     /// Told of what the link learns about clients.
     pub events: mpsc::UnboundedSender<LinkEvent>,
@@ -157,7 +193,10 @@ pub fn start(
 ) -> (Link, JoinHandle<()>) {
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let (up_sender, up) = watch::channel(false);
-    let task = tokio::spawn(keep_connected(config, router, queue, up_sender, shutdown));
+    let replies = outgoing.clone();
+    let task = tokio::spawn(keep_connected(
+        config, router, queue, replies, up_sender, shutdown,
+    ));
     (Link { outgoing, up }, task)
 }
 
@@ -193,6 +232,7 @@ async fn keep_connected(
     config: ComponentConfig,
     router: Router,
     mut queue: mpsc::Receiver<Box<Stanza>>,
+    replies: mpsc::Sender<Box<Stanza>>,
     up: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -212,7 +252,12 @@ async fn keep_connected(
                 last_failure.clear();
                 let since = Instant::now();
                 up.send_replace(true);
-                let ended = serve(stream, &read_since_stanza, &router, &mut queue, &shutdown).await;
+                let link = Session {
+                    router: &router,
+                    queue: &mut queue,
+                    replies: &replies,
+                };
+                let ended = serve(stream, &read_since_stanza, link, &shutdown).await;
                 up.send_replace(false);
                 // Whatever waits for an answer will not get one on the next connection, and what
                 // is still queued was meant for a waiter that has just been failed.
@@ -400,14 +445,27 @@ fn explain_refusal(error: &stream_error::StreamError) -> String {
     format!("{hint} ({error})")
 }
 
+/// What one established link works with.
+struct Session<'a> {
+    router: &'a Router,
+    /// What the rest of xup sends.
+    queue: &'a mut mpsc::Receiver<Box<Stanza>>,
+    /// Where replies that were not ready at once are queued when they are.
+    replies: &'a mpsc::Sender<Box<Stanza>>,
+}
+
 /// Run an established link until it breaks or `shutdown` is cancelled.
 async fn serve(
     mut stream: Stream,
     read_since_stanza: &AtomicUsize,
-    router: &Router,
-    queue: &mut mpsc::Receiver<Box<Stanza>>,
+    link: Session<'_>,
     shutdown: &CancellationToken,
 ) -> Ended {
+    let Session {
+        router,
+        queue,
+        replies,
+    } = link;
     let keepalive_ids = AtomicU64::new(0);
     loop {
         tokio::select! {
@@ -425,7 +483,17 @@ async fn serve(
                 let reply = match item {
                     None => return Ended::Lost("connection closed".into()),
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
-                        router.route(stanza)
+                        match router.route(stanza) {
+                            Some(Reply::Now(reply)) => Some(*reply),
+                            Some(Reply::Later(reply)) => {
+                                let replies = replies.clone();
+                                tokio::spawn(async move {
+                                    let _ = replies.send(Box::new(reply.await)).await;
+                                });
+                                None
+                            }
+                            None => None,
+                        }
                     }
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                         return Ended::Lost(format!("stream error from the server: {}", e.0));
@@ -519,7 +587,7 @@ fn refuse_malformed(header: RawStanzaHeader) -> Option<Stanza> {
 
 impl Router {
     /// Handle one incoming stanza; returns the reply to send, if any. Public for the fuzz target.
-    pub fn route(&self, stanza: Stanza) -> Option<Stanza> {
+    pub fn route(&self, stanza: Stanza) -> Option<Reply> {
         let iq = match stanza {
             Stanza::Iq(iq) => iq,
             Stanza::Presence(presence) => {
@@ -564,27 +632,22 @@ impl Router {
                 id,
                 payload,
             } => {
+                if payload.is("unregister", sum7::NS) {
+                    let answer = self.sum7.unregister(from.as_ref(), payload);
+                    return Some(Reply::Later(Box::pin(async move {
+                        reply(
+                            from,
+                            to,
+                            id,
+                            answer.await.map(Some).map_err(|r| Refusal::from(*r)),
+                        )
+                    })));
+                }
                 let outcome = self.set(from.as_ref(), payload);
                 (from, to, id, outcome)
             }
         };
-        // The reply comes from the address the client wrote to, as clients match on it.
-        let reply = match outcome {
-            Ok(payload) => Iq::Result {
-                from: to,
-                to: from,
-                id,
-                payload,
-            },
-            Err(error) => Iq::Error {
-                from: to,
-                to: from,
-                id,
-                error: *error,
-                payload: None,
-            },
-        };
-        Some(reply.into())
+        Some(Reply::Now(Box::new(reply(from, to, id, outcome))))
     }
 
     fn tell(&self, event: LinkEvent) {
@@ -617,29 +680,28 @@ impl Router {
         }
     }
 
-    fn get(&self, payload: Element) -> Result<Option<Element>, Box<StanzaError>> {
+    fn get(&self, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
         if payload.is("query", ns::DISCO_INFO) {
             if payload.attr("node").is_some() {
-                return Err(Box::new(StanzaError::new(
-                    ErrorType::Cancel,
-                    DefinedCondition::ItemNotFound,
-                    "en",
-                    "no such node",
-                )));
+                return Err(Box::new(
+                    StanzaError::new(
+                        ErrorType::Cancel,
+                        DefinedCondition::ItemNotFound,
+                        "en",
+                        "no such node",
+                    )
+                    .into(),
+                ));
             }
             return Ok(Some(disco_info().into()));
         }
         if payload.is("ping", ns::PING) {
             return Ok(None);
         }
-        Err(Box::new(unsupported()))
+        Err(Box::new(unsupported().into()))
     }
 
-    fn set(
-        &self,
-        from: Option<&Jid>,
-        payload: Element,
-    ) -> Result<Option<Element>, Box<StanzaError>> {
+    fn set(&self, from: Option<&Jid>, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
         if payload.is("register", protocol::NS) {
             return match self.registrar.register(from, payload, SystemTime::now()) {
                 Ok(registered) => {
@@ -650,12 +712,53 @@ impl Router {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "register refused");
-                    Err(Box::new(e.to_stanza_error()))
+                    Err(Box::new(e.to_stanza_error().into()))
                 }
             };
         }
-        Err(Box::new(unsupported()))
+        if payload.is("register", sum7::NS) {
+            return match self.sum7.register(from, payload) {
+                Ok(registered) => Ok(Some(registered)),
+                Err(refusal) => {
+                    tracing::debug!(error = ?refusal.error, "sum7 register refused");
+                    Err(Box::new((*refusal).into()))
+                }
+            };
+        }
+        if payload.has_ns(sum7::NS) {
+            return Err(Box::new(sum7::unknown_request().into()));
+        }
+        Err(Box::new(unsupported().into()))
     }
+}
+
+/// The answer to IQ request `id`. It comes from the address the client wrote to, as clients match
+/// on it.
+fn reply(
+    from: Option<Jid>,
+    to: Option<Jid>,
+    id: String,
+    outcome: Result<Option<Element>, impl Into<Box<Refusal>>>,
+) -> Stanza {
+    match outcome {
+        Ok(payload) => Iq::Result {
+            from: to,
+            to: from,
+            id,
+            payload,
+        },
+        Err(refusal) => {
+            let refusal = *refusal.into();
+            Iq::Error {
+                from: to,
+                to: from,
+                id,
+                error: refusal.error,
+                payload: refusal.payload,
+            }
+        }
+    }
+    .into()
 }
 
 fn unsupported() -> StanzaError {
@@ -676,7 +779,9 @@ fn disco_info() -> DiscoInfoResult {
             "en",
             "xup UnifiedPush provider",
         )],
-        features: BTreeSet::from([ns::DISCO_INFO, ns::PING, protocol::NS].map(str::to_owned)),
+        features: BTreeSet::from(
+            [ns::DISCO_INFO, ns::PING, protocol::NS, sum7::NS].map(str::to_owned),
+        ),
         extensions: vec![],
     }
 }
@@ -772,6 +877,7 @@ mod tests {
             .filter_map(|c| c.attr("var"))
             .collect();
         assert!(features.contains(&protocol::NS));
+        assert!(features.contains(&sum7::NS));
         assert!(features.contains(&ns::PING));
     }
 

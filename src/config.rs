@@ -66,6 +66,38 @@ pub struct RegistrationConfig {
     pub secrets: Vec<String>,
     pub lifetime: Duration,
     pub allow: Vec<AllowEntry>,
+    /// The endpoints the Java `up` issued, still honoured after a switch to xup.
+    pub legacy_up: Option<LegacyUp>,
+}
+
+impl RegistrationConfig {
+    /// The longest any token that opens here lives: how long a revocation must be remembered.
+    pub fn longest_token_life(&self) -> Duration {
+        match self.legacy_up {
+            Some(_) => self.lifetime.max(protocol::LEGACY_UP_LIFETIME),
+            None => self.lifetime,
+        }
+    }
+}
+
+/// What xup needs to honour the endpoints the Java `up` issued.
+pub struct LegacyUp {
+    /// `up`'s `registration.sharedSecret`, decoded.
+    pub secret: [u8; 32],
+    /// The scheme and host of `up`'s endpoints (`https://up.example.org`), which now lead to xup;
+    /// `http.public_url`'s when no template is given.
+    pub origin: String,
+    /// Where `up`'s URI template put the token.
+    pub route: LegacyRoute,
+}
+
+/// Where a token sits in an endpoint URL that the Java `up` made from its `registration.uri`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LegacyRoute {
+    /// As the last path segment after this prefix (which ends in `/`): `…/push/{token}`.
+    Path(String),
+    /// As the query parameter `token` of this path: `…/push{?token}`.
+    Query(String),
 }
 
 pub struct DeliveryConfig {
@@ -210,6 +242,9 @@ struct RawRegistration {
     secrets_file: Option<PathBuf>,
     lifetime: Option<String>,
     allow: Option<Vec<String>>,
+    legacy_up_secret: Option<String>,
+    legacy_up_secret_file: Option<PathBuf>,
+    legacy_up_uri: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +442,44 @@ impl Config {
             None => vec![default_allow(&jid)],
         };
 
+        let legacy_secret = match (
+            &raw.registration.legacy_up_secret,
+            &raw.registration.legacy_up_secret_file,
+            env(LEGACY_UP_SECRET_ENV),
+        ) {
+            (None, None, None) => None,
+            (inline, file, from_env) => Some(secret(
+                "registration.legacy_up_secret",
+                inline.clone(),
+                file.as_deref(),
+                from_env,
+                LEGACY_UP_SECRET_ENV,
+            )?),
+        };
+        let legacy_up = match (legacy_secret, &raw.registration.legacy_up_uri) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "registration.legacy_up_uri",
+                    "means nothing without registration.legacy_up_secret",
+                ));
+            }
+            (Some(secret), uri) => {
+                let (origin, route) = match uri {
+                    Some(uri) => legacy_route(uri)?,
+                    None => (
+                        origin_of(&public_url).to_owned(),
+                        LegacyRoute::Path("/push/".into()),
+                    ),
+                };
+                Some(LegacyUp {
+                    secret: legacy_key(&secret)?,
+                    origin,
+                    route,
+                })
+            }
+        };
+
         let timeout = match &raw.delivery.timeout {
             Some(text) => duration("delivery.timeout", text)?,
             None => protocol::DEFAULT_DELIVERY_TIMEOUT,
@@ -569,6 +642,7 @@ impl Config {
                 secrets,
                 lifetime,
                 allow,
+                legacy_up,
             },
             delivery: DeliveryConfig {
                 answer_within,
@@ -601,6 +675,80 @@ fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
 const COMPONENT_SECRET_ENV: &str = "XUP_COMPONENT_SECRET";
 /// Whitespace-separated, the first encrypting new endpoints.
 const REGISTRATION_SECRETS_ENV: &str = "XUP_REGISTRATION_SECRETS";
+
+/// The Java `up`'s `registration.sharedSecret`: 32 bytes in standard base64, as its config holds it.
+const LEGACY_UP_SECRET_ENV: &str = "XUP_LEGACY_UP_SECRET";
+
+fn legacy_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            invalid(
+                "registration.legacy_up_secret",
+                "expected up's registration.sharedSecret as it stands in its config.json: \
+                 32 bytes in base64",
+            )
+        })
+}
+
+/// The scheme and host of an absolute URL: everything before its path.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
+
+/// The origin and route of `up`'s `registration.uri` template, e.g.
+/// `https://up.example.org/push/{token}` or `https://up.example.org/push{?token}`. Routes xup
+/// serves itself cannot be taken.
+pub fn legacy_route(uri: &str) -> Result<(String, LegacyRoute), ConfigError> {
+    const FIELD: &str = "registration.legacy_up_uri";
+    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+        return Err(invalid(FIELD, "expected an absolute http(s) URI template"));
+    }
+    let origin = origin_of(uri);
+    let path = &uri[origin.len()..];
+    let route = if let Some(prefix) = path.strip_suffix("{token}")
+        && prefix.ends_with('/')
+    {
+        LegacyRoute::Path(prefix.to_owned())
+    } else if let Some(path) = path.strip_suffix("{?token}") {
+        LegacyRoute::Query(path.to_owned())
+    } else {
+        return Err(invalid(
+            FIELD,
+            "expected the token at the end, as in https://up.example.org/push/{token} or \
+             https://up.example.org/push{?token}",
+        ));
+    };
+    let (LegacyRoute::Path(path) | LegacyRoute::Query(path)) = &route;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+    if !path.starts_with('/') || !path.chars().all(plain) || path.contains("//") {
+        return Err(invalid(
+            FIELD,
+            "the path before the token may only hold letters, digits and - . _ ~ /",
+        ));
+    }
+    let taken = ["/health", "/metrics", "/_matrix/"];
+    if path.is_empty()
+        || path == "/"
+        || taken
+            .iter()
+            .any(|t| path.starts_with(t) || t.starts_with(path.as_str()))
+    {
+        return Err(invalid(
+            FIELD,
+            "the token's path collides with a path xup serves itself (/health, /metrics, \
+             /_matrix/); put xup behind a proxy that rewrites it",
+        ));
+    }
+    Ok((origin.to_owned(), route))
+}
 
 /// A secret from exactly one of: the file's `field`, the file named by `field`_file, or the
 /// environment variable `env_name` (already looked up as `from_env`), so secrets need not sit in
@@ -914,5 +1062,47 @@ mod tests {
             r#""max_in_flight": 0, "trusted_proxies""#,
         ));
         assert!(e.starts_with("http.max_in_flight:"), "{e}");
+    }
+
+    #[test]
+    fn the_java_ups_secret_and_template_are_checked() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                r#""lifetime": "7d""#,
+                &format!(r#""lifetime": "7d", {extra}"#),
+            )
+        };
+        let secret = r#""legacy_up_secret": "7z8XLjkj/8h2T22nd1Z279vT2ONMOgQu8xj0BLps3qA=""#;
+        let config = Config::parse(&with(secret)).expect("valid");
+        let legacy = config.registration.legacy_up.as_ref().expect("legacy");
+        assert_eq!(legacy.route, LegacyRoute::Path("/push/".into()));
+        assert_eq!(legacy.origin, "https://up.example.org");
+        assert_eq!(
+            config.registration.longest_token_life(),
+            protocol::LEGACY_UP_LIFETIME
+        );
+        let e = error_of(&with(r#""legacy_up_secret": "c2hvcnQ=""#));
+        assert!(e.starts_with("registration.legacy_up_secret:"), "{e}");
+        let e = error_of(&with(
+            r#""legacy_up_uri": "https://up.example.org/push/{token}""#,
+        ));
+        assert!(e.starts_with("registration.legacy_up_uri:"), "{e}");
+        let query = format!(r#"{secret}, "legacy_up_uri": "https://old.example.org/up{{?token}}""#);
+        let legacy = Config::parse(&with(&query))
+            .expect("valid")
+            .registration
+            .legacy_up
+            .expect("legacy");
+        assert_eq!(legacy.route, LegacyRoute::Query("/up".into()));
+        assert_eq!(legacy.origin, "https://old.example.org");
+        for bad in [
+            "https://up.example.org/metrics{?token}",
+            "https://up.example.org/{token}",
+            "https://up.example.org/push/{token}/x",
+            "up.example.org/push/{token}",
+        ] {
+            let e = error_of(&with(&format!(r#"{secret}, "legacy_up_uri": "{bad}""#)));
+            assert!(e.starts_with("registration.legacy_up_uri:"), "{bad}: {e}");
+        }
     }
 }

@@ -686,6 +686,7 @@ mod tests {
             instance: "i".into(),
             issued_at: SystemTime::now(),
             expires_at: SystemTime::now() + DAY,
+            dialect: Default::default(),
         };
         assert_eq!(held.drop_registration(&claims).await.expect("drop"), 1);
         assert!(ids(&held).await.is_empty());

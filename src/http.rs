@@ -7,41 +7,35 @@
 //! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing and
 //! for too many pushes in flight, and `429` with `Retry-After` for a sender over a rate limit.
 //!
-//! A request is checked cheapest first, so a flood costs as little as it can: the sender's
-//! address against its rate limit, then the token (decrypted in memory; a forgery is counted
-//! against its sender and never reaches the store), then revocation, the endpoint's own rate
-//! limit, and a slot among the pushes in flight. Only then is the body read, within
-//! `http.body_timeout`.
+//! A request is checked cheapest first (`push.rs`), and only then is the body read, within
+//! `http.body_timeout`. Endpoints the Java `up` issued are served on the route its URI template
+//! gave them, when `registration.legacy_up_secret` is set; the Matrix gateway (`matrix.rs`) shares
+//! the listener.
 //!
 //! Request headers (RFC 8030 §5.2–5.4): `TTL` (missing means `delivery.default_ttl`; capped at
 //! `delivery.max_ttl`; the kept value is echoed), `Topic` and `Urgency`. A malformed one is a `400`
 //! that names it.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::HttpBody,
-    extract::{ConnectInfo, Path, Request, State},
+    extract::{ConnectInfo, Path, Query, Request, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
-use tokio::sync::Semaphore;
 
 use crate::{
-    limits::{Limits, RetryAfter, address_key},
-    metrics::{METRICS, PushOutcome},
+    config::LegacyRoute,
+    limits::sender_address,
+    metrics::METRICS,
     protocol::{self, Urgency},
-    relay::{self, Outcome, Relay},
-    store::{Store, registration_key},
-    token::{Claims, KeyRing, TokenError},
+    push::{Pushes, Verdict},
+    relay,
 };
 
 /// RFC 8030's `TTL` response header: how long the message is kept.
@@ -49,75 +43,28 @@ const TTL: header::HeaderName = header::HeaderName::from_static("ttl");
 
 /// What the handlers share.
 pub struct AppState {
-    pub keys: Arc<KeyRing>,
-    pub store: Arc<Store>,
-    pub relay: Arc<Relay>,
-    pub limits: Arc<Limits>,
-    /// One permit per push waiting for its client: `http.max_in_flight`.
-    pub in_flight: Arc<Semaphore>,
+    pub pushes: Arc<Pushes>,
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/push/{token}", get(discover).post(push).put(push))
-        .with_state(state)
-}
-
-/// Every way a push request can end.
-#[derive(Debug)]
-enum PushReply {
-    /// Delivered, held, or (with `TTL: 0`) dropped: `ttl` says which to a sender that cares.
-    Accepted {
-        id: String,
-        ttl: Duration,
-        how: PushOutcome,
-    },
-    /// Unknown, tampered, expired or revoked token.
-    Gone,
-    /// The client said, just now, that the app is gone.
-    Revoked,
-    TooLarge,
-    Empty,
-    Unreadable,
-    /// The body did not arrive within `http.body_timeout`.
-    SlowBody,
-    /// A rate limit: `what` is over it, and may try again after the wait.
-    TooMany {
-        what: &'static str,
-        wait: RetryAfter,
-    },
-    /// `http.max_in_flight` pushes are already waiting for their clients.
-    Busy,
-    /// A `TTL`, `Topic` or `Urgency` header that RFC 8030 does not allow; the reason names it.
-    BadHeader(&'static str),
-    /// The store holds all it may; the sender keeps the message and retries.
-    Full,
-    Internal,
-}
-
-impl PushReply {
-    /// What the metrics call this answer.
-    fn outcome(&self) -> PushOutcome {
-        match self {
-            PushReply::Accepted { how, .. } => *how,
-            PushReply::Gone => PushOutcome::NotFound,
-            PushReply::Revoked => PushOutcome::Revoked,
-            PushReply::TooLarge => PushOutcome::TooLarge,
-            PushReply::Empty | PushReply::Unreadable | PushReply::BadHeader(_) => {
-                PushOutcome::BadRequest
-            }
-            PushReply::SlowBody => PushOutcome::Timeout,
-            PushReply::TooMany { .. } => PushOutcome::RateLimited,
-            PushReply::Busy => PushOutcome::Busy,
-            PushReply::Full => PushOutcome::Full,
-            PushReply::Internal => PushOutcome::Internal,
+/// The push endpoints: xup's own at `/push/{token}`, and the Java `up`'s where its template put
+/// them (`legacy`).
+pub fn router(state: Arc<AppState>, legacy: Option<&LegacyRoute>) -> Router {
+    let mut router = Router::new().route("/push/{token}", get(discover).post(push).put(push));
+    match legacy {
+        Some(LegacyRoute::Path(prefix)) if prefix != "/push/" => {
+            router = router.route(&format!("{prefix}{{token}}"), post(push).put(push));
         }
+        Some(LegacyRoute::Query(path)) => {
+            router = router.route(path, post(push_by_query).put(push_by_query));
+        }
+        _ => {}
     }
+    router.with_state(state)
 }
 
-impl IntoResponse for PushReply {
+impl IntoResponse for Verdict {
     fn into_response(self) -> Response {
         let retry_after = || {
             (
@@ -126,7 +73,7 @@ impl IntoResponse for PushReply {
             )
         };
         match self {
-            PushReply::Accepted { id, ttl, .. } => {
+            Verdict::Accepted { id, ttl, .. } => {
                 let location = HeaderValue::from_str(&format!("/message/{id}"))
                     .unwrap_or_else(|_| HeaderValue::from_static("/message/"));
                 (
@@ -138,49 +85,58 @@ impl IntoResponse for PushReply {
                 )
                     .into_response()
             }
-            PushReply::BadHeader(reason) => {
+            Verdict::BadHeader(reason) => {
                 (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
             }
-            PushReply::Gone | PushReply::Revoked => {
+            Verdict::NotText(reason) => {
+                (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+            }
+            Verdict::Gone | Verdict::Revoked => {
                 (StatusCode::NOT_FOUND, "no such endpoint\n").into_response()
             }
-            PushReply::TooLarge => (
+            Verdict::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "push messages are limited to 4096 bytes\n",
             )
                 .into_response(),
-            PushReply::Empty => {
+            Verdict::Empty => {
                 (StatusCode::BAD_REQUEST, "a push message needs a body\n").into_response()
             }
-            PushReply::Unreadable => (
+            Verdict::Unreadable => (
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read\n",
             )
                 .into_response(),
-            PushReply::SlowBody => (
+            Verdict::SlowBody => (
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time\n",
             )
                 .into_response(),
-            PushReply::TooMany { what, wait } => (
+            Verdict::TooMany { what, wait } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, HeaderValue::from(wait.secs()))],
                 format!("too many requests {what}; retry in {} s\n", wait.secs()),
             )
                 .into_response(),
-            PushReply::Busy => (
+            Verdict::Busy => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [retry_after()],
                 "too many pushes are waiting for their clients; retry later\n",
             )
                 .into_response(),
-            PushReply::Full => (
+            Verdict::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [retry_after()],
                 "the client is unreachable and no more messages can be held for now; retry later\n",
             )
                 .into_response(),
-            PushReply::Internal => (
+            Verdict::LinkDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [retry_after()],
+                "the XMPP server is unreachable; retry later\n",
+            )
+                .into_response(),
+            Verdict::Internal => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [retry_after()],
                 "internal error; retry later\n",
@@ -188,72 +144,6 @@ impl IntoResponse for PushReply {
                 .into_response(),
         }
     }
-}
-
-/// The endpoint `token` names, for a request from `sender`, or the reply that refuses it: the
-/// sender over its rate limit, or a dead endpoint. A token that does not decrypt is counted
-/// against its sender, who is refused with `429` once past `limits.forged_tokens_per_address`.
-fn open_endpoint(state: &AppState, sender: IpAddr, token: &str) -> Result<Claims, PushReply> {
-    let sender = address_key(sender);
-    state
-        .limits
-        .per_address
-        .check(&sender)
-        .map_err(|wait| PushReply::TooMany {
-            what: "from this address",
-            wait,
-        })?;
-    let claims = match state.keys.open(token, SystemTime::now()) {
-        Ok(claims) => claims,
-        Err(e @ (TokenError::Malformed | TokenError::Forged)) => {
-            tracing::debug!(error = %e, "forged endpoint");
-            state
-                .limits
-                .forged_tokens
-                .check(&sender)
-                .map_err(|wait| PushReply::TooMany {
-                    what: "with invalid endpoints from this address",
-                    wait,
-                })?;
-            return Err(PushReply::Gone);
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "dead endpoint");
-            return Err(PushReply::Gone);
-        }
-    };
-    if state.store.is_revoked(&claims) {
-        tracing::debug!("revoked endpoint");
-        return Err(PushReply::Gone);
-    }
-    Ok(claims)
-}
-
-/// Who sent a request: the peer, or, when the peer is a trusted proxy, the nearest address in
-/// `X-Forwarded-For` that is not itself a trusted proxy. Entries further left were written by the
-/// sender and are not believed; an entry that is not an address ends the walk.
-fn sender_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
-    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
-    let mut sender = peer.to_canonical();
-    if !trusted(&sender) {
-        return sender;
-    }
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .collect();
-    for entry in forwarded.iter().rev() {
-        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
-            break;
-        };
-        sender = ip.to_canonical();
-        if !trusted(&sender) {
-            break;
-        }
-    }
-    sender
 }
 
 /// `GET /push/{token}`: lets UnifiedPush apps check that the endpoint speaks UnifiedPush.
@@ -264,13 +154,17 @@ async fn discover(
     headers: HeaderMap,
 ) -> Response {
     let sender = sender_address(peer.ip(), &headers, &state.trusted_proxies);
-    match open_endpoint(&state, sender, &token) {
+    let pushes = &state.pushes;
+    match pushes
+        .admit_sender(sender)
+        .and_then(|()| pushes.open(sender, &token))
+    {
         Ok(_) => (
             [(header::CONTENT_TYPE, "application/json")],
             r#"{"unifiedpush":{"version":1}}"#,
         )
             .into_response(),
-        Err(reply) => reply.into_response(),
+        Err(verdict) => verdict.into_response(),
     }
 }
 
@@ -278,62 +172,82 @@ async fn discover(
 async fn push(
     state: State<Arc<AppState>>,
     peer: ConnectInfo<SocketAddr>,
-    token: Path<String>,
+    Path(token): Path<String>,
     request: Request,
-) -> PushReply {
-    let reply = accept_push(state, peer, token, request).await;
-    METRICS.push(reply.outcome());
-    reply
+) -> Verdict {
+    let verdict = accept_push(state, peer, token, request).await;
+    METRICS.push(verdict.outcome());
+    verdict
+}
+
+/// The token as the Java `up`'s `{?token}` template put it.
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: String,
+}
+
+/// `POST`/`PUT /…?token=…`: [`push`], for endpoints the Java `up` made that way.
+async fn push_by_query(
+    state: State<Arc<AppState>>,
+    peer: ConnectInfo<SocketAddr>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    request: Request,
+) -> Verdict {
+    let verdict = match query {
+        Ok(Query(TokenQuery { token })) => accept_push(state, peer, token, request).await,
+        Err(_) => Verdict::Gone,
+    };
+    METRICS.push(verdict.outcome());
+    verdict
 }
 
 async fn accept_push(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(token): Path<String>,
+    token: String,
     request: Request,
-) -> PushReply {
+) -> Verdict {
     // `delivery.answer_within` counts from here, not from when the client is offered the message.
     let received = std::time::Instant::now();
+    let pushes = &state.pushes;
     // What a push in flight keeps is kept for up to `delivery.answer_within`, so the token and
     // the request head (headers, URI) are let go of as soon as they have been read.
     let (ttl, topic, urgency, claims, body) = {
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
-        let claims = match open_endpoint(&state, sender, &token) {
+        let claims = match pushes
+            .admit_sender(sender)
+            .and_then(|()| pushes.open(sender, &token))
+        {
             Ok(claims) => claims,
-            Err(reply) => return reply,
+            Err(verdict) => return verdict,
         };
         drop(token);
         match rfc8030_headers(&parts.headers) {
             Ok((ttl, topic, urgency)) => (ttl, topic, urgency, claims, body),
-            Err(reason) => return PushReply::BadHeader(reason),
+            Err(reason) => return Verdict::BadHeader(reason),
         }
     };
-    if let Err(wait) = state.limits.per_endpoint.check(&registration_key(&claims)) {
-        return PushReply::TooMany {
-            what: "for this endpoint",
-            wait,
-        };
-    }
-    let Ok(_in_flight) = state.in_flight.try_acquire() else {
-        return PushReply::Busy;
+    let admitted = match pushes.admit(claims) {
+        Ok(admitted) => admitted,
+        Err(verdict) => return verdict,
     };
     // A declared length (Content-Length, as hyper reports it in the body's size hint) over the
     // limit is refused before a byte of it is read.
     if HttpBody::size_hint(&body).lower() > protocol::MAX_BODY as u64 {
-        return PushReply::TooLarge;
+        return Verdict::TooLarge;
     }
     let read = Limited::new(body, protocol::MAX_BODY).collect();
     let body = match tokio::time::timeout(state.body_timeout, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return PushReply::TooLarge;
+            return Verdict::TooLarge;
         }
-        Ok(Err(_)) => return PushReply::Unreadable,
-        Err(_) => return PushReply::SlowBody,
+        Ok(Err(_)) => return Verdict::Unreadable,
+        Err(_) => return Verdict::SlowBody,
     };
     if body.is_empty() {
-        return PushReply::Empty;
+        return Verdict::Empty;
     }
     let request = relay::Request {
         body: Vec::from(body),
@@ -342,29 +256,7 @@ async fn accept_push(
         urgency,
         received,
     };
-    match state.relay.push(claims, request).await {
-        Ok(Outcome::Delivered { id, ttl }) => PushReply::Accepted {
-            id,
-            ttl,
-            how: PushOutcome::Delivered,
-        },
-        Ok(Outcome::Held { id, ttl }) => PushReply::Accepted {
-            id,
-            ttl,
-            how: PushOutcome::Held,
-        },
-        Ok(Outcome::Dropped { id }) => PushReply::Accepted {
-            id,
-            ttl: Duration::ZERO,
-            how: PushOutcome::Dropped,
-        },
-        Ok(Outcome::Revoked) => PushReply::Revoked,
-        Ok(Outcome::Full) => PushReply::Full,
-        Err(e) => {
-            tracing::error!(error = %e, "push failed");
-            PushReply::Internal
-        }
-    }
+    pushes.deliver(admitted, request).await
 }
 
 /// RFC 8030's request headers: `TTL` (seconds, `None` if absent), `Topic`, `Urgency`.
@@ -396,68 +288,4 @@ fn rfc8030_headers(
         .transpose()?
         .unwrap_or_default();
     Ok((ttl, topic, urgency))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(text: &str) -> IpAddr {
-        text.parse().expect("ip")
-    }
-
-    fn forwarded(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_str(value).expect("value"),
-        );
-        headers
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
-        let proxies = [
-            "127.0.0.1/32".parse().expect("net"),
-            "10.0.0.0/8".parse().expect("net"),
-        ];
-        let headers = forwarded("203.0.113.9");
-        assert_eq!(
-            sender_address(ip("127.0.0.1"), &headers, &proxies),
-            ip("203.0.113.9")
-        );
-        assert_eq!(
-            sender_address(ip("198.51.100.1"), &headers, &proxies),
-            ip("198.51.100.1")
-        );
-        assert_eq!(
-            sender_address(ip("127.0.0.1"), &HeaderMap::new(), &proxies),
-            ip("127.0.0.1"),
-            "a proxy that sends no header is the sender"
-        );
-    }
-
-    #[test]
-    fn the_nearest_untrusted_hop_is_the_sender_and_what_it_wrote_is_ignored() {
-        let proxies = [
-            "127.0.0.1/32".parse().expect("net"),
-            "10.0.0.0/8".parse().expect("net"),
-        ];
-        // The sender claims 192.0.2.1; 203.0.113.9 reached the outer proxy 10.0.0.5.
-        let headers = forwarded("192.0.2.1, 203.0.113.9, 10.0.0.5");
-        assert_eq!(
-            sender_address(ip("127.0.0.1"), &headers, &proxies),
-            ip("203.0.113.9")
-        );
-        let headers = forwarded("garbage, 10.0.0.5");
-        assert_eq!(
-            sender_address(ip("127.0.0.1"), &headers, &proxies),
-            ip("10.0.0.5")
-        );
-        assert_eq!(
-            sender_address(ip("::ffff:127.0.0.1"), &forwarded("203.0.113.9"), &proxies),
-            ip("203.0.113.9"),
-            "an IPv4 peer on an IPv6 socket is still the trusted proxy"
-        );
-    }
 }

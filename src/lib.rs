@@ -12,14 +12,17 @@ pub mod held;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod matrix;
 pub mod metrics;
 pub mod pending;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod register;
 pub mod relay;
 pub mod status;
 pub mod store;
+pub mod sum7;
 pub mod token;
 
 use std::{sync::Arc, time::Duration};
@@ -99,7 +102,11 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         tracing::info!(held = held.total(), "messages held from before the restart");
     }
     let jid = config.component.jid.clone();
-    let keys = Arc::new(KeyRing::new(&config.registration.secrets, jid.as_str())?);
+    let mut keys = KeyRing::new(&config.registration.secrets, jid.as_str())?;
+    if let Some(legacy) = &config.registration.legacy_up {
+        keys = keys.with_legacy_up_secret(&legacy.secret)?;
+    }
+    let keys = Arc::new(keys);
     let in_flight_pushes = InFlight::default();
     let presence = Arc::new(Presence::default());
     let limits = Arc::new(Limits::new(&config.limits));
@@ -116,7 +123,12 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         config.component.clone(),
         component::Router {
             jid,
-            registrar,
+            registrar: registrar.clone(),
+            sum7: sum7::Registry {
+                registrar,
+                store: store.clone(),
+                revocations_live: config.registration.longest_token_life(),
+            },
             in_flight: in_flight_pushes.clone(),
             events: link_events,
         },
@@ -132,6 +144,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         max_in_flight: config.http.max_in_flight,
         started: std::time::Instant::now(),
     });
+    let sum7 = sum7::Sender::new(link.clone(), config.component.jid.clone());
     let (relay, notices) = Relay::new(
         relay::Parts {
             link,
@@ -162,17 +175,33 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         tokio::spawn(prune_forever(store.clone(), held)),
         tokio::spawn(forget_idle_forever(limits.clone())),
     ];
-    let state = Arc::new(http::AppState {
+    let pushes = Arc::new(push::Pushes {
         keys,
         store,
         relay,
+        sum7,
         limits,
         in_flight,
+    });
+    let gateway = Arc::new(matrix::Gateway {
+        pushes: pushes.clone(),
+        body_timeout: config.http.body_timeout,
+        trusted_proxies: config.http.trusted_proxies.clone(),
+        endpoint_prefix: format!("{}/push/", config.http.public_url),
+        legacy: config
+            .registration
+            .legacy_up
+            .as_ref()
+            .map(matrix::LegacyPrefix::of),
+    });
+    let state = Arc::new(http::AppState {
+        pushes,
         body_timeout: config.http.body_timeout,
         trusted_proxies: config.http.trusted_proxies.clone(),
     });
+    let legacy = config.registration.legacy_up.as_ref().map(|l| &l.route);
     Ok(Started {
-        router: http::router(state),
+        router: http::router(state, legacy).merge(matrix::router(gateway)),
         status: status::router(status),
         link_shutdown,
         link_task,

@@ -1,4 +1,5 @@
-//! Rate limits: how much one endpoint, one sender address and one account may ask of xup.
+//! Rate limits: how much one endpoint, one sender address and one account may ask of xup, and
+//! who the sender of an HTTP request is (behind trusted proxies).
 //!
 //! Each limit is a token bucket per key (GCRA, from `governor`): `burst` requests at once, then one
 //! more every `every`. A request over its limit is refused at once with the time until it would
@@ -12,6 +13,9 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     time::Duration,
 };
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
 
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
@@ -122,6 +126,33 @@ pub fn address_key(address: IpAddr) -> IpAddr {
     }
 }
 
+/// Who sent a request: the peer, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. Entries further left were written by the
+/// sender and are not believed; an entry that is not an address ends the walk.
+pub fn sender_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let mut sender = peer.to_canonical();
+    if !trusted(&sender) {
+        return sender;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        sender = ip.to_canonical();
+        if !trusted(&sender) {
+            break;
+        }
+    }
+    sender
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
@@ -171,6 +202,71 @@ mod tests {
         assert_eq!(
             address_key(mapped),
             "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
+    }
+}
+
+#[cfg(test)]
+mod sender_tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxies = [
+            "127.0.0.1/32".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ];
+        let headers = forwarded("203.0.113.9");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            sender_address(ip("198.51.100.1"), &headers, &proxies),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &HeaderMap::new(), &proxies),
+            ip("127.0.0.1"),
+            "a proxy that sends no header is the sender"
+        );
+    }
+
+    #[test]
+    fn the_nearest_untrusted_hop_is_the_sender_and_what_it_wrote_is_ignored() {
+        let proxies = [
+            "127.0.0.1/32".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ];
+        // The sender claims 192.0.2.1; 203.0.113.9 reached the outer proxy 10.0.0.5.
+        let headers = forwarded("192.0.2.1, 203.0.113.9, 10.0.0.5");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("203.0.113.9")
+        );
+        let headers = forwarded("garbage, 10.0.0.5");
+        assert_eq!(
+            sender_address(ip("127.0.0.1"), &headers, &proxies),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            sender_address(ip("::ffff:127.0.0.1"), &forwarded("203.0.113.9"), &proxies),
+            ip("203.0.113.9"),
+            "an IPv4 peer on an IPv6 socket is still the trusted proxy"
         );
     }
 }

@@ -32,11 +32,13 @@ pub enum PushOutcome {
     Held,
     /// `TTL: 0` and the client could not take it now: `201`, not kept.
     Dropped,
+    /// Handed to the XMPP server as a `<message>` (sum7's dialect), which nobody answers: `201`.
+    Sent,
     /// The client said the app is gone: `404`.
     Revoked,
     /// Unknown, forged, expired or revoked token: `404`.
     NotFound,
-    /// `400`: a malformed header or an empty or unreadable body.
+    /// `400`: a malformed header, an empty or unreadable body, or (sum7's dialect) not text.
     BadRequest,
     /// `408`: the body did not arrive in time.
     Timeout,
@@ -50,6 +52,8 @@ pub enum PushOutcome {
     Full,
     /// `503`: the store failed.
     Internal,
+    /// `503`: the component link is down and the message cannot be held (sum7's dialect).
+    LinkDown,
 }
 
 impl PushOutcome {
@@ -58,6 +62,7 @@ impl PushOutcome {
             PushOutcome::Delivered => "delivered",
             PushOutcome::Held => "held",
             PushOutcome::Dropped => "dropped",
+            PushOutcome::Sent => "sent",
             PushOutcome::Revoked => "revoked",
             PushOutcome::NotFound => "not_found",
             PushOutcome::BadRequest => "bad_request",
@@ -67,6 +72,7 @@ impl PushOutcome {
             PushOutcome::Busy => "busy",
             PushOutcome::Full => "full",
             PushOutcome::Internal => "internal",
+            PushOutcome::LinkDown => "link_down",
         }
     }
 }

@@ -32,6 +32,29 @@ pub fn is_push_id(id: &str) -> bool {
     id.starts_with(PUSH_ID_PREFIX)
 }
 
+/// Names messages: the id of a push's IQ, of a sum7 `<message>`, and of `Location`. Random per
+/// process, so ids stay unique across restarts while late answers may still arrive.
+pub struct MessageIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for MessageIds {
+    fn default() -> Self {
+        MessageIds {
+            prefix: format!("{PUSH_ID_PREFIX}{:08x}", rand::random::<u32>()),
+            next: Default::default(),
+        }
+    }
+}
+
+impl MessageIds {
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
+    }
+}
+
 /// How a client answered a push.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {

@@ -2,6 +2,7 @@
 //!
 //! Registration is pure computation: validate, check the access list, issue a token, answer. No
 //! state is written, which is what lets xup serve any number of endpoints in constant memory.
+//! [`Registrar::issue`] is the part every dialect shares; sum7's own request is read in `sum7.rs`.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -17,7 +18,7 @@ use crate::{
     limits::{Limits, RetryAfter},
     metrics::{METRICS, RegisterOutcome},
     protocol::{self, Register, Registered},
-    token::{self, KeyRing},
+    token::{self, Dialect, KeyRing},
 };
 
 /// Why a `<register>` was refused; each maps to the stanza error a client expects.
@@ -81,7 +82,32 @@ impl Registrar {
         payload: Element,
         now: SystemTime,
     ) -> Result<Registered, RegisterError> {
-        let result = self.decide(from, payload, now);
+        let request = parse(payload).inspect_err(|_| refused())?;
+        let issued = self.issue(
+            from,
+            Registration {
+                dialect: Dialect::Conversations,
+                application: request.application,
+                instance: request.instance,
+            },
+            now,
+        )?;
+        Ok(Registered {
+            expiration: humantime::format_rfc3339_millis(issued.expires_at).to_string(),
+            endpoint: issued.endpoint,
+        })
+    }
+
+    /// Issue an endpoint for `registration` to `from`, whatever dialect asked: the access list,
+    /// the rate limit, the token, the length bound. Counted in the metrics either way; a dialect
+    /// that refuses a request before this counts it with [`refused`].
+    pub fn issue(
+        &self,
+        from: Option<&Jid>,
+        registration: Registration,
+        now: SystemTime,
+    ) -> Result<Issued, RegisterError> {
+        let result = self.admit_and_issue(from, registration, now);
         METRICS.registration(match result {
             Ok(_) => RegisterOutcome::Registered,
             Err(_) => RegisterOutcome::Refused,
@@ -89,27 +115,9 @@ impl Registrar {
         result
     }
 
-    fn decide(
-        &self,
-        from: Option<&Jid>,
-        payload: Element,
-        now: SystemTime,
-    ) -> Result<Registered, RegisterError> {
-        let request = Register::try_from(payload).map_err(|_| {
-            RegisterError::BadRequest(
-                "<register> needs exactly the attributes application and instance",
-            )
-        })?;
-        if !is_digest(&request.application) {
-            return Err(RegisterError::BadRequest(
-                "application must be padded base64 of 32 bytes (44 characters)",
-            ));
-        }
-        if !is_digest(&request.instance) {
-            return Err(RegisterError::BadRequest(
-                "instance must be padded base64 of 32 bytes (44 characters)",
-            ));
-        }
+    /// Whether `from` may ask for (or give up) endpoints now: a full JID, on the access list,
+    /// within its account's rate limit.
+    pub fn admit<'a>(&self, from: Option<&'a Jid>) -> Result<&'a Jid, RegisterError> {
         let from = from.ok_or(RegisterError::NotFullJid)?;
         if from.resource().is_none() {
             return Err(RegisterError::NotFullJid);
@@ -122,14 +130,25 @@ impl Registrar {
             .registrations
             .check(&from.to_bare())
             .map_err(RegisterError::TooMany)?;
+        Ok(from)
+    }
 
-        let claims = token::claims_for(
+    fn admit_and_issue(
+        &self,
+        from: Option<&Jid>,
+        registration: Registration,
+        now: SystemTime,
+    ) -> Result<Issued, RegisterError> {
+        let from = self.admit(from)?;
+
+        let mut claims = token::claims_for(
             from.as_str(),
-            &request.application,
-            &request.instance,
+            &registration.application,
+            &registration.instance,
             now,
             self.lifetime,
         );
+        claims.dialect = registration.dialect;
         let token = self.keys.issue(&claims).map_err(|e| {
             tracing::error!(error = %e, "cannot issue endpoint token");
             RegisterError::Internal
@@ -138,11 +157,50 @@ impl Registrar {
         if endpoint.len() > protocol::MAX_ENDPOINT_LEN {
             return Err(RegisterError::EndpointTooLong);
         }
-        Ok(Registered {
-            expiration: humantime::format_rfc3339_millis(claims.expires_at).to_string(),
+        Ok(Issued {
             endpoint,
+            expires_at: claims.expires_at,
         })
     }
+}
+
+/// What a client asks an endpoint for, in any dialect.
+pub struct Registration {
+    pub dialect: Dialect,
+    pub application: String,
+    pub instance: String,
+}
+
+/// An endpoint, and when it stops working.
+#[derive(Debug, PartialEq)]
+pub struct Issued {
+    pub endpoint: String,
+    pub expires_at: SystemTime,
+}
+
+/// Count a request that a dialect refused before it came to [`Registrar::issue`].
+pub fn refused() {
+    METRICS.registration(RegisterOutcome::Refused);
+}
+
+/// A Conversations `<register>`: both attributes, each the base64 of a SHA-256 digest.
+fn parse(payload: Element) -> Result<Register, RegisterError> {
+    let request = Register::try_from(payload).map_err(|_| {
+        RegisterError::BadRequest(
+            "<register> needs exactly the attributes application and instance",
+        )
+    })?;
+    if !is_digest(&request.application) {
+        return Err(RegisterError::BadRequest(
+            "application must be padded base64 of 32 bytes (44 characters)",
+        ));
+    }
+    if !is_digest(&request.instance) {
+        return Err(RegisterError::BadRequest(
+            "instance must be padded base64 of 32 bytes (44 characters)",
+        ));
+    }
+    Ok(request)
 }
 
 /// Padded standard base64 of exactly 32 bytes, as a SHA-256 digest is.

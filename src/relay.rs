@@ -18,10 +18,7 @@
 //! turn comes; nothing here calls back into it.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -40,11 +37,11 @@ use crate::{
     config::Config,
     held::{HeldMessages, HoldError, Message},
     metrics::METRICS,
-    pending::{Answer, Detached, InFlight, PUSH_ID_PREFIX, Ticket},
+    pending::{Answer, Detached, InFlight, MessageIds, Ticket},
     presence::Presence,
     protocol::{Push, Urgency},
     store::{RegistrationKey, Store},
-    token::Claims,
+    token::{Claims, Dialect},
 };
 
 /// What became of one push request.
@@ -135,9 +132,7 @@ pub struct Relay {
     default_ttl: Duration,
     max_ttl: Duration,
     notices: mpsc::UnboundedSender<Notice>,
-    /// Random per process, so ids stay unique across restarts while late answers may still arrive.
-    id_prefix: String,
-    next_id: AtomicU64,
+    ids: MessageIds,
 }
 
 /// The parts a [`Relay`] works with.
@@ -162,12 +157,11 @@ impl Relay {
             component: config.component.jid.clone(),
             answer_within: config.delivery.answer_within,
             timeout: config.delivery.timeout,
-            lifetime: config.registration.lifetime,
+            lifetime: config.registration.longest_token_life(),
             default_ttl: config.delivery.default_ttl,
             max_ttl: config.delivery.max_ttl,
             notices,
-            id_prefix: format!("{PUSH_ID_PREFIX}{:08x}", rand::random::<u32>()),
-            next_id: AtomicU64::new(0),
+            ids: MessageIds::default(),
         };
         (relay, receiver)
     }
@@ -178,11 +172,7 @@ impl Relay {
     pub async fn push(&self, claims: Claims, request: Request) -> Result<Outcome, RelayError> {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
-        let id = format!(
-            "{}-{}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = self.ids.next();
         let message = Message {
             id: id.clone(),
             subject: claims.subject,
@@ -390,6 +380,7 @@ impl Relay {
             issued_at: now,
             // Revocations live until every token they kill has expired; none outlives `lifetime`.
             expires_at: now,
+            dialect: Dialect::Conversations,
         };
         self.store.revoke(&claims, now, self.lifetime).await?;
         let dropped = self.held.drop_registration(&claims).await?;

@@ -10,6 +10,11 @@
 //! Keys are derived from the configured secrets with HKDF-SHA256 under a fixed label, so a secret
 //! of any length and alphabet becomes a uniform 32-byte key, and the key id (derived under another
 //! label) says nothing about the key.
+//!
+//! The ring also opens, read-only, the endpoints the Java `up` issued before an operator switched
+//! to xup (`registration.legacy_up_secret`): PASETO v2.local under that 32-byte key, no footer,
+//! claims `sub`, `application`, `instance` and `exp` in epoch milliseconds. xup never issues such
+//! a token; clients move to xup's own at their next renewal.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +22,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hkdf::Hkdf;
 use pasetors::{
     keys::SymmetricKey,
-    token::UntrustedToken,
+    token::{Local, UntrustedToken},
+    version2::{self, V2},
     version4::{LocalToken, V4},
 };
 use serde::{Deserialize, Serialize};
@@ -37,13 +43,28 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub struct Claims {
     /// The full JID that registered: pushes go there and nowhere else.
     pub subject: String,
+    /// For sum7's dialect, the distributor's public token; `instance` is then empty, which no
+    /// Conversations registration can be, so the two never share a registration.
     pub application: String,
     pub instance: String,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
+    /// How the client that registered wants its pushes.
+    pub dialect: Dialect,
 }
 
-/// The JSON inside the token; times as RFC 3339, as PASETO's registered claims are.
+/// The two XMPP dialects of UnifiedPush that xup speaks to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Daniel Gultsch's draft (Conversations and its forks): an IQ `<push>` per message, answered.
+    #[default]
+    Conversations,
+    /// sum7's `unifiedpush.org` (its Go gateway and Linux distributor): a `<message>`, unanswered.
+    Sum7,
+}
+
+/// The JSON inside the token; times as RFC 3339, as PASETO's registered claims are. `dia` is
+/// left out for Conversations, so tokens issued before sum7's dialect existed still open.
 #[derive(Serialize, Deserialize)]
 struct Payload {
     sub: String,
@@ -51,7 +72,22 @@ struct Payload {
     ins: String,
     iat: String,
     exp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dia: Option<String>,
 }
+
+/// The JSON inside a token the Java `up` issued.
+#[derive(Deserialize)]
+struct LegacyPayload {
+    sub: String,
+    application: String,
+    instance: String,
+    /// Epoch milliseconds.
+    exp: u64,
+}
+
+/// The label of sum7's dialect in a token.
+const SUM7: &str = "sum7";
 
 #[derive(Serialize, Deserialize)]
 struct Footer {
@@ -84,6 +120,8 @@ pub struct KeyRing {
     keys: Vec<Key>,
     /// The component JID, bound into every token as PASETO's implicit assertion.
     audience: String,
+    /// The Java `up`'s key, when its endpoints are still honoured.
+    legacy: Option<SymmetricKey<V2>>,
 }
 
 impl KeyRing {
@@ -112,7 +150,17 @@ impl KeyRing {
         Ok(KeyRing {
             keys,
             audience: audience.to_owned(),
+            legacy: None,
         })
+    }
+
+    /// Also open the tokens the Java `up` issued with `secret` (its `registration.sharedSecret`,
+    /// decoded: 32 bytes).
+    pub fn with_legacy_up_secret(mut self, secret: &[u8]) -> Result<KeyRing, TokenError> {
+        let key =
+            SymmetricKey::<V2>::from(secret).map_err(|e| TokenError::Create(e.to_string()))?;
+        self.legacy = Some(key);
+        Ok(self)
     }
 
     /// Encrypt `claims` under the first key.
@@ -124,6 +172,10 @@ impl KeyRing {
             ins: claims.instance.clone(),
             iat: humantime::format_rfc3339_micros(claims.issued_at).to_string(),
             exp: humantime::format_rfc3339_millis(claims.expires_at).to_string(),
+            dia: match claims.dialect {
+                Dialect::Conversations => None,
+                Dialect::Sum7 => Some(SUM7.to_owned()),
+            },
         })
         .map_err(|e| TokenError::Create(e.to_string()))?;
         let footer = serde_json::to_vec(&Footer {
@@ -142,11 +194,27 @@ impl KeyRing {
     /// Decrypt and check a token as of `now`. Costs one decryption at most, and nothing at all for
     /// strings that cannot be tokens.
     pub fn open(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_LEN || !token.starts_with("v4.local.") {
+        if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        let untrusted = UntrustedToken::<pasetors::token::Local, V4>::try_from(token)
-            .map_err(|_| TokenError::Malformed)?;
+        let claims = if token.starts_with("v4.local.") {
+            self.open_own(token)?
+        } else if token.starts_with("v2.local.")
+            && let Some(key) = &self.legacy
+        {
+            open_legacy(key, token)?
+        } else {
+            return Err(TokenError::Malformed);
+        };
+        if claims.expires_at <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    fn open_own(&self, token: &str) -> Result<Claims, TokenError> {
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
         let footer: Footer = serde_json::from_slice(untrusted.untrusted_footer())
             .map_err(|_| TokenError::Malformed)?;
         let key = self
@@ -161,18 +229,39 @@ impl KeyRing {
         let payload: Payload =
             serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Malformed)?;
         let time = |s: &str| humantime::parse_rfc3339(s).map_err(|_| TokenError::Malformed);
-        let claims = Claims {
+        Ok(Claims {
             issued_at: time(&payload.iat)?,
             expires_at: time(&payload.exp)?,
             subject: payload.sub,
             application: payload.app,
             instance: payload.ins,
-        };
-        if claims.expires_at <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+            dialect: match payload.dia.as_deref() {
+                None => Dialect::Conversations,
+                Some(SUM7) => Dialect::Sum7,
+                Some(_) => return Err(TokenError::Malformed),
+            },
+        })
     }
+}
+
+/// Open a token the Java `up` issued. It says when it expires but not when it was issued; it is
+/// taken as issued at the epoch, so any revocation of its registration kills it, which is right:
+/// no new one can ever be issued.
+fn open_legacy(key: &SymmetricKey<V2>, token: &str) -> Result<Claims, TokenError> {
+    let untrusted =
+        UntrustedToken::<Local, V2>::try_from(token).map_err(|_| TokenError::Malformed)?;
+    let trusted =
+        version2::LocalToken::decrypt(key, &untrusted, None).map_err(|_| TokenError::Forged)?;
+    let payload: LegacyPayload =
+        serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Malformed)?;
+    Ok(Claims {
+        subject: payload.sub,
+        application: payload.application,
+        instance: payload.instance,
+        issued_at: SystemTime::UNIX_EPOCH,
+        expires_at: SystemTime::UNIX_EPOCH + Duration::from_millis(payload.exp),
+        dialect: Dialect::Conversations,
+    })
 }
 
 /// Claims for a registration made `now` that lives `lifetime`.
@@ -189,6 +278,7 @@ pub fn claims_for(
         instance: instance.to_owned(),
         issued_at: now,
         expires_at: now + lifetime,
+        dialect: Dialect::Conversations,
     }
 }
 
@@ -297,5 +387,62 @@ mod tests {
                 "{garbage:.20}"
             );
         }
+    }
+
+    #[test]
+    fn a_sum7_token_says_so_and_an_older_token_is_conversations() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let mut claims = sample(now);
+        claims.dialect = Dialect::Sum7;
+        let token = keys.issue(&claims).expect("issued");
+        assert_eq!(
+            keys.open(&token, now).expect("opens").dialect,
+            Dialect::Sum7
+        );
+        let plain = keys.issue(&sample(now)).expect("issued");
+        assert_eq!(
+            keys.open(&plain, now).expect("opens").dialect,
+            Dialect::Conversations
+        );
+    }
+
+    /// A token as the Java `up` makes it: v2.local, no footer, `exp` in epoch milliseconds.
+    fn up_token(secret: &[u8; 32], exp: SystemTime) -> String {
+        let key = SymmetricKey::<V2>::from(secret).expect("key");
+        let millis = exp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_millis() as u64;
+        let claims = serde_json::json!({
+            "sub": "juliet@example.org/Conversations.r4nD",
+            "exp": millis,
+            "application": APP,
+            "instance": INS,
+        });
+        version2::LocalToken::encrypt(&key, claims.to_string().as_bytes(), None).expect("token")
+    }
+
+    #[test]
+    fn the_java_ups_tokens_open_only_with_its_secret_and_until_they_expire() {
+        let now = SystemTime::now();
+        let secret = [7u8; 32];
+        let token = up_token(&secret, now + Duration::from_secs(86400));
+        let plain = ring(&["first secret 0123"]);
+        assert_eq!(plain.open(&token, now), Err(TokenError::Malformed));
+        let keys = ring(&["first secret 0123"])
+            .with_legacy_up_secret(&secret)
+            .expect("ring");
+        let claims = keys.open(&token, now).expect("opens");
+        assert_eq!(claims.subject, "juliet@example.org/Conversations.r4nD");
+        assert_eq!(
+            (claims.application.as_str(), claims.instance.as_str()),
+            (APP, INS)
+        );
+        assert_eq!(claims.dialect, Dialect::Conversations);
+        let expired = up_token(&secret, now - Duration::from_secs(1));
+        assert_eq!(keys.open(&expired, now), Err(TokenError::Expired));
+        let other = up_token(&[8u8; 32], now + Duration::from_secs(86400));
+        assert_eq!(keys.open(&other, now), Err(TokenError::Forged));
     }
 }

@@ -9,17 +9,21 @@ use std::sync::{Arc, LazyLock, Mutex};
 use libfuzzer_sys::fuzz_target;
 use xmpp_parsers::{iq::Iq, stanza::Stanza};
 use xup::{
-    component::{LinkEvent, Router},
+    component::{LinkEvent, Reply, Router},
     config::Config,
     limits::Limits,
     pending::InFlight,
     register::Registrar,
+    store::Store,
+    sum7,
 };
 
 use xup_fuzz as seeds;
 
 struct World {
     router: Router,
+    /// Runs the answers that wait for the store (sum7's `<unregister>`).
+    runtime: tokio::runtime::Runtime,
     /// Kept so link events have somewhere to go; emptied after every input.
     events: Mutex<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
 }
@@ -40,13 +44,25 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let keys = Arc::new(seeds::key_ring());
     let limits = Arc::new(Limits::new(&config.limits));
     let (link_events, events) = tokio::sync::mpsc::unbounded_channel();
+    let registrar = Arc::new(Registrar::new(&config, keys, limits));
+    let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
+    let store = Arc::new(Store::open(&store).expect("a store in the temporary directory"));
     World {
         router: Router {
             jid: config.component.jid.clone(),
-            registrar: Arc::new(Registrar::new(&config, keys, limits)),
+            registrar: registrar.clone(),
+            sum7: sum7::Registry {
+                registrar,
+                store,
+                revocations_live: config.registration.longest_token_life(),
+            },
             in_flight: InFlight::default(),
             events: link_events,
         },
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
         events: Mutex::new(events),
     }
 });
@@ -59,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
         Stanza::Iq(Iq::Get { id, .. } | Iq::Set { id, .. }) => Some(id.clone()),
         _ => None,
     };
-    let reply = WORLD.router.route(stanza);
+    let reply = WORLD.router.route(stanza).map(|reply| match reply {
+        Reply::Now(stanza) => *stanza,
+        Reply::Later(answer) => WORLD.runtime.block_on(answer),
+    });
     match (request_id, &reply) {
         (
             Some(id),

@@ -1,0 +1,278 @@
+//! sum7's dialect of UnifiedPush over XMPP (namespace `unifiedpush.org`), spoken by the Go gateway
+//! and Linux D-Bus distributor of sum7/genofire, served beside the Conversations one on the same
+//! component and the same HTTP endpoints.
+//!
+//! A distributor names each app by a public token of its own and registers it with
+//! `<register><token>…</token></register>`; the endpoint it gets back is an ordinary xup endpoint
+//! (a stateless token that says "sum7" inside), so revocation, rate limits and the key ring work as
+//! for any other. A push goes out as a `<message type="normal">` with the public token as its
+//! subject and the request's body as its text. Nobody answers a message: the sender hears `201`
+//! with `TTL: 0` once the stanza is handed to the XMPP server, and what the server then does with
+//! a message for a client that is away (store it offline, give it to another resource, bounce it)
+//! is its own business; docs/DESIGN.md says what Prosody and ejabberd do. So a body must be text
+//! that XML can carry: an encrypted Web Push body cannot go this way, and is refused with `400`.
+//!
+//! `<unregister>` (which sum7's own gateway never implemented) revokes the app's endpoints as an
+//! `item-not-found` would.
+
+use std::{future::Future, sync::Arc, time::Duration, time::SystemTime};
+
+use xmpp_parsers::{
+    jid::{BareJid, Jid},
+    message::{Lang, Message, MessageType},
+    minidom::Element,
+    stanza::Stanza,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+};
+
+use crate::{
+    component::Link,
+    pending::MessageIds,
+    protocol::sum7::{
+        MAX_TOKEN_LEN, Refused, Register, Registered, Success, Unregister, UnregisterRefused,
+        Unregistered,
+    },
+    register::{self, RegisterError, Registrar, Registration},
+    store::Store,
+    token::{Claims, Dialect},
+};
+
+pub use crate::protocol::sum7::NS;
+
+/// A refused request: the stanza error every client understands, and the `<error>` inside the
+/// dialect's own element that sum7's distributor reads.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: StanzaError,
+    pub payload: Element,
+}
+
+/// Answers sum7's `<register>` and `<unregister>`.
+pub struct Registry {
+    pub registrar: Arc<Registrar>,
+    pub store: Arc<Store>,
+    /// How long a revocation is kept: as long as the longest token it can kill lives.
+    pub revocations_live: Duration,
+}
+
+impl Registry {
+    /// Answer a `<register>` from `from`.
+    pub fn register(&self, from: Option<&Jid>, payload: Element) -> Result<Element, Box<Refusal>> {
+        let refuse = |e: RegisterError| {
+            Box::new(Refusal {
+                error: e.to_stanza_error(),
+                payload: Refused {
+                    error: e.to_string(),
+                }
+                .into(),
+            })
+        };
+        let token = public_token(Register::try_from(payload).map(|r| r.token).ok())
+            .inspect_err(|_| register::refused())
+            .map_err(refuse)?;
+        let issued = self
+            .registrar
+            .issue(
+                from,
+                Registration {
+                    dialect: Dialect::Sum7,
+                    application: token,
+                    instance: String::new(),
+                },
+                SystemTime::now(),
+            )
+            .map_err(refuse)?;
+        Ok(Registered {
+            endpoint: issued.endpoint,
+        }
+        .into())
+    }
+
+    /// Answer an `<unregister>` from `from`, once the revocation is on disk.
+    pub fn unregister(
+        &self,
+        from: Option<&Jid>,
+        payload: Element,
+    ) -> impl Future<Output = Result<Element, Box<Refusal>>> + Send + 'static {
+        let refuse = |e: RegisterError| {
+            Box::new(Refusal {
+                error: e.to_stanza_error(),
+                payload: UnregisterRefused {
+                    error: e.to_string(),
+                }
+                .into(),
+            })
+        };
+        let admitted =
+            public_token(Unregister::try_from(payload).map(|u| u.token).ok()).and_then(|token| {
+                let from = self.registrar.admit(from)?;
+                Ok((from.to_string(), token))
+            });
+        let store = self.store.clone();
+        let revocations_live = self.revocations_live;
+        async move {
+            let (subject, token) = admitted.map_err(refuse)?;
+            let now = SystemTime::now();
+            let claims = Claims {
+                subject,
+                application: token,
+                instance: String::new(),
+                issued_at: now,
+                expires_at: now,
+                dialect: Dialect::Sum7,
+            };
+            store
+                .revoke(&claims, now, revocations_live)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot revoke a sum7 registration");
+                    refuse(RegisterError::Internal)
+                })?;
+            tracing::info!("endpoint revoked by its client (sum7 unregister)");
+            Ok(Unregistered { success: Success }.into())
+        }
+    }
+}
+
+/// The public token of a request, or why it is unusable. Taken exactly as sent: it comes back
+/// as the subject of every push, and the distributor looks it up as it is.
+fn public_token(token: Option<String>) -> Result<String, RegisterError> {
+    match token {
+        None => Err(RegisterError::BadRequest(
+            "expected a <token> child holding the distributor's public token, and nothing else",
+        )),
+        Some(token) if token.trim().is_empty() => Err(RegisterError::BadRequest(
+            "the <token> is empty: send the distributor's public token for the app",
+        )),
+        Some(token) if token.len() > MAX_TOKEN_LEN => Err(RegisterError::BadRequest(
+            "the <token> is longer than 256 bytes",
+        )),
+        Some(token) => Ok(token),
+    }
+}
+
+/// Why a push could not be handed on.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SendError {
+    #[error(
+        "this endpoint's client takes text only: the body {0}, so it cannot be an encrypted \
+             Web Push message"
+    )]
+    NotText(&'static str),
+    #[error("the component link is down")]
+    LinkDown,
+}
+
+/// Hands pushes for sum7's clients to the XMPP server.
+pub struct Sender {
+    link: Link,
+    component: BareJid,
+    ids: MessageIds,
+}
+
+impl Sender {
+    pub fn new(link: Link, component: BareJid) -> Sender {
+        Sender {
+            link,
+            component,
+            ids: MessageIds::default(),
+        }
+    }
+
+    /// Send `body` to the client `claims` name as a `<message>`; returns the message's id once the
+    /// stanza is queued for the server.
+    pub async fn send(&self, claims: &Claims, body: &[u8]) -> Result<String, SendError> {
+        let text = text_of(body)?;
+        // Only a token we issued gets here, and we issued it for a parsed JID.
+        let to: Jid = claims
+            .subject
+            .parse()
+            .map_err(|_| SendError::NotText("names no client"))?;
+        let id = self.ids.next();
+        // `normal` is the default type, which xmpp-parsers leaves unwritten (RFC 6121 §5.2.2).
+        // sum7's gateway wrote it out; its distributor matches a message without a type, and
+        // treats both alike, so leaving it out is the form it surely takes.
+        let mut message = Message::new_with_type(MessageType::Normal, Some(to));
+        message.from = Some(self.component.clone().into());
+        message.id = Some(xmpp_parsers::message::Id(id.clone()));
+        message
+            .subjects
+            .insert(Lang::default(), claims.application.clone());
+        message.bodies.insert(Lang::default(), text.to_owned());
+        self.link
+            .send(Box::new(Stanza::Message(message)))
+            .await
+            .map_err(|_| SendError::LinkDown)?;
+        Ok(id)
+    }
+}
+
+/// `body` as text XML can carry (XML 1.0 §2.2), or what is wrong with it.
+fn text_of(body: &[u8]) -> Result<&str, SendError> {
+    let text = std::str::from_utf8(body).map_err(|_| SendError::NotText("is not UTF-8"))?;
+    let carried = |c: char| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    };
+    if !text.chars().all(carried) {
+        return Err(SendError::NotText(
+            "holds control characters XML cannot carry",
+        ));
+    }
+    Ok(text)
+}
+
+/// The stanza error for a request in this namespace that xup does not know.
+pub fn unknown_request() -> StanzaError {
+    StanzaError::new(
+        ErrorType::Cancel,
+        DefinedCondition::FeatureNotImplemented,
+        "en",
+        "unifiedpush.org knows <register> and <unregister>",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_utf8_that_xml_can_carry() {
+        assert_eq!(text_of(b"hello\tworld\n"), Ok("hello\tworld\n"));
+        assert_eq!(text_of("grüße 🎉".as_bytes()), Ok("grüße 🎉"));
+        assert_eq!(
+            text_of(&[0xff, 0xfe]),
+            Err(SendError::NotText("is not UTF-8"))
+        );
+        assert!(matches!(text_of(b"a\0b"), Err(SendError::NotText(_))));
+        assert!(matches!(text_of(b"\x1b[0m"), Err(SendError::NotText(_))));
+        assert!(matches!(
+            text_of("\u{FFFF}".as_bytes()),
+            Err(SendError::NotText(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_must_be_there_not_blank_and_not_huge() {
+        assert!(public_token(None).is_err());
+        assert!(public_token(Some(" ".into())).is_err());
+        assert!(public_token(Some("x".repeat(MAX_TOKEN_LEN + 1))).is_err());
+        let uuid = "0b5bdf3d-5ea5-4bba-9f5c-0ab5a8f3d2d0".to_owned();
+        assert_eq!(public_token(Some(uuid.clone())), Ok(uuid));
+    }
+
+    #[test]
+    fn a_message_says_normal_and_carries_subject_and_body() {
+        let mut message = Message::new_with_type(
+            MessageType::Normal,
+            Some("juliet@example.org/phone".parse::<Jid>().expect("jid")),
+        );
+        message.subjects.insert(Lang::default(), "public".into());
+        message.bodies.insert(Lang::default(), "content".into());
+        let element = Element::from(message);
+        // RFC 6121 §5.2.2: a message without a type is `normal`; see `Sender::send`.
+        assert_eq!(element.attr("type"), None);
+        let xml = String::from(&element);
+        assert!(xml.contains("<subject>public</subject>"), "{xml}");
+        assert!(xml.contains("<body>content</body>"), "{xml}");
+    }
+}
