@@ -27,6 +27,8 @@ pub struct XupSettings {
     pub store: PathBuf,
     /// `RUST_LOG` for the process: tests want every debug line, the benchmark only info.
     pub log_filter: &'static str,
+    /// More `registration` settings, e.g. `("legacy_up_secret", json!("…"))`.
+    pub registration: Vec<(&'static str, Value)>,
     /// More `delivery` settings, e.g. `("max_held", json!(1))`.
     pub delivery: Vec<(&'static str, Value)>,
     /// More `http` settings, e.g. `("max_connections", json!(10))`.
@@ -47,6 +49,7 @@ impl XupSettings {
             http_port: free_port(),
             store: store.to_owned(),
             log_filter: "xup=debug",
+            registration: Vec::new(),
             delivery: Vec::new(),
             http: Vec::new(),
             limits: Vec::new(),
@@ -81,6 +84,7 @@ impl XupSettings {
             }
             base
         };
+        let registration = section(registration, &self.registration);
         let delivery = section(json!({ "timeout": self.timeout }), &self.delivery);
         let http = section(
             json!({

@@ -58,6 +58,27 @@ pub struct ReceivedPush {
     pub data: Vec<u8>,
 }
 
+/// One `<message>` of sum7's dialect as the client received it.
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub type_: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// sum7's namespace.
+pub const SUM7_NS: &str = "unifiedpush.org";
+
+/// How a refused sum7 request looked: the stanza error, and the dialect's own `<error>` text.
+#[derive(Debug)]
+pub struct Sum7Failure {
+    pub failure: IqFailure,
+    pub error_text: String,
+}
+
 fn received_push(event: &Value) -> ReceivedPush {
     let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
     use base64::Engine;
@@ -228,6 +249,65 @@ impl Peer {
         self.register_raw(Some(application), Some(instance))
             .await
             .expect("registration succeeds")
+    }
+
+    /// sum7's `<register>` (or `<unregister>`, by `element`) with `token`: the text of the answer's
+    /// first child (`<endpoint>` or `<success>`), or the refusal.
+    async fn sum7(&mut self, element: &str, token: &str) -> Result<(String, String), Sum7Failure> {
+        let xml = format!("<{element} xmlns='{SUM7_NS}'><token>{token}</token></{element}>");
+        let answer = self.iq("set", COMPONENT, &xml).await;
+        let payload = &answer["payload"];
+        let child = &payload["children"][0];
+        let text = child["text"].as_str().unwrap_or_default().to_owned();
+        if answer["type"] == "result" {
+            assert_eq!(payload["name"], element, "{answer}");
+            assert_eq!(payload["ns"], SUM7_NS, "{answer}");
+            let name = child["name"].as_str().unwrap_or_default().to_owned();
+            Ok((name, text))
+        } else {
+            assert_eq!(
+                payload["name"], element,
+                "the refusal carries <{element}>: {answer}"
+            );
+            assert_eq!(child["name"], "error", "{answer}");
+            Err(Sum7Failure {
+                failure: IqFailure {
+                    condition: answer["condition"].as_str().unwrap_or_default().to_owned(),
+                    error_type: answer["error_type"].as_str().unwrap_or_default().to_owned(),
+                },
+                error_text: text,
+            })
+        }
+    }
+
+    /// sum7's `<register>`: the endpoint, or the refusal.
+    pub async fn sum7_register(&mut self, token: &str) -> Result<String, Sum7Failure> {
+        let (name, endpoint) = self.sum7("register", token).await?;
+        assert_eq!(name, "endpoint");
+        Ok(endpoint)
+    }
+
+    /// sum7's `<unregister>`; panics unless it is answered `<success/>`.
+    pub async fn sum7_unregister(&mut self, token: &str) {
+        let (name, _) = self.sum7("unregister", token).await.expect("unregistered");
+        assert_eq!(name, "success");
+    }
+
+    /// The next `<message>` of sum7's dialect this client receives.
+    pub async fn next_message(&mut self) -> ReceivedMessage {
+        let event = first_matching(&mut self.events, "a sum7 message", |e| {
+            e["event"] == "message"
+        })
+        .await;
+        let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+        ReceivedMessage {
+            id: text("id"),
+            from: text("from"),
+            to: text("to"),
+            type_: text("type"),
+            subject: text("subject"),
+            body: text("body"),
+        }
     }
 
     /// How to answer pushes from now on: "result", "silent", or a stanza error condition.

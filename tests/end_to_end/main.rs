@@ -2,6 +2,7 @@
 //! all on loopback. One test binary, so the harness is compiled once and every part of it is used.
 
 mod basics;
+mod dialects;
 mod fairness;
 mod harness;
 mod holding;

@@ -30,8 +30,11 @@ events
   {"event": "ack", "ref": N}
   {"event": "push", "id", "from", "to", "application", "instance", "data"}
   {"event": "answered", "id"}                       (after a late answer was sent)
+  {"event": "message", "id", "from", "to", "type", "subject", "body"}
+      (a <message> with a subject: sum7's dialect of UnifiedPush)
   {"event": "iq", "ref": N, "type": "result" | "error", "condition", "error_type", "text",
-   "payload": {"name", "ns", "attrs", "children": [{"name", "attrs"}]} | null}
+   "payload": {"name", "ns", "attrs", "children": [{"name", "attrs", "text"}]} | null}
+      (for an error, "payload" is the first child that is not <error>, if any)
   {"event": "offline"}
 """
 
@@ -82,6 +85,7 @@ class Peer(slixmpp.ClientXMPP):
                 self.on_push,
             )
         )
+        self.add_event_handler("message", self.on_message)
 
     async def on_start(self, _event):
         self.send_presence()
@@ -138,6 +142,19 @@ class Peer(slixmpp.ClientXMPP):
             reply["error"]["type"] = "cancel"
         reply.send()
 
+    def on_message(self, msg):
+        if msg.xml.find("{jabber:client}subject") is None:
+            return
+        emit(
+            event="message",
+            id=msg["id"],
+            to=str(msg["to"]),
+            **{"from": str(msg["from"])},
+            type=msg["type"],
+            subject=msg["subject"],
+            body=msg["body"],
+        )
+
     def answer_late(self, reply, push_id):
         reply.send()
         emit(event="answered", id=push_id)
@@ -151,6 +168,7 @@ class Peer(slixmpp.ClientXMPP):
             answer = await iq.send(timeout=10)
         except IqError as e:
             err = e.iq["error"]
+            others = [c for c in e.iq.xml if not c.tag.endswith("}error")]
             emit(
                 event="iq",
                 ref=ref,
@@ -158,26 +176,14 @@ class Peer(slixmpp.ClientXMPP):
                 condition=err["condition"],
                 error_type=err["type"],
                 text=err["text"],
-                payload=None,
+                payload=describe(others[0]) if others else None,
             )
             return
         except IqTimeout:
             emit(event="iq", ref=ref, type="timeout", payload=None)
             return
         children = list(answer.xml)
-        payload = None
-        if children:
-            child = children[0]
-            ns, _, name = child.tag[1:].partition("}")
-            payload = {
-                "name": name,
-                "ns": ns,
-                "attrs": dict(child.attrib),
-                "children": [
-                    {"name": c.tag.partition("}")[2], "attrs": dict(c.attrib)}
-                    for c in child
-                ],
-            }
+        payload = describe(children[0]) if children else None
         emit(event="iq", ref=ref, type="result", payload=payload)
 
     def command(self, line):
@@ -202,6 +208,20 @@ class Peer(slixmpp.ClientXMPP):
             )
         elif cmd["cmd"] == "quit":
             self.quit()
+
+
+def describe(element):
+    """An IQ payload as the harness reads it: its name, namespace, attributes and children."""
+    ns, _, name = element.tag[1:].partition("}")
+    return {
+        "name": name,
+        "ns": ns,
+        "attrs": dict(element.attrib),
+        "children": [
+            {"name": c.tag.partition("}")[2], "attrs": dict(c.attrib), "text": c.text or ""}
+            for c in element
+        ],
+    }
 
 
 def read_commands(peer, loop):
