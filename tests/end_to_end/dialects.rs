@@ -287,7 +287,7 @@ async fn a_matrix_homeserver_notifies_through_xup_and_hears_which_pushkeys_to_dr
     assert_eq!(rejected, expected);
 
     // Our device got the notification without its devices, as UnifiedPush's gateways send it.
-    let mut pushes = vec![phone.next_push().await, phone.next_push().await];
+    let mut pushes = [phone.next_push().await, phone.next_push().await];
     pushes.sort_by_key(|p| p.application != APP);
     assert_eq!(pushes[0].application, APP);
     let body: Value = serde_json::from_slice(&pushes[0].data).expect("JSON");
