@@ -10,6 +10,7 @@ pub mod config;
 pub mod deliver;
 pub mod held;
 pub mod http;
+pub mod import;
 pub mod limits;
 pub mod listener;
 pub mod matrix;

@@ -46,6 +46,12 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Write a complete xup config (on stdout) from the config.json of the Java `up`, so the
+    /// endpoints it issued keep working; says on stderr what it could not map.
+    ImportUpConfig {
+        /// The Java `up`'s config.json.
+        up_config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
+    if let Some(Command::ImportUpConfig { up_config }) = &cli.command {
+        return import_up_config(up_config);
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -110,6 +119,34 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
         Err(e) => {
             eprintln!("xup: {}: {e}", config.component.server);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xup import-up-config`: the new config on stdout, what the operator must know on stderr.
+fn import_up_config(path: &std::path::Path) -> ExitCode {
+    let imported = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|text| xup::import::from_up_config(&text).map_err(|e| e.to_string()));
+    match imported {
+        Ok(imported) => {
+            for note in &imported.notes {
+                eprintln!("xup: {note}");
+            }
+            match serde_json::to_string_pretty(&imported.config) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xup: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("xup: {}: {e}", path.display());
+            ExitCode::from(2)
         }
     }
 }

@@ -91,3 +91,88 @@ fn json_logs_are_one_object_per_line() {
     assert!(line["level"].is_string(), "{line}");
     assert!(line["fields"]["message"].is_string(), "{line}");
 }
+
+/// A config of the Java `up`, the shape its README and its own `config.json` have.
+const UP_CONFIG: &str = r#"{
+  "component": {
+    "hostname": "localhost",
+    "port": 5348,
+    "jid": "up.conversations.im",
+    "sharedSecret": "the component secret"
+  },
+  "registration": {
+    "sharedSecret": "7z8XLjkj/8h2T22nd1Z279vT2ONMOgQu8xj0BLps3qA=",
+    "uri": "https://up.conversations.im/push/{token}"
+  },
+  "webServer": {
+    "ip": "127.0.0.1",
+    "port": 6677
+  }
+}"#;
+
+#[test]
+fn import_up_config_writes_a_config_xup_check_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = dir.path().join("up-config.json");
+    std::fs::write(&up, UP_CONFIG.replace("6677\n", "6677, \"threads\": 4\n")).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("import-up-config")
+        .arg(&up)
+        .output()
+        .expect("xup runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("webServer.threads: not mapped"), "{stderr}");
+
+    let written: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(written["component"]["jid"], "up.conversations.im");
+    assert_eq!(written["component"]["server"], "localhost:5348");
+    assert_eq!(written["component"]["secret"], "the component secret");
+    assert_eq!(written["http"]["listen"], "127.0.0.1:6677");
+    assert_eq!(written["http"]["public_url"], "https://up.conversations.im");
+    let registration = &written["registration"];
+    assert_eq!(
+        registration["legacy_up_secret"],
+        "7z8XLjkj/8h2T22nd1Z279vT2ONMOgQu8xj0BLps3qA="
+    );
+    assert_eq!(
+        registration["legacy_up_uri"],
+        "https://up.conversations.im/push/{token}"
+    );
+    let fresh = registration["secrets"][0].as_str().expect("a fresh secret");
+    assert!(fresh.len() >= 32 && !UP_CONFIG.contains(fresh));
+
+    let config = dir.path().join("xup.json");
+    std::fs::write(&config, &output.stdout).expect("write");
+    let check = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("xup runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn import_up_config_names_what_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = dir.path().join("up-config.json");
+    std::fs::write(
+        &up,
+        UP_CONFIG.replace("\"jid\": \"up.conversations.im\",", ""),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("import-up-config")
+        .arg(&up)
+        .output()
+        .expect("xup runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("component.jid: missing"), "{stderr}");
+}
