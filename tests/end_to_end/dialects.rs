@@ -119,6 +119,28 @@ async fn sum7_unregister_revokes_every_endpoint_of_that_token() {
     assert_eq!(phone.next_message().await.body, "back");
 }
 
+/// What DESIGN.md says the XMPP server does with a sum7 push for a client that is away: with no
+/// other resource online it is stored offline and delivered when the account comes back (on a
+/// new resource too); with another resource online, that one gets it.
+#[tokio::test]
+async fn a_sum7_push_for_a_client_that_is_away_is_the_servers_to_keep() {
+    let stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.sum7_register(PUBLIC).await.expect("registered");
+    phone.quit().await;
+    let response = post(&endpoint, "while away").await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["ttl"], "0");
+    let mut back = stack.juliet("phone-again").await;
+    let message = back.next_message().await;
+    assert_eq!((message.subject.as_str(), message.body.as_str()), (PUBLIC, "while away"));
+
+    let mut laptop = stack.juliet("laptop").await;
+    back.quit().await;
+    assert_eq!(post(&endpoint, "to whoever is there").await.status(), 201);
+    assert_eq!(laptop.next_message().await.body, "to whoever is there");
+}
+
 /// The Java `up`'s `registration.sharedSecret`, as its config holds it.
 const UP_SECRET: [u8; 32] = [42; 32];
 
