@@ -1,6 +1,6 @@
 //! The push endpoint that application servers talk to (RFC 8030 §5, UnifiedPush conventions).
 //!
-//! Every answer is decided in one place, [`PushReply::into_response`], because the status code is
+//! Every answer is decided in one place, `Verdict`'s `into_response`, because the status code is
 //! the whole message to a sender: Mastodon and most Web Push senders drop a subscription on any
 //! 4xx but 408 and 429, so a 4xx is only ever sent for an endpoint that is really dead or a request
 //! that is really wrong. A message the client cannot take now is held and answered `201` with the
