@@ -174,7 +174,7 @@ impl Gateway {
         pushkey: &str,
         request: relay::Request,
     ) -> bool {
-        let Some(token) = self.token_of(pushkey) else {
+        let Some(token) = token_in(pushkey, &self.endpoint_prefix, self.legacy.as_ref()) else {
             tracing::debug!("a pushkey that is not an endpoint of ours");
             return true;
         };
@@ -194,20 +194,25 @@ impl Gateway {
         METRICS.push(verdict.outcome());
         verdict == Verdict::Revoked
     }
+}
 
-    /// The token inside `pushkey`, if it is an endpoint of this xup.
-    fn token_of<'a>(&self, pushkey: &'a str) -> Option<&'a str> {
-        let token = match pushkey.strip_prefix(&self.endpoint_prefix) {
-            Some(token) => token,
-            None => match &self.legacy {
-                Some(LegacyPrefix::Path(prefix)) => pushkey.strip_prefix(prefix.as_str())?,
-                Some(LegacyPrefix::Query(prefix)) => pushkey.strip_prefix(prefix.as_str())?,
-                None => return None,
-            },
-        };
-        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-        (!token.is_empty() && token.chars().all(plain)).then_some(token)
-    }
+/// The token inside `pushkey`, if it is an endpoint of this xup: one of its own (under
+/// `endpoint_prefix`) or one the Java `up` issued (`legacy`). Tokens are PASETO, so anything but
+/// the URL-safe base64 alphabet and dots is no token.
+fn token_in<'a>(
+    pushkey: &'a str,
+    endpoint_prefix: &str,
+    legacy: Option<&LegacyPrefix>,
+) -> Option<&'a str> {
+    let token = match (pushkey.strip_prefix(endpoint_prefix), legacy) {
+        (Some(token), _) => token,
+        (None, Some(LegacyPrefix::Path(prefix) | LegacyPrefix::Query(prefix))) => {
+            pushkey.strip_prefix(prefix.as_str())?
+        }
+        (None, None) => return None,
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    (!token.is_empty() && token.chars().all(plain)).then_some(token)
 }
 
 /// What a notify asks for.
@@ -362,6 +367,46 @@ mod tests {
         notification.insert("room_name".into(), json!("r".repeat(5000)));
         let body: Value = serde_json::from_slice(&app_body(notification)).expect("json");
         assert_eq!(body, json!({ "notification": { "event_id": "$e" } }));
+    }
+
+    #[test]
+    fn only_our_own_endpoints_are_pushkeys_we_relay() {
+        let ours = "https://up.example.org/push/";
+        let path = LegacyPrefix::Path("https://old.example.org/push/".into());
+        let query = LegacyPrefix::Query("https://old.example.org/up?token=".into());
+        let token_in = |pushkey, legacy| token_in(pushkey, ours, legacy);
+        assert_eq!(
+            token_in("https://up.example.org/push/v4.local.a-b_c", None),
+            Some("v4.local.a-b_c")
+        );
+        assert_eq!(token_in("https://up.example.org/push/", None), None);
+        assert_eq!(
+            token_in("https://up.example.org/push/a/../../x", None),
+            None
+        );
+        assert_eq!(
+            token_in("https://up.example.org.evil/push/v4.local.a", None),
+            None
+        );
+        assert_eq!(
+            token_in("https://old.example.org/push/v2.local.a", None),
+            None
+        );
+        assert_eq!(
+            token_in("https://old.example.org/push/v2.local.a", Some(&path)),
+            Some("v2.local.a")
+        );
+        assert_eq!(
+            token_in("https://old.example.org/up?token=v2.local.a", Some(&query)),
+            Some("v2.local.a")
+        );
+        assert_eq!(
+            token_in(
+                "https://old.example.org/up?token=v2.local.a&x=1",
+                Some(&query)
+            ),
+            None
+        );
     }
 
     #[test]

@@ -15,21 +15,9 @@ const PUBLIC: &str = "0b5bdf3d-5ea5-4bba-9f5c-0ab5a8f3d2d0";
 async fn a_sum7_distributor_registers_and_its_push_arrives_as_a_message() {
     let stack = Stack::start().await;
     let mut phone = stack.juliet("phone").await;
-    let disco = phone
-        .iq(
-            "get",
-            COMPONENT,
-            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
-        )
-        .await;
-    let features: Vec<&str> = disco["payload"]["children"]
-        .as_array()
-        .expect("children")
-        .iter()
-        .filter_map(|c| c["attrs"]["var"].as_str())
-        .collect();
-    assert!(features.contains(&SUM7_NS), "{features:?}");
-    assert!(features.contains(&UP_NS), "{features:?}");
+    let features = phone.disco_features().await;
+    assert!(features.iter().any(|f| f == SUM7_NS), "{features:?}");
+    assert!(features.iter().any(|f| f == UP_NS), "{features:?}");
 
     let endpoint = phone.sum7_register(PUBLIC).await.expect("registered");
     assert!(
@@ -133,7 +121,10 @@ async fn a_sum7_push_for_a_client_that_is_away_is_the_servers_to_keep() {
     assert_eq!(response.headers()["ttl"], "0");
     let mut back = stack.juliet("phone-again").await;
     let message = back.next_message().await;
-    assert_eq!((message.subject.as_str(), message.body.as_str()), (PUBLIC, "while away"));
+    assert_eq!(
+        (message.subject.as_str(), message.body.as_str()),
+        (PUBLIC, "while away")
+    );
 
     let mut laptop = stack.juliet("laptop").await;
     back.quit().await;

@@ -214,6 +214,26 @@ impl Peer {
         self.reply_to("iq", sent).await
     }
 
+    /// The features the component advertises (disco#info), asserting it answers.
+    pub async fn disco_features(&mut self) -> Vec<String> {
+        let disco = self
+            .iq(
+                "get",
+                COMPONENT,
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .await;
+        assert_eq!(disco["type"], "result");
+        assert_eq!(disco["payload"]["name"], "query");
+        disco["payload"]["children"]
+            .as_array()
+            .expect("children")
+            .iter()
+            .filter(|c| c["name"] == "feature")
+            .filter_map(|c| c["attrs"]["var"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// `<register>` with exactly these attributes (`None` leaves one out).
     pub async fn register_raw(
         &mut self,
