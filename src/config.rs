@@ -24,6 +24,7 @@ pub struct Config {
     pub component: ComponentConfig,
     pub http: HttpConfig,
     pub registration: RegistrationConfig,
+    pub app_server: AppServerConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
@@ -120,6 +121,21 @@ pub struct DeliveryConfig {
     pub retry_interval: Duration,
 }
 
+/// The XEP-0357 app server (`app_server.rs`).
+pub struct AppServerConfig {
+    /// Whether xup takes the role at all (advertises it, answers its commands and publishes).
+    pub enabled: bool,
+    /// Networks an endpoint may resolve into although they are private, loopback or link-local;
+    /// only there may an endpoint be plain `http`.
+    pub allow_private_endpoints: Vec<IpNet>,
+    /// How long a registered node lives.
+    pub node_lifetime: Duration,
+    /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or `https:`).
+    pub vapid_contact: String,
+    /// Which VAPID key signs; a new number makes (and keeps) a new key in the store.
+    pub vapid_key_generation: u32,
+}
+
 /// Rate limits, each a token bucket: `burst` at once, then one more every `every`.
 pub struct LimitsConfig {
     /// Pushes to one endpoint (one registration).
@@ -130,6 +146,8 @@ pub struct LimitsConfig {
     pub forged_tokens_per_address: Rate,
     /// `<register>` requests from one account (bare JID).
     pub registrations_per_account: Rate,
+    /// XEP-0357 publishes to one app-server node.
+    pub publishes_per_node: Rate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,6 +213,8 @@ pub struct RawConfig {
     http: RawHttp,
     registration: RawRegistration,
     #[serde(default)]
+    app_server: RawAppServer,
+    #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
     limits: RawLimits,
@@ -249,6 +269,16 @@ struct RawRegistration {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawAppServer {
+    enabled: Option<bool>,
+    allow_private_endpoints: Option<Vec<String>>,
+    node_lifetime: Option<String>,
+    vapid_contact: Option<String>,
+    vapid_key_generation: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawDelivery {
     answer_within: Option<String>,
     timeout: Option<String>,
@@ -266,6 +296,7 @@ struct RawLimits {
     per_address: Option<RawRate>,
     forged_tokens_per_address: Option<RawRate>,
     registrations_per_account: Option<RawRate>,
+    publishes_per_node: Option<RawRate>,
 }
 
 #[derive(Deserialize)]
@@ -596,6 +627,43 @@ impl Config {
                 limits.registrations_per_account,
                 protocol::DEFAULT_REGISTRATIONS_PER_ACCOUNT,
             )?,
+            publishes_per_node: rate(
+                "limits.publishes_per_node",
+                limits.publishes_per_node,
+                protocol::DEFAULT_PUBLISHES_PER_NODE,
+            )?,
+        };
+
+        let raw_app = raw.app_server;
+        let app_server = AppServerConfig {
+            enabled: raw_app.enabled.unwrap_or(true),
+            allow_private_endpoints: raw_app
+                .allow_private_endpoints
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    proxy_entry(&format!("app_server.allow_private_endpoints[{i}]"), entry)
+                })
+                .collect::<Result<_, _>>()?,
+            node_lifetime: positive_duration(
+                "app_server.node_lifetime",
+                raw_app.node_lifetime.as_deref(),
+                protocol::DEFAULT_NODE_LIFETIME,
+            )?,
+            vapid_contact: match raw_app.vapid_contact {
+                Some(contact) if contact.starts_with("mailto:") || contact.starts_with("https://") => {
+                    contact
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "app_server.vapid_contact",
+                        "expected a mailto: or https: URI (RFC 8292 §2.1)",
+                    ));
+                }
+                None => public_url.clone(),
+            },
+            vapid_key_generation: raw_app.vapid_key_generation.unwrap_or(1),
         };
 
         let metrics = MetricsConfig {
@@ -644,6 +712,7 @@ impl Config {
                 allow,
                 legacy_up,
             },
+            app_server,
             delivery: DeliveryConfig {
                 answer_within,
                 timeout,

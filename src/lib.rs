@@ -25,6 +25,7 @@ pub mod status;
 pub mod store;
 pub mod sum7;
 pub mod token;
+pub mod webpush;
 
 use std::{sync::Arc, time::Duration};
 

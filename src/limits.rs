@@ -42,6 +42,8 @@ pub struct Limits {
     pub forged_tokens: Limiter<IpAddr>,
     /// `<register>` requests per account.
     pub registrations: Limiter<BareJid>,
+    /// XEP-0357 publishes per app-server node (by its id).
+    pub publishes: Limiter<String>,
 }
 
 impl Limits {
@@ -57,6 +59,7 @@ impl Limits {
                 metrics::Limit::Registrations,
                 config.registrations_per_account,
             ),
+            publishes: Limiter::new(metrics::Limit::Publishes, config.publishes_per_node),
         }
     }
 
@@ -66,6 +69,7 @@ impl Limits {
         self.per_address.forget_idle();
         self.forged_tokens.forget_idle();
         self.registrations.forget_idle();
+        self.publishes.forget_idle();
     }
 }
 

@@ -112,6 +112,7 @@ pub enum Limit {
     PerAddress,
     ForgedTokens,
     Registrations,
+    Publishes,
 }
 
 impl Limit {
@@ -121,6 +122,7 @@ impl Limit {
             Limit::PerAddress => "per_address",
             Limit::ForgedTokens => "forged_tokens_per_address",
             Limit::Registrations => "registrations_per_account",
+            Limit::Publishes => "publishes_per_node",
         }
     }
 }

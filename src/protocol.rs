@@ -95,6 +95,15 @@ pub const DEFAULT_FORGED_PER_ADDRESS: (u32, Duration) = (100, Duration::from_sec
 /// then one every 20 s.
 pub const DEFAULT_REGISTRATIONS_PER_ACCOUNT: (u32, Duration) = (30, Duration::from_secs(20));
 
+/// Per app-server node, XEP-0357 publishes: a busy chat wakes the phone once a message, and the
+/// server coalesces; one a second after a burst of 60.
+pub const DEFAULT_PUBLISHES_PER_NODE: (u32, Duration) = (60, Duration::from_secs(1));
+
+/// How long an app-server node lives. Clients do not renew a node (p2 and mod_push nodes live
+/// forever); a month bounds what a leaked node is worth, and a client that enables push at each
+/// login registers again long before.
+pub const DEFAULT_NODE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// RFC 8030 §5.4: a `Topic` is at most 32 characters of the URL-safe base64 alphabet.
 pub const MAX_TOPIC_LEN: usize = 32;
 

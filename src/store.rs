@@ -6,6 +6,10 @@
 //! dead, one issued later (a fresh `<register>` after a reinstall) works. An entry is dropped once
 //! every token it can kill has expired, so memory grows with revoked apps, never with live endpoints.
 //!
+//! The XEP-0357 app server's nodes are revoked the same way, keyed by a digest of the node's id, and
+//! its VAPID keys live here too: they must outlive restarts, or every subscription made with the
+//! public key would break.
+//!
 //! The embedded store is one SQLite file under `store.path`, written with full sync before a
 //! revocation is reported, and mirrored in memory so the push path never waits on disk. The same
 //! file holds the messages kept for unreachable clients (`held.rs`), through the shared [`Database`].
@@ -114,6 +118,10 @@ impl Store {
                  registration BLOB PRIMARY KEY,
                  revoked_at_us INTEGER NOT NULL,
                  forget_at_us INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS vapid_keys (
+                 generation INTEGER PRIMARY KEY,
+                 secret BLOB NOT NULL
              )",
         )?;
         let now_us = micros(SystemTime::now());
@@ -154,10 +162,15 @@ impl Store {
     /// Whether the registration that issued `claims` was revoked after the token was issued.
     /// Memory only; never waits.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
+        self.is_revoked_key(&registration_key(claims), claims.issued_at)
+    }
+
+    /// Whether whatever `key` names was revoked at or after `issued_at`. Memory only.
+    pub fn is_revoked_key(&self, key: &RegistrationKey, issued_at: SystemTime) -> bool {
         let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
         revoked
-            .get(&registration_key(claims))
-            .is_some_and(|r| micros(claims.issued_at) <= r.revoked_at_us)
+            .get(key)
+            .is_some_and(|r| micros(issued_at) <= r.revoked_at_us)
     }
 
     /// Revoke every token of `claims`' registration issued up to `now`, durably. The entry is kept
@@ -169,10 +182,21 @@ impl Store {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<(), StoreError> {
-        let key = registration_key(claims);
+        let forget_at = (now + lifetime).max(claims.expires_at);
+        self.revoke_key(registration_key(claims), now, forget_at)
+            .await
+    }
+
+    /// Revoke whatever `key` names as of `now`, durably, and remember it until `forget_at`.
+    pub async fn revoke_key(
+        &self,
+        key: RegistrationKey,
+        now: SystemTime,
+        forget_at: SystemTime,
+    ) -> Result<(), StoreError> {
         let revocation = Revocation {
             revoked_at_us: micros(now),
-            forget_at_us: micros((now + lifetime).max(claims.expires_at)),
+            forget_at_us: micros(forget_at),
         };
         self.db
             .run(move |db| {
@@ -195,6 +219,40 @@ impl Store {
         entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
         entry.forget_at_us = entry.forget_at_us.max(revocation.forget_at_us);
         Ok(())
+    }
+
+    /// The VAPID private key of `generation`, made by `make` and kept the first time it is asked
+    /// for: a key once used must never change, or the subscriptions made with it break.
+    pub async fn vapid_key(
+        &self,
+        generation: u32,
+        make: impl FnOnce() -> Vec<u8> + Send + 'static,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.db
+            .run(move |db| {
+                let transaction = db.transaction()?;
+                let existing: Option<Vec<u8>> = transaction
+                    .query_row(
+                        "SELECT secret FROM vapid_keys WHERE generation = ?1",
+                        params![generation],
+                        |row| row.get(0),
+                    )
+                    .ok();
+                let secret = match existing {
+                    Some(secret) => secret,
+                    None => {
+                        let secret = make();
+                        transaction.execute(
+                            "INSERT INTO vapid_keys (generation, secret) VALUES (?1, ?2)",
+                            params![generation, secret],
+                        )?;
+                        secret
+                    }
+                };
+                transaction.commit()?;
+                Ok(secret)
+            })
+            .await
     }
 
     /// Forget revocations that can no longer kill any token.

@@ -32,6 +32,17 @@ use sha2::Sha256;
 /// HKDF labels; changing one invalidates every endpoint ever issued.
 const KEY_LABEL: &[u8] = b"xup endpoint token key v1";
 const KEY_ID_LABEL: &[u8] = b"xup endpoint token key id v1";
+/// Changing it changes every secret [`KeyRing::secret_of`] derives.
+const SECRET_LABEL: &[u8] = b"xup token secret v1";
+
+/// What a token is for; each has its own implicit assertion, so none opens as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A push endpoint (`/push/{token}`).
+    Endpoint,
+    /// A node of the XEP-0357 app server (`app_server.rs`).
+    Node,
+}
 
 /// Longer strings are not tokens xup made; refuse them before any base64 or crypto work. The
 /// largest claims RFC 7622 allows (three 1023-byte JID parts, a resource of `"` escaped to twice
@@ -165,7 +176,6 @@ impl KeyRing {
 
     /// Encrypt `claims` under the first key.
     pub fn issue(&self, claims: &Claims) -> Result<String, TokenError> {
-        let key = &self.keys[0];
         let payload = serde_json::to_vec(&Payload {
             sub: claims.subject.clone(),
             app: claims.application.clone(),
@@ -178,17 +188,70 @@ impl KeyRing {
             },
         })
         .map_err(|e| TokenError::Create(e.to_string()))?;
+        self.seal(Purpose::Endpoint, &payload)
+    }
+
+    /// Encrypt `payload` under the first key, bound to `purpose`: a token sealed for one purpose
+    /// never opens for another.
+    pub fn seal(&self, purpose: Purpose, payload: &[u8]) -> Result<String, TokenError> {
+        let key = &self.keys[0];
         let footer = serde_json::to_vec(&Footer {
             kid: key.id.clone(),
         })
         .map_err(|e| TokenError::Create(e.to_string()))?;
         LocalToken::encrypt(
             &key.key,
-            &payload,
+            payload,
             Some(&footer),
-            Some(self.audience.as_bytes()),
+            Some(&self.assertion(purpose)),
         )
         .map_err(|e| TokenError::Create(e.to_string()))
+    }
+
+    /// The payload of a token [`KeyRing::seal`] made for `purpose`, authenticated.
+    pub fn unseal(&self, purpose: Purpose, token: &str) -> Result<String, TokenError> {
+        if token.len() > MAX_TOKEN_LEN || !token.starts_with("v4.local.") {
+            return Err(TokenError::Malformed);
+        }
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let key = self.key_of(&untrusted)?;
+        let trusted =
+            LocalToken::decrypt(&key.key, &untrusted, None, Some(&self.assertion(purpose)))
+                .map_err(|_| TokenError::Forged)?;
+        Ok(trusted.payload().to_owned())
+    }
+
+    /// A secret only xup can compute from `token`, under the key that sealed it: so a token and
+    /// its secret can be handed out together without storing either.
+    pub fn secret_of(&self, token: &str) -> Result<String, TokenError> {
+        let untrusted =
+            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let key = self.key_of(&untrusted)?;
+        let hkdf = Hkdf::<Sha256>::new(Some(token.as_bytes()), key.key.as_bytes());
+        let mut secret = [0u8; 24];
+        hkdf.expand(SECRET_LABEL, &mut secret)
+            .map_err(|e| TokenError::Create(e.to_string()))?;
+        Ok(URL_SAFE_NO_PAD.encode(secret))
+    }
+
+    /// The key a token's footer names.
+    fn key_of(&self, untrusted: &UntrustedToken<Local, V4>) -> Result<&Key, TokenError> {
+        let footer: Footer = serde_json::from_slice(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
+        self.keys
+            .iter()
+            .find(|k| k.id == footer.kid)
+            .ok_or(TokenError::UnknownKey)
+    }
+
+    /// PASETO's implicit assertion: the component's JID, and for anything but an endpoint what
+    /// the token is for.
+    fn assertion(&self, purpose: Purpose) -> Vec<u8> {
+        match purpose {
+            Purpose::Endpoint => self.audience.as_bytes().to_vec(),
+            Purpose::Node => format!("{} app-server node", self.audience).into_bytes(),
+        }
     }
 
     /// Decrypt and check a token as of `now`. Costs one decryption at most, and nothing at all for
@@ -213,21 +276,9 @@ impl KeyRing {
     }
 
     fn open_own(&self, token: &str) -> Result<Claims, TokenError> {
-        let untrusted =
-            UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
-        let footer: Footer = serde_json::from_slice(untrusted.untrusted_footer())
-            .map_err(|_| TokenError::Malformed)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == footer.kid)
-            .ok_or(TokenError::UnknownKey)?;
-        let trusted =
-            LocalToken::decrypt(&key.key, &untrusted, None, Some(self.audience.as_bytes()))
-                .map_err(|_| TokenError::Forged)?;
+        let payload = self.unseal(Purpose::Endpoint, token)?;
         // Authenticated from here on: a payload that does not parse is our own bug, not an attack.
-        let payload: Payload =
-            serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Malformed)?;
+        let payload: Payload = serde_json::from_str(&payload).map_err(|_| TokenError::Malformed)?;
         let time = |s: &str| humantime::parse_rfc3339(s).map_err(|_| TokenError::Malformed);
         Ok(Claims {
             issued_at: time(&payload.iat)?,
