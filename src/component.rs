@@ -46,7 +46,7 @@ use tokio_xmpp::xmlstream::{
 };
 use xmpp_parsers::{
     component::Handshake,
-    disco::{DiscoInfoResult, Identity},
+    disco::{DiscoInfoResult, DiscoItemsResult, Identity},
     iq::Iq,
     jid::{BareJid, Jid},
     minidom::Element,
@@ -59,6 +59,7 @@ use xmpp_parsers::{
 };
 
 use crate::{
+    app_server::{self, AppServer},
     config::ComponentConfig,
     metrics::METRICS,
     pending::{self, Answer, Detached, InFlight, Resolved},
@@ -180,6 +181,8 @@ pub struct Router {
     pub registrar: Arc<Registrar>,
     /// sum7's dialect, `unifiedpush.org`.
     pub sum7: sum7::Registry,
+    /// The XEP-0357 app server, unless `app_server.enabled` is off.
+    pub app_server: Option<Arc<AppServer>>,
     pub in_flight: InFlight,
     /// Told of what the link learns about clients.
     pub events: mpsc::UnboundedSender<LinkEvent>,
@@ -643,6 +646,22 @@ impl Router {
                         )
                     })));
                 }
+                if let Some(app_server) = &self.app_server {
+                    if payload.is("command", app_server::NS_COMMANDS) {
+                        let answer = app_server.clone().command(from.clone(), payload);
+                        return Some(Reply::Later(Box::pin(async move {
+                            let outcome = answer.await.map(Some).map_err(Refusal::from);
+                            reply(from, to, id, outcome)
+                        })));
+                    }
+                    if payload.is("pubsub", ns::PUBSUB) {
+                        let answer = app_server.clone().publish(from.clone(), payload);
+                        return Some(Reply::Later(Box::pin(async move {
+                            let outcome = answer.await.map(|()| None).map_err(Refusal::from);
+                            reply(from, to, id, outcome)
+                        })));
+                    }
+                }
                 let outcome = self.set(from.as_ref(), payload);
                 (from, to, id, outcome)
             }
@@ -681,6 +700,19 @@ impl Router {
     }
 
     fn get(&self, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
+        if payload.is("query", ns::DISCO_ITEMS) {
+            return Ok(Some(match (&self.app_server, payload.attr("node")) {
+                (Some(app_server), Some(app_server::NS_COMMANDS)) => {
+                    app_server.command_list().into()
+                }
+                _ => DiscoItemsResult {
+                    node: payload.attr("node").map(str::to_owned),
+                    items: Vec::new(),
+                    rsm: None,
+                }
+                .into(),
+            }));
+        }
         if payload.is("query", ns::DISCO_INFO) {
             if payload.attr("node").is_some() {
                 return Err(Box::new(
@@ -693,7 +725,7 @@ impl Router {
                     .into(),
                 ));
             }
-            return Ok(Some(disco_info().into()));
+            return Ok(Some(disco_info(self.app_server.is_some()).into()));
         }
         if payload.is("ping", ns::PING) {
             return Ok(None);
@@ -770,18 +802,33 @@ fn unsupported() -> StanzaError {
     )
 }
 
-fn disco_info() -> DiscoInfoResult {
+/// What the component is: a UnifiedPush provider in both dialects, and, with `app_server`, a
+/// XEP-0357 app server with its ad-hoc commands.
+fn disco_info(app_server: bool) -> DiscoInfoResult {
+    let mut identities = vec![Identity::new(
+        "component",
+        "generic",
+        "en",
+        "xup UnifiedPush provider",
+    )];
+    let mut features = BTreeSet::from(
+        [
+            ns::DISCO_INFO,
+            ns::DISCO_ITEMS,
+            ns::PING,
+            protocol::NS,
+            sum7::NS,
+        ]
+        .map(str::to_owned),
+    );
+    if app_server {
+        identities.push(AppServer::identity());
+        features.extend([app_server::NS_PUSH, app_server::NS_COMMANDS].map(str::to_owned));
+    }
     DiscoInfoResult {
         node: None,
-        identities: vec![Identity::new(
-            "component",
-            "generic",
-            "en",
-            "xup UnifiedPush provider",
-        )],
-        features: BTreeSet::from(
-            [ns::DISCO_INFO, ns::PING, protocol::NS, sum7::NS].map(str::to_owned),
-        ),
+        identities,
+        features,
         extensions: vec![],
     }
 }
@@ -870,7 +917,7 @@ mod tests {
 
     #[test]
     fn disco_info_advertises_unified_push() {
-        let elem: Element = disco_info().into();
+        let elem: Element = disco_info(true).into();
         let features: Vec<&str> = elem
             .children()
             .filter(|c| c.is("feature", ns::DISCO_INFO))
@@ -878,6 +925,8 @@ mod tests {
             .collect();
         assert!(features.contains(&protocol::NS));
         assert!(features.contains(&sum7::NS));
+        assert!(features.contains(&app_server::NS_PUSH));
+        assert!(features.contains(&app_server::NS_COMMANDS));
         assert!(features.contains(&ns::PING));
     }
 

@@ -652,7 +652,9 @@ impl Config {
                 protocol::DEFAULT_NODE_LIFETIME,
             )?,
             vapid_contact: match raw_app.vapid_contact {
-                Some(contact) if contact.starts_with("mailto:") || contact.starts_with("https://") => {
+                Some(contact)
+                    if contact.starts_with("mailto:") || contact.starts_with("https://") =>
+                {
                     contact
                 }
                 Some(_) => {

@@ -5,6 +5,7 @@
 //! to that endpoint, and xup relays each one to the registering client as an IQ and answers the HTTP
 //! request from the client's verdict. See `docs/DESIGN.md` for the flow and who owns each step.
 
+pub mod app_server;
 pub mod component;
 pub mod config;
 pub mod deliver;
@@ -120,6 +121,31 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
     let (link_events, link_events_receiver) = tokio::sync::mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
 
+    let app_server = match config.app_server.enabled {
+        false => None,
+        true => {
+            let vapid = store.vapid_key(
+                config.app_server.vapid_key_generation,
+                webpush::WebPush::new_vapid_secret,
+            )?;
+            let web_push = webpush::WebPush::new(
+                &vapid,
+                config.app_server.vapid_contact.clone(),
+                config.app_server.allow_private_endpoints.clone(),
+            )?;
+            Some(Arc::new(app_server::AppServer::new(
+                app_server::AppServerParts {
+                    component: config.component.jid.clone(),
+                    keys: keys.clone(),
+                    store: store.clone(),
+                    limits: limits.clone(),
+                    registrar: registrar.clone(),
+                    web_push: Arc::new(web_push),
+                    node_lifetime: config.app_server.node_lifetime,
+                },
+            )))
+        }
+    };
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = component::start(
         config.component.clone(),
@@ -131,6 +157,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
                 store: store.clone(),
                 revocations_live: config.registration.longest_token_life(),
             },
+            app_server,
             in_flight: in_flight_pushes.clone(),
             events: link_events,
         },

@@ -222,37 +222,35 @@ impl Store {
     }
 
     /// The VAPID private key of `generation`, made by `make` and kept the first time it is asked
-    /// for: a key once used must never change, or the subscriptions made with it break.
-    pub async fn vapid_key(
+    /// for: a key once used must never change, or the subscriptions made with it break. Blocks;
+    /// for start-up.
+    pub fn vapid_key(
         &self,
         generation: u32,
-        make: impl FnOnce() -> Vec<u8> + Send + 'static,
+        make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        self.db
-            .run(move |db| {
-                let transaction = db.transaction()?;
-                let existing: Option<Vec<u8>> = transaction
-                    .query_row(
-                        "SELECT secret FROM vapid_keys WHERE generation = ?1",
-                        params![generation],
-                        |row| row.get(0),
-                    )
-                    .ok();
-                let secret = match existing {
-                    Some(secret) => secret,
-                    None => {
-                        let secret = make();
-                        transaction.execute(
-                            "INSERT INTO vapid_keys (generation, secret) VALUES (?1, ?2)",
-                            params![generation, secret],
-                        )?;
-                        secret
-                    }
-                };
-                transaction.commit()?;
-                Ok(secret)
-            })
-            .await
+        let mut db = self.db.lock();
+        let transaction = db.transaction()?;
+        let existing: Option<Vec<u8>> = transaction
+            .query_row(
+                "SELECT secret FROM vapid_keys WHERE generation = ?1",
+                params![generation],
+                |row| row.get(0),
+            )
+            .ok();
+        let secret = match existing {
+            Some(secret) => secret,
+            None => {
+                let secret = make();
+                transaction.execute(
+                    "INSERT INTO vapid_keys (generation, secret) VALUES (?1, ?2)",
+                    params![generation, secret],
+                )?;
+                secret
+            }
+        };
+        transaction.commit()?;
+        Ok(secret)
     }
 
     /// Forget revocations that can no longer kill any token.

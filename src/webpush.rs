@@ -326,8 +326,12 @@ mod tests {
 
     fn web_push(allow: &[&str]) -> WebPush {
         let allow = allow.iter().map(|n| n.parse().expect("net")).collect();
-        WebPush::new(&WebPush::new_vapid_secret(), "mailto:ops@example.org".into(), allow)
-            .expect("web push")
+        WebPush::new(
+            &WebPush::new_vapid_secret(),
+            "mailto:ops@example.org".into(),
+            allow,
+        )
+        .expect("web push")
     }
 
     #[test]
@@ -363,11 +367,19 @@ mod tests {
             ("ftp://example.org/x", EndpointError::NotHttps),
             ("not a url", EndpointError::NotUrl),
         ] {
-            let refused = strict.check(endpoint, None, None).await.expect_err(endpoint);
+            let refused = strict
+                .check(endpoint, None, None)
+                .await
+                .expect_err(endpoint);
             assert_eq!(refused, error, "{endpoint}");
         }
         let listed = web_push(&["127.0.0.0/8"]);
-        assert!(listed.check("http://127.0.0.1:9/push", None, None).await.is_ok());
+        assert!(
+            listed
+                .check("http://127.0.0.1:9/push", None, None)
+                .await
+                .is_ok()
+        );
         assert_eq!(
             listed
                 .check("http://10.0.0.1/push", None, None)
@@ -385,7 +397,8 @@ mod tests {
     #[tokio::test]
     async fn keys_come_in_pairs_and_must_be_what_rfc_8291_says() {
         let listed = web_push(&["127.0.0.0/8"]);
-        let secret = p256::SecretKey::random(&mut web_push_native::p256::elliptic_curve::rand_core::OsRng);
+        let secret =
+            p256::SecretKey::random(&mut web_push_native::p256::elliptic_curve::rand_core::OsRng);
         let point = secret.public_key().to_sec1_bytes();
         let p256dh = URL_SAFE_NO_PAD.encode(point);
         let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
@@ -393,10 +406,19 @@ mod tests {
         let keys = listed.check(endpoint, Some(&p256dh), Some(&auth)).await;
         assert!(keys.expect("accepted").keys.is_some());
         let check = |p, a| listed.check(endpoint, p, a);
-        assert_eq!(check(Some(&p256dh), None).await.expect_err("half"), EndpointError::HalfKeys);
-        assert_eq!(check(Some("AAAA"), Some(&auth)).await.expect_err("p256dh"), EndpointError::P256dh);
+        assert_eq!(
+            check(Some(&p256dh), None).await.expect_err("half"),
+            EndpointError::HalfKeys
+        );
+        assert_eq!(
+            check(Some("AAAA"), Some(&auth)).await.expect_err("p256dh"),
+            EndpointError::P256dh
+        );
         let short = URL_SAFE_NO_PAD.encode([1u8; 15]);
-        assert_eq!(check(Some(&p256dh), Some(&short)).await.expect_err("auth"), EndpointError::Auth);
+        assert_eq!(
+            check(Some(&p256dh), Some(&short)).await.expect_err("auth"),
+            EndpointError::Auth
+        );
     }
 
     #[test]

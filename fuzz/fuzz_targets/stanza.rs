@@ -56,6 +56,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
                 store,
                 revocations_live: config.registration.longest_token_life(),
             },
+            app_server: None,
             in_flight: InFlight::default(),
             events: link_events,
         },

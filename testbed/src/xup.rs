@@ -102,6 +102,8 @@ impl XupSettings {
             "http": http,
             "registration": registration,
             "delivery": delivery,
+            // The tests' Web Push receivers listen on loopback.
+            "app_server": { "allow_private_endpoints": ["127.0.0.0/8"] },
             "limits": section(json!({}), &self.limits),
             "metrics": section(json!({}), &self.metrics),
             "store": { "path": self.store },

@@ -69,6 +69,15 @@ pub struct ReceivedMessage {
     pub body: String,
 }
 
+/// What `register-push-webpush` answered: where the client's server is to publish.
+#[derive(Debug, Clone)]
+pub struct PushNode {
+    pub jid: String,
+    pub node: String,
+    pub secret: String,
+    pub vapid_public_key: String,
+}
+
 /// sum7's namespace.
 pub const SUM7_NS: &str = "unifiedpush.org";
 
@@ -375,6 +384,94 @@ impl Peer {
             e["event"] == "answered" && e["id"] == id
         })
         .await;
+    }
+
+    /// Run app-server command `node` with the submitted `fields`: the answer's form fields, or
+    /// the refusal.
+    pub async fn ad_hoc(
+        &mut self,
+        node: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, IqFailure> {
+        let fields: String = fields
+            .iter()
+            .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
+            .collect();
+        let xml = format!(
+            "<command xmlns='http://jabber.org/protocol/commands' node='{node}' action='execute'>\
+             <x xmlns='jabber:x:data' type='submit'>{fields}</x></command>"
+        );
+        let answer = self.iq("set", COMPONENT, &xml).await;
+        if answer["type"] != "result" {
+            return Err(IqFailure {
+                condition: answer["condition"].as_str().unwrap_or_default().to_owned(),
+                error_type: answer["error_type"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        let xml = answer["payload"]["xml"].as_str().expect("the answer's XML");
+        let command = xup::protocol::commands::Command::try_from(
+            xml.parse::<xmpp_parsers::minidom::Element>().expect("XML"),
+        )
+        .expect("a <command>");
+        assert_eq!(command.status.as_deref(), Some("completed"));
+        Ok(command
+            .form
+            .map(|form| {
+                form.fields
+                    .into_iter()
+                    .filter_map(|f| Some((f.var?, f.values.first().cloned().unwrap_or_default())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `register-push-webpush` for `endpoint`, with RFC 8291 keys `(p256dh, auth)` in base64url.
+    pub async fn register_web_push(
+        &mut self,
+        endpoint: &str,
+        keys: Option<(&str, &str)>,
+    ) -> Result<PushNode, IqFailure> {
+        let mut fields = vec![("endpoint", endpoint), ("device-name", "test phone")];
+        if let Some((p256dh, auth)) = keys {
+            fields.extend([("p256dh", p256dh), ("auth", auth)]);
+        }
+        let answer = self.ad_hoc("register-push-webpush", &fields).await?;
+        let value = |var: &str| {
+            answer
+                .iter()
+                .find(|(v, _)| v == var)
+                .map(|(_, value)| value.clone())
+                .unwrap_or_else(|| panic!("no {var} in {answer:?}"))
+        };
+        Ok(PushNode {
+            jid: value("jid"),
+            node: value("node"),
+            secret: value("secret"),
+            vapid_public_key: value("vapid-public-key"),
+        })
+    }
+
+    /// Enable XEP-0357 push on our own server, publishing to `node` (as Conversations does: to
+    /// the account itself, where servers take it).
+    pub async fn enable_push(&mut self, node: &PushNode) {
+        let account = self.jid.split('/').next().expect("account").to_owned();
+        let xml = format!(
+            "<enable xmlns='urn:xmpp:push:0' jid='{}' node='{}'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='secret'><value>{}</value></field></x></enable>",
+            node.jid, node.node, node.secret
+        );
+        let answer = self.iq("set", &account, &xml).await;
+        assert_eq!(answer["type"], "result", "{answer}");
+    }
+
+    /// Send a chat message to `to`.
+    pub async fn send_message(&mut self, to: &str, body: &str) {
+        let sent = self
+            .command(json!({ "cmd": "message", "to": to, "body": body }))
+            .await;
+        self.reply_to("ack", sent).await;
     }
 
     /// Tell xup we are here, as Conversations does when it comes online: directed presence.

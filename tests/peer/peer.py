@@ -19,6 +19,8 @@ commands
   {"cmd": "presence", "ref": N, "to": JID}
       send directed presence (how Conversations tells a push provider it is back); acknowledged
       with an "ack" event once sent
+  {"cmd": "message", "ref": N, "to": JID, "body": TEXT}
+      send a chat message; acknowledged with an "ack" event once sent
   {"cmd": "iq", "ref": N, "type": "get" | "set", "to": JID, "xml": "<payload/>"}
       send an IQ and report its answer as an "iq" event carrying the same ref
   {"cmd": "quit"}
@@ -33,7 +35,7 @@ events
   {"event": "message", "id", "from", "to", "type", "subject", "body"}
       (a <message> with a subject: sum7's dialect of UnifiedPush)
   {"event": "iq", "ref": N, "type": "result" | "error", "condition", "error_type", "text",
-   "payload": {"name", "ns", "attrs", "children": [{"name", "attrs", "text"}]} | null}
+   "payload": {"name", "ns", "attrs", "children": [{"name", "attrs", "text"}], "xml"} | null}
       (for an error, "payload" is the first child that is not <error>, if any)
   {"event": "offline"}
 """
@@ -199,6 +201,9 @@ class Peer(slixmpp.ClientXMPP):
             asyncio.ensure_future(self.drop(cmd["ref"]))
         elif cmd["cmd"] == "resume":
             self.connect("127.0.0.1", self.port)
+        elif cmd["cmd"] == "message":
+            self.send_message(mto=cmd["to"], mbody=cmd["body"], mtype="chat")
+            emit(event="ack", ref=cmd["ref"])
         elif cmd["cmd"] == "presence":
             self.send_presence(pto=cmd["to"])
             emit(event="ack", ref=cmd["ref"])
@@ -221,6 +226,7 @@ def describe(element):
             {"name": c.tag.partition("}")[2], "attrs": dict(c.attrib), "text": c.text or ""}
             for c in element
         ],
+        "xml": ET.tostring(element, encoding="unicode"),
     }
 
 

@@ -1,0 +1,560 @@
+//! The XEP-0357 app server: XMPP servers publish "your user has something new" for clients that are
+//! asleep, and xup wakes them through a Web Push or UnifiedPush endpoint of their choosing.
+//!
+//! A client registers its endpoint with the ad-hoc command `register-push-webpush` and gets back
+//! the component's JID, a node and a secret, which it hands its own server in `<enable>`. The node
+//! is a sealed token (key ring, lifetime) holding the endpoint, its RFC 8291 keys and the
+//! registrant's domain, and the secret is derived from it, so xup keeps nothing per registration.
+//! `unregister-push-webpush` revokes a node.
+//!
+//! A publish is checked (the node opens, is not revoked or expired, comes from the registrant's
+//! domain with the right secret, within its rate limit), then forwarded (`webpush.rs`). Its answer
+//! decides what the XMPP server does, so it follows the push service's: `result` when it took the
+//! message; `item-not-found` when the endpoint is gone (the node is then revoked, and the server
+//! disables push: ejabberd at once, Prosody after a few); a `wait` error for anything temporary,
+//! which both servers shrug off. Several publishes for one node within a second share one POST,
+//! and each gets its answer.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{FutureExt, future::Shared};
+use serde::{Deserialize, Serialize};
+use xmpp_parsers::{
+    data_forms::{DataForm, DataFormType, Field, FieldType},
+    disco::{DiscoItemsResult, Identity, Item as DiscoItem},
+    jid::{BareJid, Jid},
+    minidom::Element,
+    pubsub::pubsub::PubSub,
+    push::Notification,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+};
+
+use crate::{
+    limits::Limits,
+    protocol::{Urgency, commands::Command},
+    register::{RegisterError, Registrar},
+    store::{Store, registration_key_of},
+    token::{KeyRing, Purpose, TokenError},
+    webpush::{Keys, Sent, Subscription, WebPush},
+};
+
+pub const NS_PUSH: &str = "urn:xmpp:push:0";
+pub use crate::protocol::commands::NS as NS_COMMANDS;
+
+/// The commands, by node.
+pub const REGISTER: &str = "register-push-webpush";
+pub const UNREGISTER: &str = "unregister-push-webpush";
+
+/// A node longer than this is refused at registration: servers store it and send it back with
+/// every publish.
+const MAX_NODE_LEN: usize = 1000;
+
+/// Publishes for one node this close together share one POST.
+const COALESCE: Duration = Duration::from_secs(1);
+
+/// How long a push service keeps a wake-up for a phone that is off: the next message sends
+/// another anyway, but one that comes back within a day should still hear of this one.
+const WAKE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a node holds, inside its token.
+#[derive(Serialize, Deserialize)]
+struct NodeClaims {
+    /// Random: names the node for revocation, rate limits and coalescing.
+    id: String,
+    /// The endpoint, and its RFC 8291 keys (base64url) if the client gave them.
+    ep: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+    /// The registrant's domain: only its server may publish.
+    dom: String,
+    /// Seconds since the epoch.
+    iat: u64,
+    exp: u64,
+}
+
+type SharedSend = Shared<futures::future::BoxFuture<'static, Arc<Sent>>>;
+
+/// The app server. One per process.
+pub struct AppServer {
+    pub component: BareJid,
+    pub keys: Arc<KeyRing>,
+    pub store: Arc<Store>,
+    pub limits: Arc<Limits>,
+    pub registrar: Arc<Registrar>,
+    pub web_push: Arc<WebPush>,
+    pub node_lifetime: Duration,
+    /// The POST each recently published node shares, and when it started.
+    recent: Mutex<HashMap<String, (Instant, SharedSend)>>,
+}
+
+/// A failed request, as the stanza error its sender gets.
+fn error(kind: ErrorType, condition: DefinedCondition, text: impl Into<String>) -> StanzaError {
+    StanzaError::new(kind, condition, "en", text.into())
+}
+
+fn bad_request(text: impl Into<String>) -> StanzaError {
+    error(ErrorType::Modify, DefinedCondition::BadRequest, text)
+}
+
+fn item_not_found(text: &str) -> StanzaError {
+    error(ErrorType::Cancel, DefinedCondition::ItemNotFound, text)
+}
+
+fn forbidden(text: &str) -> StanzaError {
+    error(ErrorType::Auth, DefinedCondition::Forbidden, text)
+}
+
+impl AppServer {
+    pub fn new(parts: AppServerParts) -> AppServer {
+        AppServer {
+            component: parts.component,
+            keys: parts.keys,
+            store: parts.store,
+            limits: parts.limits,
+            registrar: parts.registrar,
+            web_push: parts.web_push,
+            node_lifetime: parts.node_lifetime,
+            recent: Mutex::default(),
+        }
+    }
+
+    /// What disco#info adds for this role.
+    pub fn identity() -> Identity {
+        Identity::new("pubsub", "push", "en", "xup push app server (Web Push)")
+    }
+
+    /// The commands, listed under the commands node (XEP-0050 §2.2).
+    pub fn command_list(&self) -> DiscoItemsResult {
+        let item = |node: &str, name: &str| DiscoItem {
+            jid: self.component.clone().into(),
+            node: Some(node.to_owned()),
+            name: Some(name.to_owned()),
+        };
+        DiscoItemsResult {
+            node: Some(NS_COMMANDS.to_owned()),
+            items: vec![
+                item(
+                    REGISTER,
+                    "Register a Web Push endpoint for push notifications",
+                ),
+                item(UNREGISTER, "Unregister a Web Push endpoint"),
+            ],
+            rsm: None,
+        }
+    }
+
+    /// Run the ad-hoc command in `payload` for `from`.
+    pub async fn command(
+        self: Arc<Self>,
+        from: Option<Jid>,
+        payload: Element,
+    ) -> Result<Element, StanzaError> {
+        let command = Command::try_from(payload)
+            .map_err(|_| bad_request("a <command> needs a node, and at most a form"))?;
+        if !matches!(
+            command.action.as_deref(),
+            None | Some("execute" | "complete")
+        ) {
+            return Err(bad_request(
+                "these commands take one step: execute or complete",
+            ));
+        }
+        let from = self
+            .registrar
+            .admit(from.as_ref())
+            .map_err(|e| e.to_stanza_error())?
+            .clone();
+        let form = command.form.unwrap_or_else(|| DataForm {
+            type_: DataFormType::Submit,
+            title: None,
+            instructions: None,
+            fields: Vec::new(),
+        });
+        let result = match command.node.as_str() {
+            REGISTER => self.register(&from, &form).await?,
+            UNREGISTER => self.unregister(&from, &form).await?,
+            _ => return Err(item_not_found("no such command")),
+        };
+        Ok(Command {
+            node: command.node,
+            action: None,
+            session_id: command.session_id,
+            status: Some("completed".into()),
+            form: Some(result),
+        }
+        .into())
+    }
+
+    async fn register(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
+        let value = |var: &str| field(form, var);
+        let endpoint = value("endpoint").ok_or_else(|| bad_request("endpoint: required"))?;
+        let subscription = self
+            .web_push
+            .check(endpoint, value("p256dh"), value("auth"))
+            .await
+            .map_err(|e| bad_request(e.to_string()))?;
+        let now = SystemTime::now();
+        let seconds = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let claims = NodeClaims {
+            id: base64_id(),
+            ep: subscription.endpoint.to_string(),
+            k: value("p256dh").map(str::to_owned),
+            a: value("auth").map(str::to_owned),
+            dom: from.domain().to_string(),
+            iat: seconds(now),
+            exp: seconds(now + self.node_lifetime),
+        };
+        let sealed = serde_json::to_vec(&claims)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| {
+                self.keys
+                    .seal(Purpose::Node, &payload)
+                    .map_err(|e| e.to_string())
+            });
+        let node = sealed.map_err(|e| {
+            tracing::error!(error = %e, "cannot seal an app-server node");
+            error(
+                ErrorType::Wait,
+                DefinedCondition::InternalServerError,
+                "cannot issue a node",
+            )
+        })?;
+        if node.len() > MAX_NODE_LEN {
+            return Err(bad_request(
+                "endpoint: too long, the node would exceed 1000 bytes",
+            ));
+        }
+        let secret = self.keys.secret_of(&node).map_err(|e| {
+            tracing::error!(error = %e, "cannot derive a node's secret");
+            error(
+                ErrorType::Wait,
+                DefinedCondition::InternalServerError,
+                "cannot issue a node",
+            )
+        })?;
+        tracing::info!("app-server node registered");
+        let fields = vec![
+            Field::text_single("jid", self.component.as_str()),
+            Field::text_single("node", &node),
+            Field::text_single("secret", &secret),
+            Field::text_single("vapid-public-key", &self.web_push.public_key()),
+        ];
+        Ok(DataForm {
+            type_: DataFormType::Form,
+            title: None,
+            instructions: None,
+            fields: fields
+                .into_iter()
+                .map(|mut f| {
+                    f.type_ = FieldType::TextSingle;
+                    f
+                })
+                .collect(),
+        })
+    }
+
+    async fn unregister(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
+        let node = field(form, "node").ok_or_else(|| bad_request("node: required"))?;
+        let claims = self
+            .open(node)
+            .map_err(|_| item_not_found("no such node"))?;
+        if claims.dom != from.domain().as_str() {
+            return Err(forbidden("that node is not yours"));
+        }
+        self.revoke(&claims).await?;
+        Ok(DataForm {
+            type_: DataFormType::Result_,
+            title: None,
+            instructions: Some("unregistered".into()),
+            fields: Vec::new(),
+        })
+    }
+
+    /// Answer a `<pubsub><publish>` from `from`.
+    pub async fn publish(
+        self: Arc<Self>,
+        from: Option<Jid>,
+        payload: Element,
+    ) -> Result<(), StanzaError> {
+        let (publish, options) = match PubSub::try_from(payload) {
+            Ok(PubSub::Publish {
+                publish,
+                publish_options,
+            }) => (publish, publish_options),
+            _ => return Err(bad_request("expected <pubsub><publish node=…>")),
+        };
+        let claims = self
+            .open(&publish.node.0)
+            .map_err(|_| item_not_found("no such node, or it expired or was unregistered"))?;
+        let publisher = from.as_ref().map(|j| j.domain().as_str());
+        if publisher != Some(claims.dom.as_str()) {
+            return Err(forbidden(
+                "only the registrant's server may publish to this node",
+            ));
+        }
+        let secret = options
+            .and_then(|o| o.form)
+            .and_then(|form| field(&form, "secret").map(str::to_owned));
+        let expected = self.keys.secret_of(&publish.node.0).ok();
+        if secret.is_none() || secret != expected {
+            return Err(forbidden("wrong or missing secret in publish-options"));
+        }
+        if let Err(wait) = self.limits.publishes.check(&claims.id) {
+            return Err(error(
+                ErrorType::Wait,
+                DefinedCondition::ResourceConstraint,
+                format!(
+                    "too many publishes to this node; retry in {} s",
+                    wait.secs()
+                ),
+            ));
+        }
+        let summary = publish
+            .items
+            .into_iter()
+            .find_map(|item| item.payload)
+            .and_then(|payload| Notification::try_from(payload).ok())
+            .and_then(|notification| notification.form);
+        let sent = self.send(claims.clone(), summary).await;
+        match &*sent {
+            Sent::Taken => Ok(()),
+            Sent::Gone => {
+                self.revoke(&claims).await?;
+                Err(item_not_found("the push endpoint is gone"))
+            }
+            Sent::Throttled => Err(error(
+                ErrorType::Wait,
+                DefinedCondition::ResourceConstraint,
+                "the push service asks to slow down",
+            )),
+            Sent::Failed(why) => Err(error(
+                ErrorType::Wait,
+                DefinedCondition::RemoteServerTimeout,
+                format!("the push service failed: {why}"),
+            )),
+            Sent::Refused(status) => Err(error(
+                ErrorType::Cancel,
+                DefinedCondition::NotAcceptable,
+                format!("the push service refused the message: {status}"),
+            )),
+        }
+    }
+
+    /// The POST for `claims`' node: a new one, or the one started for it less than a second ago.
+    fn send(&self, claims: NodeClaims, summary: Option<DataForm>) -> SharedSend {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|_, (started, _)| now.duration_since(*started) < COALESCE);
+        if let Some((_, sending)) = recent.get(&claims.id) {
+            return sending.clone();
+        }
+        let web_push = self.web_push.clone();
+        let id = claims.id.clone();
+        let sending = async move {
+            let (subscription, encrypted) = match subscription_of(&claims) {
+                Some(subscription) => {
+                    let encrypted = subscription.keys.is_some();
+                    (subscription, encrypted)
+                }
+                None => return Arc::new(Sent::Refused(reqwest::StatusCode::BAD_REQUEST)),
+            };
+            let (body, urgency) = wake_up(summary.as_ref(), encrypted);
+            Arc::new(web_push.send(&subscription, body, urgency, WAKE_TTL).await)
+        }
+        .boxed()
+        .shared();
+        recent.insert(id, (now, sending.clone()));
+        sending
+    }
+
+    fn open(&self, node: &str) -> Result<NodeClaims, TokenError> {
+        let payload = self.keys.unseal(Purpose::Node, node)?;
+        let claims: NodeClaims =
+            serde_json::from_str(&payload).map_err(|_| TokenError::Malformed)?;
+        let now = SystemTime::now();
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        if at(claims.exp) <= now {
+            return Err(TokenError::Expired);
+        }
+        if self
+            .store
+            .is_revoked_key(&node_key(&claims.id), at(claims.iat))
+        {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    async fn revoke(&self, claims: &NodeClaims) -> Result<(), StanzaError> {
+        let now = SystemTime::now();
+        let forget_at = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
+        self.store
+            .revoke_key(node_key(&claims.id), now, forget_at.max(now))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot revoke an app-server node");
+                error(
+                    ErrorType::Wait,
+                    DefinedCondition::InternalServerError,
+                    "cannot revoke the node now",
+                )
+            })?;
+        tracing::info!("app-server node revoked");
+        Ok(())
+    }
+}
+
+/// What [`AppServer::new`] needs.
+pub struct AppServerParts {
+    pub component: BareJid,
+    pub keys: Arc<KeyRing>,
+    pub store: Arc<Store>,
+    pub limits: Arc<Limits>,
+    pub registrar: Arc<Registrar>,
+    pub web_push: Arc<WebPush>,
+    pub node_lifetime: Duration,
+}
+
+impl Clone for NodeClaims {
+    fn clone(&self) -> Self {
+        NodeClaims {
+            id: self.id.clone(),
+            ep: self.ep.clone(),
+            k: self.k.clone(),
+            a: self.a.clone(),
+            dom: self.dom.clone(),
+            iat: self.iat,
+            exp: self.exp,
+        }
+    }
+}
+
+/// The revocation key of a node: apart from every endpoint registration's.
+fn node_key(id: &str) -> crate::store::RegistrationKey {
+    registration_key_of("xep-0357", id, "")
+}
+
+fn base64_id() -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+/// The first value of field `var`, if it is there and not empty.
+fn field<'a>(form: &'a DataForm, var: &str) -> Option<&'a str> {
+    form.fields
+        .iter()
+        .find(|f| f.var.as_deref() == Some(var))
+        .and_then(|f| f.values.first())
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// The subscription a node holds. It was checked when it was registered; the keys parse again
+/// here only because they travel as text.
+fn subscription_of(claims: &NodeClaims) -> Option<Subscription> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let endpoint = claims.ep.parse().ok()?;
+    let keys = match (&claims.k, &claims.a) {
+        (Some(k), Some(a)) => {
+            let p256dh = URL_SAFE_NO_PAD.decode(k.trim_end_matches('=')).ok()?;
+            let auth = URL_SAFE_NO_PAD.decode(a.trim_end_matches('=')).ok()?;
+            (auth.len() == 16).then_some(())?;
+            Some(Keys {
+                p256dh: web_push_native::p256::PublicKey::from_sec1_bytes(&p256dh).ok()?,
+                auth: web_push_native::Auth::clone_from_slice(&auth),
+            })
+        }
+        _ => None,
+    };
+    Some(Subscription { endpoint, keys })
+}
+
+/// The message that wakes the client: the summary's counts, and its sender and body only when the
+/// server sent them and the message is encrypted. `Urgency: high` when the server says the message
+/// matters (`last-message-body` present).
+fn wake_up(summary: Option<&DataForm>, encrypted: bool) -> (Vec<u8>, Urgency) {
+    let value = |var: &str| summary.and_then(|form| field(form, var));
+    let important = value("last-message-body").is_some();
+    let mut body = serde_json::Map::new();
+    body.insert("type".into(), "xmpp-push".into());
+    for count in ["message-count", "pending-subscription-count"] {
+        if let Some(n) = value(count).and_then(|v| v.parse::<u64>().ok()) {
+            body.insert(count.into(), n.into());
+        }
+    }
+    body.insert("important".into(), important.into());
+    if encrypted {
+        for text in ["last-message-sender", "last-message-body"] {
+            if let Some(v) = value(text) {
+                body.insert(text.into(), v.into());
+            }
+        }
+    }
+    let urgency = if important {
+        Urgency::High
+    } else {
+        Urgency::Normal
+    };
+    (
+        serde_json::Value::Object(body).to_string().into_bytes(),
+        urgency,
+    )
+}
+
+impl From<RegisterError> for StanzaError {
+    fn from(e: RegisterError) -> StanzaError {
+        e.to_stanza_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(fields: &[(&str, &str)]) -> DataForm {
+        let mut form = DataForm::new(
+            DataFormType::Submit,
+            "urn:xmpp:push:summary",
+            fields
+                .iter()
+                .map(|(var, value)| Field::text_single(var, value))
+                .collect(),
+        );
+        form.type_ = DataFormType::Submit;
+        form
+    }
+
+    #[test]
+    fn a_wake_up_tells_the_body_only_when_encrypted() {
+        let form = summary(&[
+            ("message-count", "1"),
+            ("last-message-sender", "romeo@example.org/x"),
+            ("last-message-body", "wherefore art thou"),
+        ]);
+        let (clear, urgency) = wake_up(Some(&form), false);
+        assert_eq!(urgency, Urgency::High);
+        let clear: serde_json::Value = serde_json::from_slice(&clear).expect("json");
+        assert_eq!(
+            clear,
+            serde_json::json!({"type": "xmpp-push", "message-count": 1, "important": true})
+        );
+        let (sealed, _) = wake_up(Some(&form), true);
+        let sealed: serde_json::Value = serde_json::from_slice(&sealed).expect("json");
+        assert_eq!(sealed["last-message-body"], "wherefore art thou");
+        let (empty, urgency) = wake_up(None, true);
+        assert_eq!(urgency, Urgency::Normal);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&empty).expect("json"),
+            serde_json::json!({"type": "xmpp-push", "important": false})
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! The XEP-0357 app server: a real client registers a Web Push endpoint with xup and enables push
+//! on its real server, which then publishes to xup when the client is away; a receiver here plays
+//! the push service and decrypts what arrives with the subscription's private key.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use web_push_native::{
+    Auth,
+    p256::{self, elliptic_curve::rand_core::OsRng},
+};
+
+use crate::harness::*;
+
+/// Publishes for one node closer together than this share one POST (`app_server.rs`), and a bit.
+const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1100);
+
+/// A XEP-0357 publish to `node`, as Prosody and ejabberd send it, with a summary of `count`.
+fn publish(node: &str, secret: &str, count: u32) -> String {
+    format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item>\
+         <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
+         <field var='message-count'><value>{count}</value></field></x></notification></item>\
+         </publish><publish-options><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+         <field var='secret'><value>{secret}</value></field></x></publish-options></pubsub>"
+    )
+}
+
+/// One POST the push service received.
+struct Received {
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A push service on loopback: records what it is sent and answers with `status`.
+struct PushService {
+    base: String,
+    received: mpsc::UnboundedReceiver<Received>,
+    status: Arc<AtomicU16>,
+}
+
+#[derive(Clone)]
+struct Service {
+    sink: mpsc::UnboundedSender<Received>,
+    status: Arc<AtomicU16>,
+}
+
+async fn receive(State(service): State<Service>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let _ = service.sink.send(Received {
+        headers,
+        body: body.to_vec(),
+    });
+    StatusCode::from_u16(service.status.load(Ordering::SeqCst)).expect("status")
+}
+
+impl PushService {
+    async fn start() -> PushService {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address: SocketAddr = listener.local_addr().expect("address");
+        let (sink, received) = mpsc::unbounded_channel();
+        let status = Arc::new(AtomicU16::new(201));
+        let service = Service {
+            sink,
+            status: status.clone(),
+        };
+        let router = Router::new().fallback(receive).with_state(service);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        PushService {
+            base: format!("http://{address}"),
+            received,
+            status,
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> String {
+        format!("{}/push/{name}", self.base)
+    }
+
+    fn answer_with(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(WAIT, self.received.recv())
+            .await
+            .expect("a push arrives at the push service in time")
+            .expect("the push service runs")
+    }
+}
+
+/// A subscription's keys, as a browser or a UnifiedPush distributor makes them.
+struct SubscriptionKeys {
+    secret: p256::SecretKey,
+    auth: [u8; 16],
+}
+
+impl SubscriptionKeys {
+    fn new() -> SubscriptionKeys {
+        SubscriptionKeys {
+            secret: p256::SecretKey::random(&mut OsRng),
+            auth: rand::random(),
+        }
+    }
+
+    fn p256dh(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.secret.public_key().to_sec1_bytes())
+    }
+
+    fn auth(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.auth)
+    }
+
+    fn decrypt(&self, body: Vec<u8>) -> Value {
+        let plain =
+            web_push_native::decrypt(body, &self.secret, &Auth::clone_from_slice(&self.auth))
+                .expect("the push decrypts with the subscription's key");
+        serde_json::from_slice(&plain).expect("JSON")
+    }
+}
+
+#[tokio::test]
+async fn a_server_wakes_a_client_that_is_away_through_its_web_push_endpoint() {
+    let mut stack = Stack::start().await;
+    let mut service = PushService::start().await;
+    let keys = SubscriptionKeys::new();
+    let mut juliet = stack.juliet("phone").await;
+    let features = juliet.disco_features().await;
+    assert!(
+        features.iter().any(|f| f == "urn:xmpp:push:0"),
+        "{features:?}"
+    );
+    let node = juliet
+        .register_web_push(
+            &service.endpoint("juliet"),
+            Some((&keys.p256dh(), &keys.auth())),
+        )
+        .await
+        .expect("registered");
+    assert_eq!(node.jid, COMPONENT);
+    assert!(node.node.len() < 1000, "{}", node.node.len());
+    juliet.enable_push(&node).await;
+    juliet.quit().await;
+
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    romeo
+        .send_message(&format!("juliet@{DOMAIN}"), "wherefore art thou")
+        .await;
+    let push = service.next().await;
+    assert_eq!(push.headers["content-encoding"], "aes128gcm");
+    // A message with a body is important to Prosody: it says so with a placeholder body.
+    assert_eq!(push.headers["urgency"], "high");
+    assert!(push.headers.contains_key("ttl"));
+    let authorization = push.headers["authorization"].to_str().expect("ascii");
+    assert!(authorization.starts_with("vapid t="), "{authorization}");
+    assert!(
+        authorization.ends_with(&format!("k={}", node.vapid_public_key)),
+        "{authorization}"
+    );
+    let wake_up = keys.decrypt(push.body);
+    assert_eq!(wake_up["type"], "xmpp-push");
+    assert_eq!(wake_up["important"], true);
+    // Prosody sends the real body only when told to; xup passes on what it got, and no more.
+    assert_ne!(
+        wake_up["last-message-body"], "wherefore art thou",
+        "{wake_up}"
+    );
+
+    // The endpoint is gone: xup says so, and forgets the node. (Publishes within a second of a
+    // POST share it; the window is the feature's own clock, so the test waits it out.)
+    service.answer_with(410);
+    tokio::time::sleep(COALESCE_WINDOW).await;
+    romeo
+        .send_message(&format!("juliet@{DOMAIN}"), "again")
+        .await;
+    service.next().await;
+    stack.xup.wait_log("app-server node revoked").await;
+    let mut juliet = stack.juliet("laptop").await;
+    let gone = juliet
+        .ad_hoc("unregister-push-webpush", &[("node", &node.node)])
+        .await
+        .expect_err("the node is gone");
+    assert_eq!(gone.condition, "item-not-found");
+}
+
+#[tokio::test]
+async fn a_hibernated_session_is_woken_too() {
+    let stack = Stack::start().await;
+    let mut service = PushService::start().await;
+    let keys = SubscriptionKeys::new();
+    let mut juliet = Peer::connect_resumable(&stack.server, "juliet", DOMAIN, "phone").await;
+    let node = juliet
+        .register_web_push(
+            &service.endpoint("juliet"),
+            Some((&keys.p256dh(), &keys.auth())),
+        )
+        .await
+        .expect("registered");
+    juliet.enable_push(&node).await;
+    juliet.drop_connection().await;
+
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    romeo.send_message(&juliet.jid, "are you there").await;
+    let push = service.next().await;
+    assert_eq!(keys.decrypt(push.body)["type"], "xmpp-push");
+}
+
+#[tokio::test]
+async fn registrations_are_checked_and_publishes_must_prove_themselves() {
+    let stack = Stack::start().await;
+    let service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    for (endpoint, why) in [
+        ("https://10.0.0.1/push", "private"),
+        ("http://push.example.org/x", "https"),
+        ("not a url", "URL"),
+    ] {
+        let refused = juliet
+            .register_web_push(endpoint, None)
+            .await
+            .expect_err(endpoint);
+        assert_eq!(
+            refused,
+            IqFailure {
+                condition: "bad-request".into(),
+                error_type: "modify".into()
+            },
+            "{why}"
+        );
+    }
+    let mut eve = Peer::connect(&stack.server, "eve", OTHER_DOMAIN, "x").await;
+    let refused = eve
+        .register_web_push(&service.endpoint("eve"), None)
+        .await
+        .expect_err("not on the access list");
+    assert_eq!(refused.condition, "forbidden");
+
+    // A publish with the wrong secret, or from another domain, is forbidden; to a node that is
+    // no node, item-not-found. (Juliet's client publishes here in her server's stead: its domain
+    // is the registrant's, so only the secret tells them apart.)
+    let node = juliet
+        .register_web_push(&service.endpoint("juliet"), None)
+        .await
+        .expect("registered");
+    let wrong = juliet
+        .iq("set", COMPONENT, &publish(&node.node, "not the secret", 1))
+        .await;
+    assert_eq!(wrong["condition"], "forbidden", "{wrong}");
+    let foreign = eve
+        .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
+        .await;
+    assert_eq!(foreign["condition"], "forbidden", "{foreign}");
+    let unknown = juliet
+        .iq(
+            "set",
+            COMPONENT,
+            &publish("v4.local.nothing", &node.secret, 1),
+        )
+        .await;
+    assert_eq!(unknown["condition"], "item-not-found", "{unknown}");
+}
+
+#[tokio::test]
+async fn a_burst_of_publishes_is_one_post_and_every_publish_is_answered() {
+    let stack = Stack::start().await;
+    let mut service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    let node = juliet
+        .register_web_push(&service.endpoint("juliet"), None)
+        .await
+        .expect("registered");
+    // Without keys the wake-up goes out in clear, and says only what the summary counts.
+    for count in [1, 2, 3] {
+        let answer = juliet
+            .iq("set", COMPONENT, &publish(&node.node, &node.secret, count))
+            .await;
+        assert_eq!(answer["type"], "result", "{answer}");
+    }
+    let first = service.next().await;
+    assert!(first.headers.get("content-encoding").is_none());
+    let body: Value = serde_json::from_slice(&first.body).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({ "type": "xmpp-push", "message-count": 1, "important": false })
+    );
+    tokio::time::sleep(COALESCE_WINDOW).await;
+    let answer = juliet
+        .iq("set", COMPONENT, &publish(&node.node, &node.secret, 4))
+        .await;
+    assert_eq!(answer["type"], "result", "{answer}");
+    // The next POST is the fourth publish's: the second and third shared the first's.
+    let next: Value = serde_json::from_slice(&service.next().await.body).expect("JSON");
+    assert_eq!(next["message-count"], 4);
+}
+
+#[tokio::test]
+async fn the_push_services_answer_decides_the_publishs() {
+    let stack = Stack::start().await;
+    let service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    for (status, condition, error_type) in [
+        (503, "remote-server-timeout", "wait"),
+        (429, "resource-constraint", "wait"),
+        (400, "not-acceptable", "cancel"),
+        (404, "item-not-found", "cancel"),
+    ] {
+        service.answer_with(status);
+        let node = juliet
+            .register_web_push(&service.endpoint(&status.to_string()), None)
+            .await
+            .expect("registered");
+        let answer = juliet
+            .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
+            .await;
+        assert_eq!(
+            (answer["condition"].as_str(), answer["error_type"].as_str()),
+            (Some(condition), Some(error_type)),
+            "{status}: {answer}"
+        );
+    }
+}
