@@ -5,7 +5,9 @@
 //! the component's JID, a node and a secret, which it hands its own server in `<enable>`. The node
 //! is a sealed token (key ring, lifetime) holding the endpoint, its RFC 8291 keys and the
 //! registrant's domain, and the secret is derived from it, so xup keeps nothing per registration.
-//! `unregister-push-webpush` revokes a node.
+//! `unregister-push-webpush` revokes a node (or every node of a device), and
+//! `list-push-registrations` lists the caller's own, from a small per-account index in the store;
+//! the commands themselves are parsed and dispatched in `adhoc.rs`.
 //!
 //! A publish is checked (the node opens, is not revoked or expired, comes from the registrant's
 //! domain with the right secret, within its rate limit), then forwarded (`webpush.rs`). Its answer
@@ -25,7 +27,7 @@ use futures::{FutureExt, future::Shared};
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::{
     data_forms::{DataForm, DataFormType, Field, FieldType},
-    disco::{DiscoItemsResult, Identity, Item as DiscoItem},
+    disco::Identity,
     jid::{BareJid, Jid},
     minidom::Element,
     pubsub::pubsub::PubSub,
@@ -35,15 +37,14 @@ use xmpp_parsers::{
 
 use crate::{
     limits::Limits,
-    protocol::{Urgency, commands::Command},
+    protocol::Urgency,
     register::{RegisterError, Registrar},
-    store::{Store, registration_key_of},
+    store::{PushNode as IndexedNode, Store, registration_key_of},
     token::{KeyRing, Purpose, TokenError},
     webpush::{Keys, Sent, Subscription, WebPush},
 };
 
 pub const NS_PUSH: &str = "urn:xmpp:push:0";
-pub use crate::protocol::commands::NS as NS_COMMANDS;
 
 /// The commands, by node.
 pub const REGISTER: &str = "register-push-webpush";
@@ -110,6 +111,15 @@ fn forbidden(text: &str) -> StanzaError {
     error(ErrorType::Auth, DefinedCondition::Forbidden, text)
 }
 
+fn internal(text: &str) -> StanzaError {
+    error(ErrorType::Wait, DefinedCondition::InternalServerError, text)
+}
+
+/// A time in a node's claims: seconds since the epoch.
+fn at(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
 impl AppServer {
     pub fn new(parts: AppServerParts) -> AppServer {
         AppServer {
@@ -129,69 +139,9 @@ impl AppServer {
         Identity::new("pubsub", "push", "en", "xup push app server (Web Push)")
     }
 
-    /// The commands, listed under the commands node (XEP-0050 §2.2).
-    pub fn command_list(&self) -> DiscoItemsResult {
-        let item = |node: &str, name: &str| DiscoItem {
-            jid: self.component.clone().into(),
-            node: Some(node.to_owned()),
-            name: Some(name.to_owned()),
-        };
-        DiscoItemsResult {
-            node: Some(NS_COMMANDS.to_owned()),
-            items: vec![
-                item(
-                    REGISTER,
-                    "Register a Web Push endpoint for push notifications",
-                ),
-                item(UNREGISTER, "Unregister a Web Push endpoint"),
-            ],
-            rsm: None,
-        }
-    }
-
-    /// Run the ad-hoc command in `payload` for `from`.
-    pub async fn command(
-        self: Arc<Self>,
-        from: Option<Jid>,
-        payload: Element,
-    ) -> Result<Element, StanzaError> {
-        let command = Command::try_from(payload)
-            .map_err(|_| bad_request("a <command> needs a node, and at most a form"))?;
-        if !matches!(
-            command.action.as_deref(),
-            None | Some("execute" | "complete")
-        ) {
-            return Err(bad_request(
-                "these commands take one step: execute or complete",
-            ));
-        }
-        let from = self
-            .registrar
-            .admit(from.as_ref())
-            .map_err(|e| e.to_stanza_error())?
-            .clone();
-        let form = command.form.unwrap_or_else(|| DataForm {
-            type_: DataFormType::Submit,
-            title: None,
-            instructions: None,
-            fields: Vec::new(),
-        });
-        let result = match command.node.as_str() {
-            REGISTER => self.register(&from, &form).await?,
-            UNREGISTER => self.unregister(&from, &form).await?,
-            _ => return Err(item_not_found("no such command")),
-        };
-        Ok(Command {
-            node: command.node,
-            action: None,
-            session_id: command.session_id,
-            status: Some("completed".into()),
-            form: Some(result),
-        }
-        .into())
-    }
-
-    async fn register(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
+    /// `register-push-webpush` from `from` (admitted by the caller): a node, its secret, and
+    /// xup's VAPID key.
+    pub async fn register(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
         let value = |var: &str| field(form, var);
         let endpoint = value("endpoint").ok_or_else(|| bad_request("endpoint: required"))?;
         let subscription = self
@@ -241,6 +191,22 @@ impl AppServer {
                 "cannot issue a node",
             )
         })?;
+        let indexed = self
+            .store
+            .index_node(
+                from.to_bare().as_str(),
+                IndexedNode {
+                    node_id: claims.id.clone(),
+                    device_id: value("device-id").map(str::to_owned),
+                    device_name: value("device-name").map(str::to_owned),
+                    expires_at: now + self.node_lifetime,
+                },
+            )
+            .await;
+        if let Err(e) = indexed {
+            tracing::error!(error = %e, "cannot index an app-server node");
+            return Err(internal("cannot register the node now"));
+        }
         tracing::info!("app-server node registered");
         let fields = vec![
             Field::text_single("jid", self.component.as_str()),
@@ -262,20 +228,83 @@ impl AppServer {
         })
     }
 
-    async fn unregister(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
-        let node = field(form, "node").ok_or_else(|| bad_request("node: required"))?;
-        let claims = self
-            .open(node)
-            .map_err(|_| item_not_found("no such node"))?;
-        if claims.dom != from.domain().as_str() {
-            return Err(forbidden("that node is not yours"));
+    /// `unregister-push-webpush` from `from`: by `node`, or every node of `device-id`; only the
+    /// caller's own (by the per-account index).
+    pub async fn unregister(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
+        let account = from.to_bare().to_string();
+        let own = self.store.nodes_of(&account).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the app-server index");
+            internal("cannot unregister now")
+        })?;
+        let targets: Vec<(String, SystemTime)> =
+            match (field(form, "node"), field(form, "device-id")) {
+                (Some(node), _) => {
+                    let claims = self
+                        .open(node)
+                        .map_err(|_| item_not_found("no such node"))?;
+                    if !own.iter().any(|n| n.node_id == claims.id) {
+                        return Err(item_not_found("no such node of yours"));
+                    }
+                    vec![(claims.id, at(claims.exp))]
+                }
+                (None, Some(device)) => own
+                    .iter()
+                    .filter(|n| n.device_id.as_deref() == Some(device))
+                    .map(|n| (n.node_id.clone(), n.expires_at))
+                    .collect(),
+                (None, None) => return Err(bad_request("node or device-id: required")),
+            };
+        if targets.is_empty() {
+            return Err(item_not_found("no registration of yours for that device"));
         }
-        self.revoke(&claims).await?;
+        for (node_id, expires_at) in &targets {
+            self.revoke(node_id, *expires_at).await?;
+            if let Err(e) = self.store.unindex_node(&account, node_id).await {
+                tracing::warn!(error = %e, "cannot take a node out of the index");
+            }
+        }
         Ok(DataForm {
             type_: DataFormType::Result_,
             title: None,
-            instructions: Some("unregistered".into()),
-            fields: Vec::new(),
+            instructions: Some(format!("unregistered {}", targets.len())),
+            fields: vec![Field::text_single(
+                "unregistered",
+                &targets.len().to_string(),
+            )],
+        })
+    }
+
+    /// `list-push-registrations`: the caller's own nodes, by device.
+    pub async fn list(&self, from: &Jid) -> Result<DataForm, StanzaError> {
+        let nodes = self
+            .store
+            .nodes_of(from.to_bare().as_str())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the app-server index");
+                internal("cannot list now")
+            })?;
+        let lines: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} (device {}, until {})",
+                    n.device_name.as_deref().unwrap_or("unnamed"),
+                    n.device_id.as_deref().unwrap_or("-"),
+                    humantime::format_rfc3339_seconds(n.expires_at)
+                )
+            })
+            .collect();
+        let mut registrations = Field::new("registrations", FieldType::TextMulti);
+        registrations.values = lines;
+        Ok(DataForm {
+            type_: DataFormType::Result_,
+            title: Some("Push registrations".into()),
+            instructions: None,
+            fields: vec![
+                Field::text_single("count", &nodes.len().to_string()),
+                registrations,
+            ],
         })
     }
 
@@ -328,7 +357,7 @@ impl AppServer {
         match &*sent {
             Sent::Taken => Ok(()),
             Sent::Gone => {
-                self.revoke(&claims).await?;
+                self.revoke(&claims.id, at(claims.exp)).await?;
                 Err(item_not_found("the push endpoint is gone"))
             }
             Sent::Throttled => Err(error(
@@ -381,7 +410,6 @@ impl AppServer {
         let claims: NodeClaims =
             serde_json::from_str(&payload).map_err(|_| TokenError::Malformed)?;
         let now = SystemTime::now();
-        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         if at(claims.exp) <= now {
             return Err(TokenError::Expired);
         }
@@ -394,19 +422,15 @@ impl AppServer {
         Ok(claims)
     }
 
-    async fn revoke(&self, claims: &NodeClaims) -> Result<(), StanzaError> {
+    /// Revoke node `id`, durably, until it would have expired anyway.
+    async fn revoke(&self, id: &str, expires_at: SystemTime) -> Result<(), StanzaError> {
         let now = SystemTime::now();
-        let forget_at = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
         self.store
-            .revoke_key(node_key(&claims.id), now, forget_at.max(now))
+            .revoke_key(node_key(id), now, expires_at.max(now))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot revoke an app-server node");
-                error(
-                    ErrorType::Wait,
-                    DefinedCondition::InternalServerError,
-                    "cannot revoke the node now",
-                )
+                internal("cannot revoke the node now")
             })?;
         tracing::info!("app-server node revoked");
         Ok(())

@@ -59,6 +59,7 @@ use xmpp_parsers::{
 };
 
 use crate::{
+    adhoc,
     app_server::{self, AppServer},
     config::ComponentConfig,
     metrics::METRICS,
@@ -183,6 +184,8 @@ pub struct Router {
     pub sum7: sum7::Registry,
     /// The XEP-0357 app server, unless `app_server.enabled` is off.
     pub app_server: Option<Arc<AppServer>>,
+    /// The ad-hoc commands.
+    pub commands: Arc<adhoc::Commands>,
     pub in_flight: InFlight,
     /// Told of what the link learns about clients.
     pub events: mpsc::UnboundedSender<LinkEvent>,
@@ -646,21 +649,21 @@ impl Router {
                         )
                     })));
                 }
-                if let Some(app_server) = &self.app_server {
-                    if payload.is("command", app_server::NS_COMMANDS) {
-                        let answer = app_server.clone().command(from.clone(), payload);
-                        return Some(Reply::Later(Box::pin(async move {
-                            let outcome = answer.await.map(Some).map_err(Refusal::from);
-                            reply(from, to, id, outcome)
-                        })));
-                    }
-                    if payload.is("pubsub", ns::PUBSUB) {
-                        let answer = app_server.clone().publish(from.clone(), payload);
-                        return Some(Reply::Later(Box::pin(async move {
-                            let outcome = answer.await.map(|()| None).map_err(Refusal::from);
-                            reply(from, to, id, outcome)
-                        })));
-                    }
+                if payload.is("command", adhoc::NS) {
+                    let answer = self.commands.clone().run(from.clone(), payload);
+                    return Some(Reply::Later(Box::pin(async move {
+                        let outcome = answer.await.map(Some).map_err(Refusal::from);
+                        reply(from, to, id, outcome)
+                    })));
+                }
+                if let Some(app_server) = &self.app_server
+                    && payload.is("pubsub", ns::PUBSUB)
+                {
+                    let answer = app_server.clone().publish(from.clone(), payload);
+                    return Some(Reply::Later(Box::pin(async move {
+                        let outcome = answer.await.map(|()| None).map_err(Refusal::from);
+                        reply(from, to, id, outcome)
+                    })));
                 }
                 let outcome = self.set(from.as_ref(), payload);
                 (from, to, id, outcome)
@@ -701,10 +704,8 @@ impl Router {
 
     fn get(&self, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
         if payload.is("query", ns::DISCO_ITEMS) {
-            return Ok(Some(match (&self.app_server, payload.attr("node")) {
-                (Some(app_server), Some(app_server::NS_COMMANDS)) => {
-                    app_server.command_list().into()
-                }
+            return Ok(Some(match payload.attr("node") {
+                Some(adhoc::NS) => self.commands.list().into(),
                 _ => DiscoItemsResult {
                     node: payload.attr("node").map(str::to_owned),
                     items: Vec::new(),
@@ -823,7 +824,7 @@ fn disco_info(app_server: bool) -> DiscoInfoResult {
     );
     if app_server {
         identities.push(AppServer::identity());
-        features.extend([app_server::NS_PUSH, app_server::NS_COMMANDS].map(str::to_owned));
+        features.insert(app_server::NS_PUSH.to_owned());
     }
     DiscoInfoResult {
         node: None,
@@ -926,7 +927,7 @@ mod tests {
         assert!(features.contains(&protocol::NS));
         assert!(features.contains(&sum7::NS));
         assert!(features.contains(&app_server::NS_PUSH));
-        assert!(features.contains(&app_server::NS_COMMANDS));
+        assert!(features.contains(&adhoc::NS));
         assert!(features.contains(&ns::PING));
     }
 

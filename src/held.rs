@@ -274,6 +274,29 @@ impl HeldMessages {
         Ok(dropped)
     }
 
+    /// Drop every message held for any resource of `account` (a bare JID); returns how many.
+    pub async fn drop_account(&self, account: &str) -> Result<usize, StoreError> {
+        let prefix = format!("{account}/");
+        let subjects: Vec<String> = self
+            .subjects()
+            .into_iter()
+            .filter(|s| s.starts_with(&prefix))
+            .collect();
+        let (dropped, counts) = self
+            .db
+            .run(move |conn| {
+                let mut dropped = 0;
+                for subject in subjects {
+                    dropped +=
+                        conn.execute("DELETE FROM held WHERE subject = ?1", params![subject])?;
+                }
+                Ok((dropped, count_all(conn)?))
+            })
+            .await?;
+        *self.counts() = counts;
+        Ok(dropped)
+    }
+
     /// Forget messages whose TTL has run out.
     pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
         let (pruned, counts) = self

@@ -5,6 +5,7 @@
 //! to that endpoint, and xup relays each one to the registering client as an IQ and answers the HTTP
 //! request from the client's verdict. See `docs/DESIGN.md` for the flow and who owns each step.
 
+pub mod adhoc;
 pub mod app_server;
 pub mod component;
 pub mod config;
@@ -153,10 +154,18 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
             jid,
             registrar: registrar.clone(),
             sum7: sum7::Registry {
-                registrar,
+                registrar: registrar.clone(),
                 store: store.clone(),
                 revocations_live: config.registration.longest_token_life(),
             },
+            commands: Arc::new(adhoc::Commands {
+                component: config.component.jid.clone(),
+                registrar: registrar.clone(),
+                app_server: app_server.clone(),
+                store: store.clone(),
+                held: held.clone(),
+                revocations_live: config.registration.longest_token_life(),
+            }),
             app_server,
             in_flight: in_flight_pushes.clone(),
             events: link_events,

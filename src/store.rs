@@ -6,9 +6,12 @@
 //! dead, one issued later (a fresh `<register>` after a reinstall) works. An entry is dropped once
 //! every token it can kill has expired, so memory grows with revoked apps, never with live endpoints.
 //!
-//! The XEP-0357 app server's nodes are revoked the same way, keyed by a digest of the node's id, and
+//! An account can also be revoked as a whole (`revoke-all-push-endpoints`): every token issued to
+//! any of its resources up to that moment is dead. The XEP-0357 app server's nodes are revoked the
+//! same way as registrations, keyed by a digest of the node's id, and
 //! its VAPID keys live here too: they must outlive restarts, or every subscription made with the
-//! public key would break.
+//! public key would break. So does the per-account index of nodes that listing needs (device id
+//! and name, expiry), dropped when a node expires.
 //!
 //! The embedded store is one SQLite file under `store.path`, written with full sync before a
 //! revocation is reported, and mirrored in memory so the push path never waits on disk. The same
@@ -100,6 +103,17 @@ impl Database {
 pub struct Store {
     db: Database,
     revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
+    /// Accounts whose every endpoint issued up to a moment is revoked (`revoke-all`), by bare JID.
+    accounts: RwLock<HashMap<String, Revocation>>,
+}
+
+/// One app-server node in the per-account index, as listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushNode {
+    pub node_id: String,
+    pub device_id: Option<String>,
+    pub device_name: Option<String>,
+    pub expires_at: SystemTime,
 }
 
 impl Store {
@@ -122,7 +136,28 @@ impl Store {
              CREATE TABLE IF NOT EXISTS vapid_keys (
                  generation INTEGER PRIMARY KEY,
                  secret BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS account_revocations (
+                 account TEXT PRIMARY KEY,
+                 revoked_at_us INTEGER NOT NULL,
+                 forget_at_us INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS push_nodes (
+                 account TEXT NOT NULL,
+                 node_id TEXT NOT NULL,
+                 device_id TEXT,
+                 device_name TEXT,
+                 expires_at_us INTEGER NOT NULL,
+                 PRIMARY KEY (account, node_id)
              )",
+        )?;
+        db.execute(
+            "DELETE FROM account_revocations WHERE forget_at_us <= ?1",
+            params![micros(SystemTime::now())],
+        )?;
+        db.execute(
+            "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
+            params![micros(SystemTime::now())],
         )?;
         let now_us = micros(SystemTime::now());
         db.execute(
@@ -148,9 +183,25 @@ impl Store {
                 );
             }
         }
+        let mut accounts = HashMap::new();
+        {
+            let mut rows =
+                db.prepare("SELECT account, revoked_at_us, forget_at_us FROM account_revocations")?;
+            let mut rows = rows.query([])?;
+            while let Some(row) = rows.next()? {
+                accounts.insert(
+                    row.get(0)?,
+                    Revocation {
+                        revoked_at_us: row.get(1)?,
+                        forget_at_us: row.get(2)?,
+                    },
+                );
+            }
+        }
         Ok(Store {
             db: Database(Arc::new(Mutex::new(db))),
             revoked: RwLock::new(revoked),
+            accounts: RwLock::new(accounts),
         })
     }
 
@@ -162,7 +213,108 @@ impl Store {
     /// Whether the registration that issued `claims` was revoked after the token was issued.
     /// Memory only; never waits.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        self.is_revoked_key(&registration_key(claims), claims.issued_at)
+        if self.is_revoked_key(&registration_key(claims), claims.issued_at) {
+            return true;
+        }
+        let account = claims.subject.split('/').next().unwrap_or_default();
+        let accounts = self.accounts.read().unwrap_or_else(|e| e.into_inner());
+        accounts
+            .get(account)
+            .is_some_and(|r| micros(claims.issued_at) <= r.revoked_at_us)
+    }
+
+    /// Revoke every endpoint issued to `account` (a bare JID) up to `now`, durably, and remember
+    /// it for `lifetime`, the longest any of them lives.
+    pub async fn revoke_account(
+        &self,
+        account: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(), StoreError> {
+        let revocation = Revocation {
+            revoked_at_us: micros(now),
+            forget_at_us: micros(now + lifetime),
+        };
+        let key = account.to_owned();
+        self.db
+            .run(move |db| {
+                db.execute(
+                    "INSERT INTO account_revocations (account, revoked_at_us, forget_at_us)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account) DO UPDATE SET
+                         revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
+                         forget_at_us = max(forget_at_us, excluded.forget_at_us)",
+                    params![key, revocation.revoked_at_us, revocation.forget_at_us],
+                )
+            })
+            .await?;
+        let mut accounts = self.accounts.write().unwrap_or_else(|e| e.into_inner());
+        let entry = accounts.entry(account.to_owned()).or_insert(revocation);
+        entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
+        entry.forget_at_us = entry.forget_at_us.max(revocation.forget_at_us);
+        Ok(())
+    }
+
+    /// Note an app-server node of `account`, for listing and unregistering by device.
+    pub async fn index_node(&self, account: &str, node: PushNode) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.db
+            .run(move |db| {
+                db.execute(
+                    "INSERT OR REPLACE INTO push_nodes
+                     (account, node_id, device_id, device_name, expires_at_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        account,
+                        node.node_id,
+                        node.device_id,
+                        node.device_name,
+                        micros(node.expires_at)
+                    ],
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The app-server nodes of `account` that have not expired, oldest first.
+    pub async fn nodes_of(&self, account: &str) -> Result<Vec<PushNode>, StoreError> {
+        let account = account.to_owned();
+        let now_us = micros(SystemTime::now());
+        self.db
+            .run(move |db| {
+                let mut query = db.prepare(
+                    "SELECT node_id, device_id, device_name, expires_at_us FROM push_nodes
+                     WHERE account = ?1 AND expires_at_us > ?2 ORDER BY rowid",
+                )?;
+                let rows = query.query_map(params![account, now_us], |row| {
+                    Ok(PushNode {
+                        node_id: row.get(0)?,
+                        device_id: row.get(1)?,
+                        device_name: row.get(2)?,
+                        expires_at: UNIX_EPOCH
+                            + Duration::from_micros(
+                                u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                            ),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    /// Take `node_id` out of `account`'s index.
+    pub async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError> {
+        let (account, node_id) = (account.to_owned(), node_id.to_owned());
+        self.db
+            .run(move |db| {
+                db.execute(
+                    "DELETE FROM push_nodes WHERE account = ?1 AND node_id = ?2",
+                    params![account, node_id],
+                )
+            })
+            .await?;
+        Ok(())
     }
 
     /// Whether whatever `key` names was revoked at or after `issued_at`. Memory only.
@@ -261,9 +413,21 @@ impl Store {
                 db.execute(
                     "DELETE FROM revocations WHERE forget_at_us <= ?1",
                     params![now_us],
+                )?;
+                db.execute(
+                    "DELETE FROM account_revocations WHERE forget_at_us <= ?1",
+                    params![now_us],
+                )?;
+                db.execute(
+                    "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
+                    params![now_us],
                 )
             })
             .await?;
+        self.accounts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| r.forget_at_us > now_us);
         let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let before = revoked.len();
         revoked.retain(|_, r| r.forget_at_us > now_us);

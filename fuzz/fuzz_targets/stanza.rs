@@ -9,7 +9,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use libfuzzer_sys::fuzz_target;
 use xmpp_parsers::{iq::Iq, stanza::Stanza};
 use xup::{
+    adhoc,
     component::{LinkEvent, Reply, Router},
+    held::HeldMessages,
     config::Config,
     limits::Limits,
     pending::InFlight,
@@ -47,16 +49,25 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let registrar = Arc::new(Registrar::new(&config, keys, limits));
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
     let store = Arc::new(Store::open(&store).expect("a store in the temporary directory"));
+    let held = Arc::new(HeldMessages::open(store.database(), 100, 1000).expect("held messages"));
     World {
         router: Router {
             jid: config.component.jid.clone(),
             registrar: registrar.clone(),
             sum7: sum7::Registry {
-                registrar,
-                store,
+                registrar: registrar.clone(),
+                store: store.clone(),
                 revocations_live: config.registration.longest_token_life(),
             },
             app_server: None,
+            commands: Arc::new(adhoc::Commands {
+                component: config.component.jid.clone(),
+                registrar: registrar.clone(),
+                app_server: None,
+                store: store.clone(),
+                held,
+                revocations_live: config.registration.longest_token_life(),
+            }),
             in_flight: InFlight::default(),
             events: link_events,
         },

@@ -336,3 +336,100 @@ async fn the_push_services_answer_decides_the_publishs() {
         );
     }
 }
+
+/// The value of `var` in a command's answer.
+fn value_of(answer: &[(String, String)], var: &str) -> String {
+    answer
+        .iter()
+        .find(|(v, _)| v == var)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_else(|| panic!("no {var} in {answer:?}"))
+}
+
+#[tokio::test]
+async fn a_user_lists_and_unregisters_their_own_registrations_only() {
+    let stack = Stack::start().await;
+    let service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    let (phone_endpoint, laptop_endpoint) = (service.endpoint("phone"), service.endpoint("laptop"));
+    let mut nodes = Vec::new();
+    for (endpoint, device) in [(&phone_endpoint, "phone"), (&laptop_endpoint, "laptop")] {
+        let answer = juliet
+            .ad_hoc(
+                "register-push-webpush",
+                &[
+                    ("endpoint", endpoint),
+                    ("device-id", device),
+                    ("device-name", &format!("Juliet's {device}")),
+                ],
+            )
+            .await
+            .expect("registered");
+        nodes.push((value_of(&answer, "node"), value_of(&answer, "secret")));
+    }
+    let listed = juliet
+        .ad_hoc("list-push-registrations", &[])
+        .await
+        .expect("listed");
+    assert_eq!(value_of(&listed, "count"), "2");
+    let lines = value_of(&listed, "registrations");
+    assert!(lines.contains("Juliet's phone (device phone"), "{listed:?}");
+
+    // Romeo, on the same server, can neither see nor remove Juliet's.
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    let listed = romeo
+        .ad_hoc("list-push-registrations", &[])
+        .await
+        .expect("listed");
+    assert_eq!(value_of(&listed, "count"), "0");
+    let refused = romeo
+        .ad_hoc("unregister-push-webpush", &[("node", &nodes[0].0)])
+        .await
+        .expect_err("not his");
+    assert_eq!(refused.condition, "item-not-found");
+
+    let done = juliet
+        .ad_hoc("unregister-push-webpush", &[("device-id", "laptop")])
+        .await
+        .expect("unregistered");
+    assert_eq!(value_of(&done, "unregistered"), "1");
+    let listed = juliet
+        .ad_hoc("list-push-registrations", &[])
+        .await
+        .expect("listed");
+    assert_eq!(value_of(&listed, "count"), "1");
+    let (laptop_node, laptop_secret) = &nodes[1];
+    let gone = juliet
+        .iq("set", COMPONENT, &publish(laptop_node, laptop_secret, 1))
+        .await;
+    assert_eq!(gone["condition"], "item-not-found", "{gone}");
+}
+
+#[tokio::test]
+async fn revoke_all_kills_every_endpoint_of_the_account_and_no_other() {
+    let stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let mut laptop = stack.juliet("laptop").await;
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    let on_phone = phone.register(APP, INSTANCE).await.endpoint;
+    let on_laptop = laptop.register(APP, INSTANCE).await.endpoint;
+    let romeos = romeo.register(APP, INSTANCE).await.endpoint;
+    // A message held for the laptop, which has gone away.
+    laptop.quit().await;
+    assert_eq!(post(&on_laptop, "held").await.status(), 201);
+    assert_eq!(stack.metric("xup_held_messages").await, 1.0);
+
+    let answer = phone
+        .ad_hoc("revoke-all-push-endpoints", &[])
+        .await
+        .expect("revoked");
+    assert_eq!(value_of(&answer, "dropped-messages"), "1");
+    assert_eq!(stack.metric("xup_held_messages").await, 0.0);
+    for dead in [&on_phone, &on_laptop] {
+        assert_eq!(post(dead, "x").await.status(), 404);
+    }
+    assert_delivered(&romeos, &mut romeo, b"romeo is unaffected").await;
+    // A fresh registration works at once.
+    let fresh = phone.register(APP, INSTANCE).await.endpoint;
+    assert_delivered(&fresh, &mut phone, b"registered again").await;
+}
