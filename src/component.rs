@@ -817,6 +817,7 @@ fn disco_info(app_server: bool) -> DiscoInfoResult {
             ns::DISCO_INFO,
             ns::DISCO_ITEMS,
             ns::PING,
+            adhoc::NS,
             protocol::NS,
             sum7::NS,
         ]
