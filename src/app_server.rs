@@ -37,6 +37,7 @@ use xmpp_parsers::{
 
 use crate::{
     limits::Limits,
+    metrics::{METRICS, PublishOutcome},
     protocol::Urgency,
     register::{RegisterError, Registrar},
     store::{PushNode as IndexedNode, Store, registration_key_of},
@@ -314,20 +315,44 @@ impl AppServer {
         from: Option<Jid>,
         payload: Element,
     ) -> Result<(), StanzaError> {
+        let (outcome, answer) = match self.forward(from, payload).await {
+            Ok(outcome) => (outcome, Ok(())),
+            Err((outcome, error)) => (outcome, Err(error)),
+        };
+        METRICS.publish(outcome);
+        answer
+    }
+
+    /// Check a publish and forward it; how it ended, and the error its sender gets if any.
+    async fn forward(
+        &self,
+        from: Option<Jid>,
+        payload: Element,
+    ) -> Result<PublishOutcome, (PublishOutcome, StanzaError)> {
+        use PublishOutcome as O;
         let (publish, options) = match PubSub::try_from(payload) {
             Ok(PubSub::Publish {
                 publish,
                 publish_options,
             }) => (publish, publish_options),
-            _ => return Err(bad_request("expected <pubsub><publish node=…>")),
+            _ => {
+                return Err((
+                    O::Rejected,
+                    bad_request("expected <pubsub><publish node=…>"),
+                ));
+            }
         };
-        let claims = self
-            .open(&publish.node.0)
-            .map_err(|_| item_not_found("no such node, or it expired or was unregistered"))?;
+        let claims = self.open(&publish.node.0).map_err(|_| {
+            (
+                O::UnknownNode,
+                item_not_found("no such node, or it expired or was unregistered"),
+            )
+        })?;
         let publisher = from.as_ref().map(|j| j.domain().as_str());
         if publisher != Some(claims.dom.as_str()) {
-            return Err(forbidden(
-                "only the registrant's server may publish to this node",
+            return Err((
+                O::Forbidden,
+                forbidden("only the registrant's server may publish to this node"),
             ));
         }
         let secret = options
@@ -335,16 +360,19 @@ impl AppServer {
             .and_then(|form| field(&form, "secret").map(str::to_owned));
         let expected = self.keys.secret_of(&publish.node.0).ok();
         if secret.is_none() || secret != expected {
-            return Err(forbidden("wrong or missing secret in publish-options"));
+            return Err((
+                O::Forbidden,
+                forbidden("wrong or missing secret in publish-options"),
+            ));
         }
         if let Err(wait) = self.limits.publishes.check(&claims.id) {
-            return Err(error(
-                ErrorType::Wait,
-                DefinedCondition::ResourceConstraint,
-                format!(
-                    "too many publishes to this node; retry in {} s",
-                    wait.secs()
-                ),
+            let text = format!(
+                "too many publishes to this node; retry in {} s",
+                wait.secs()
+            );
+            return Err((
+                O::Rejected,
+                error(ErrorType::Wait, DefinedCondition::ResourceConstraint, text),
             ));
         }
         let summary = publish
@@ -354,26 +382,34 @@ impl AppServer {
             .and_then(|payload| Notification::try_from(payload).ok())
             .and_then(|notification| notification.form);
         let sent = self.send(claims.clone(), summary).await;
+        let failed =
+            |text: String| error(ErrorType::Wait, DefinedCondition::RemoteServerTimeout, text);
         match &*sent {
-            Sent::Taken => Ok(()),
+            Sent::Taken => Ok(O::Delivered),
             Sent::Gone => {
-                self.revoke(&claims.id, at(claims.exp)).await?;
-                Err(item_not_found("the push endpoint is gone"))
+                self.revoke(&claims.id, at(claims.exp))
+                    .await
+                    .map_err(|e| (O::Gone, e))?;
+                Err((O::Gone, item_not_found("the push endpoint is gone")))
             }
-            Sent::Throttled => Err(error(
-                ErrorType::Wait,
-                DefinedCondition::ResourceConstraint,
-                "the push service asks to slow down",
+            Sent::Throttled => Err((
+                O::Failed,
+                error(
+                    ErrorType::Wait,
+                    DefinedCondition::ResourceConstraint,
+                    "the push service asks to slow down",
+                ),
             )),
-            Sent::Failed(why) => Err(error(
-                ErrorType::Wait,
-                DefinedCondition::RemoteServerTimeout,
-                format!("the push service failed: {why}"),
-            )),
-            Sent::Refused(status) => Err(error(
-                ErrorType::Cancel,
-                DefinedCondition::NotAcceptable,
-                format!("the push service refused the message: {status}"),
+            Sent::Failed(why) => {
+                Err((O::Failed, failed(format!("the push service failed: {why}"))))
+            }
+            Sent::Refused(status) => Err((
+                O::Refused,
+                error(
+                    ErrorType::Cancel,
+                    DefinedCondition::NotAcceptable,
+                    format!("the push service refused the message: {status}"),
+                ),
             )),
         }
     }

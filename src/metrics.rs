@@ -127,6 +127,44 @@ impl Limit {
     }
 }
 
+/// How a XEP-0357 publish to the app server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The push service took the wake-up (2xx), or it shared one that did.
+    Delivered,
+    /// The push service said the endpoint is gone (404, 410): the node is revoked.
+    Gone,
+    /// 408, 429, 5xx, a timeout or a network failure: a `wait` error.
+    Failed,
+    /// Any other answer from the push service: refused for good.
+    Refused,
+    /// The node is unknown, expired or revoked.
+    UnknownNode,
+    /// A wrong secret, or a publisher of another domain.
+    Forbidden,
+    /// Malformed, or over `limits.publishes_per_node`.
+    Rejected,
+}
+
+impl PublishOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            PublishOutcome::Delivered => "delivered",
+            PublishOutcome::Gone => "gone",
+            PublishOutcome::Failed => "failed",
+            PublishOutcome::Refused => "refused",
+            PublishOutcome::UnknownNode => "unknown_node",
+            PublishOutcome::Forbidden => "forbidden",
+            PublishOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
@@ -137,6 +175,7 @@ pub struct Metrics {
     pushes: Family<PushLabels, Counter>,
     registrations: Family<RegisterLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    publishes: Family<PublishLabels, Counter>,
     iq_round_trip: Histogram,
     push_iqs: Counter,
     link_connects: Counter,
@@ -172,6 +211,12 @@ impl Metrics {
             "rate_limited",
             "Requests refused by a rate limit, by limit",
             rate_limited.clone(),
+        );
+        let publishes = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "app_server_publishes",
+            "XEP-0357 publishes to the app server, by how they ended",
+            publishes.clone(),
         );
         // 1 ms to about 16 s: a phone on the same network to one that answers at the timeout.
         let iq_round_trip = Histogram::new(exponential_buckets(0.001, 2.0, 15));
@@ -227,6 +272,7 @@ impl Metrics {
             pushes,
             registrations,
             rate_limited,
+            publishes,
             iq_round_trip,
             push_iqs,
             link_connects,
@@ -241,6 +287,14 @@ impl Metrics {
     pub fn push(&self, outcome: PushOutcome) {
         let outcome = outcome.label();
         self.pushes.get_or_create(&PushLabels { outcome }).inc();
+    }
+
+    pub fn publish(&self, outcome: PublishOutcome) {
+        self.publishes
+            .get_or_create(&PublishLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     pub fn registration(&self, outcome: RegisterOutcome) {

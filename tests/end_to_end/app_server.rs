@@ -44,6 +44,7 @@ fn publish(node: &str, secret: &str, count: u32) -> String {
 
 /// One POST the push service received.
 struct Received {
+    path: String,
     headers: HeaderMap,
     body: Vec<u8>,
 }
@@ -61,8 +62,14 @@ struct Service {
     status: Arc<AtomicU16>,
 }
 
-async fn receive(State(service): State<Service>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(service): State<Service>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let _ = service.sink.send(Received {
+        path: uri.path().to_owned(),
         headers,
         body: body.to_vec(),
     });
@@ -432,4 +439,76 @@ async fn revoke_all_kills_every_endpoint_of_the_account_and_no_other() {
     // A fresh registration works at once.
     let fresh = phone.register(APP, INSTANCE).await.endpoint;
     assert_delivered(&fresh, &mut phone, b"registered again").await;
+}
+
+/// How many publishes xup counted with `outcome` (none counted yet is 0).
+async fn publishes(stack: &Stack, outcome: &str) -> f64 {
+    let (_, page) = get(&format!("{}/metrics", stack.xup.base_url)).await;
+    let name = format!("xup_app_server_publishes_total{{outcome=\"{outcome}\"}} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&name))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+/// What each server does with xup's answers, which is why they must be right: after a `wait`
+/// error both keep publishing. After `item-not-found` Prosody goes on until `push_max_errors`
+/// (16) errors, and xup answers those from the revocation, without a POST. (ejabberd drops the
+/// registration after one, in a process it spawns, so when is not observable here; its
+/// `mod_push.erl` `notify/5` says so.)
+#[tokio::test]
+async fn a_wait_error_keeps_the_registration_and_a_gone_endpoint_costs_no_more_posts() {
+    let mut stack = Stack::start().await;
+    let mut service = PushService::start().await;
+    let mut kate = Peer::connect(&stack.server, "kate", DOMAIN, "k").await;
+    let kates = kate
+        .register_web_push(&service.endpoint("kate"), None)
+        .await
+        .expect("registered");
+    kate.enable_push(&kates).await;
+    kate.quit().await;
+    let mut juliet = stack.juliet("phone").await;
+    let node = juliet
+        .register_web_push(&service.endpoint("juliet"), None)
+        .await
+        .expect("registered");
+    juliet.enable_push(&node).await;
+    juliet.quit().await;
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    let to_juliet = format!("juliet@{DOMAIN}");
+
+    service.answer_with(503);
+    romeo.send_message(&to_juliet, "one").await;
+    assert_eq!(service.next().await.path, "/push/juliet");
+    tokio::time::sleep(COALESCE_WINDOW).await;
+    service.answer_with(201);
+    romeo.send_message(&to_juliet, "two").await;
+    assert_eq!(
+        service.next().await.path,
+        "/push/juliet",
+        "kept after a wait error"
+    );
+
+    tokio::time::sleep(COALESCE_WINDOW).await;
+    service.answer_with(410);
+    romeo.send_message(&to_juliet, "three").await;
+    assert_eq!(service.next().await.path, "/push/juliet");
+    stack.xup.wait_log("app-server node revoked").await;
+    service.answer_with(201);
+    // The server handles Romeo's messages in order, so once Kate's wake-up arrives, whatever the
+    // fourth message to Juliet made the server publish has reached xup.
+    romeo.send_message(&to_juliet, "four").await;
+    romeo
+        .send_message(&format!("kate@{DOMAIN}"), "for kate")
+        .await;
+    assert_eq!(service.next().await.path, "/push/kate");
+    if let Server::Prosody(_) = stack.server {
+        assert_eq!(
+            publishes(&stack, "unknown_node").await,
+            1.0,
+            "answered from the revocation"
+        );
+    }
+    assert_eq!(publishes(&stack, "gone").await, 1.0);
+    assert_eq!(publishes(&stack, "failed").await, 1.0);
+    assert_eq!(publishes(&stack, "delivered").await, 2.0);
 }
