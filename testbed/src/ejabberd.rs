@@ -167,6 +167,10 @@ impl Ejabberd {
 
     /// Kill ejabberd hard, as a crash or an OOM kill would: the whole process group, so the Erlang
     /// VM goes too.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("logs").join("ejabberd.log")
+    }
+
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_group(&child);

@@ -177,4 +177,27 @@ impl Server {
             Server::Ejabberd(e) => e.restart().await,
         }
     }
+
+    /// The server's log file.
+    fn log_path(&self) -> std::path::PathBuf {
+        match self {
+            Server::Prosody(p) => p.log_path(),
+            Server::Ejabberd(e) => e.log_path(),
+        }
+    }
+
+    /// Wait until the server's own log says `needle` (a server's own signal that it acted on
+    /// something, where it offers no other); panics with the log if it does not within [`WAIT`].
+    pub async fn wait_log(&self, needle: &str) {
+        let path = self.log_path();
+        let said = async {
+            while !std::fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if timeout(WAIT, said).await.is_err() {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            panic!("the server never logged {needle:?}; its log:\n{log}");
+        }
+    }
 }

@@ -48,6 +48,10 @@ impl Prosody {
         prosody
     }
 
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("prosody.log")
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("prosody.cfg.lua")
     }
