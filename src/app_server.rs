@@ -39,7 +39,7 @@ use crate::{
     limits::Limits,
     metrics::{METRICS, PublishOutcome},
     protocol::Urgency,
-    register::{RegisterError, Registrar},
+    register::Registrar,
     store::{PushNode as IndexedNode, Store, registration_key_of},
     token::{KeyRing, Purpose, TokenError},
     webpush::{Keys, Sent, Subscription, WebPush},
@@ -63,7 +63,7 @@ const COALESCE: Duration = Duration::from_secs(1);
 const WAKE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a node holds, inside its token.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 struct NodeClaims {
     /// Random: names the node for revocation, rate limits and coalescing.
     id: String,
@@ -209,23 +209,17 @@ impl AppServer {
             return Err(internal("cannot register the node now"));
         }
         tracing::info!("app-server node registered");
-        let fields = vec![
-            Field::text_single("jid", self.component.as_str()),
-            Field::text_single("node", &node),
-            Field::text_single("secret", &secret),
-            Field::text_single("vapid-public-key", &self.web_push.public_key()),
-        ];
+        // A form, as p2 and mod_push answer: Conversations reads the three fields from it.
         Ok(DataForm {
             type_: DataFormType::Form,
             title: None,
             instructions: None,
-            fields: fields
-                .into_iter()
-                .map(|mut f| {
-                    f.type_ = FieldType::TextSingle;
-                    f
-                })
-                .collect(),
+            fields: vec![
+                Field::text_single("jid", self.component.as_str()),
+                Field::text_single("node", &node),
+                Field::text_single("secret", &secret),
+                Field::text_single("vapid-public-key", &self.web_push.public_key()),
+            ],
         })
     }
 
@@ -484,20 +478,6 @@ pub struct AppServerParts {
     pub node_lifetime: Duration,
 }
 
-impl Clone for NodeClaims {
-    fn clone(&self) -> Self {
-        NodeClaims {
-            id: self.id.clone(),
-            ep: self.ep.clone(),
-            k: self.k.clone(),
-            a: self.a.clone(),
-            dom: self.dom.clone(),
-            iat: self.iat,
-            exp: self.exp,
-        }
-    }
-}
-
 /// The revocation key of a node: apart from every endpoint registration's.
 fn node_key(id: &str) -> crate::store::RegistrationKey {
     registration_key_of("xep-0357", id, "")
@@ -518,24 +498,16 @@ fn field<'a>(form: &'a DataForm, var: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The subscription a node holds. It was checked when it was registered; the keys parse again
-/// here only because they travel as text.
+/// The subscription a node holds. It was checked when it was registered; it is read again here
+/// because it travels as text.
 fn subscription_of(claims: &NodeClaims) -> Option<Subscription> {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    let endpoint = claims.ep.parse().ok()?;
-    let keys = match (&claims.k, &claims.a) {
-        (Some(k), Some(a)) => {
-            let p256dh = URL_SAFE_NO_PAD.decode(k.trim_end_matches('=')).ok()?;
-            let auth = URL_SAFE_NO_PAD.decode(a.trim_end_matches('=')).ok()?;
-            (auth.len() == 16).then_some(())?;
-            Some(Keys {
-                p256dh: web_push_native::p256::PublicKey::from_sec1_bytes(&p256dh).ok()?,
-                auth: web_push_native::Auth::clone_from_slice(&auth),
-            })
-        }
-        _ => None,
-    };
-    Some(Subscription { endpoint, keys })
+    Some(Subscription {
+        endpoint: claims.ep.parse().ok()?,
+        keys: match (&claims.k, &claims.a) {
+            (Some(p256dh), Some(auth)) => Some(Keys::parse(p256dh, auth).ok()?),
+            _ => None,
+        },
+    })
 }
 
 /// The message that wakes the client: the summary's counts, and its sender and body only when the
@@ -568,12 +540,6 @@ fn wake_up(summary: Option<&DataForm>, encrypted: bool) -> (Vec<u8>, Urgency) {
         serde_json::Value::Object(body).to_string().into_bytes(),
         urgency,
     )
-}
-
-impl From<RegisterError> for StanzaError {
-    fn from(e: RegisterError) -> StanzaError {
-        e.to_stanza_error()
-    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,22 @@ pub struct Keys {
     pub auth: Auth,
 }
 
+impl Keys {
+    /// The keys as a subscription gives them: base64url, padded or not.
+    pub fn parse(p256dh: &str, auth: &str) -> Result<Keys, EndpointError> {
+        let decode = |text: &str| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok();
+        Ok(Keys {
+            p256dh: decode(p256dh)
+                .and_then(|bytes| p256::PublicKey::from_sec1_bytes(&bytes).ok())
+                .ok_or(EndpointError::P256dh)?,
+            auth: decode(auth)
+                .filter(|bytes| bytes.len() == 16)
+                .map(|bytes| Auth::clone_from_slice(&bytes))
+                .ok_or(EndpointError::Auth)?,
+        })
+    }
+}
+
 /// Why an endpoint or its keys are not acceptable; each names what is wrong, for the client.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum EndpointError {
@@ -178,19 +194,7 @@ impl WebPush {
         }
         let keys = match (p256dh, auth) {
             (None, None) => None,
-            (Some(p256dh), Some(auth)) => Some(Keys {
-                p256dh: URL_SAFE_NO_PAD
-                    .decode(p256dh.trim_end_matches('='))
-                    .ok()
-                    .and_then(|bytes| p256::PublicKey::from_sec1_bytes(&bytes).ok())
-                    .ok_or(EndpointError::P256dh)?,
-                auth: URL_SAFE_NO_PAD
-                    .decode(auth.trim_end_matches('='))
-                    .ok()
-                    .filter(|bytes| bytes.len() == 16)
-                    .map(|bytes| Auth::clone_from_slice(&bytes))
-                    .ok_or(EndpointError::Auth)?,
-            }),
+            (Some(p256dh), Some(auth)) => Some(Keys::parse(p256dh, auth)?),
             _ => return Err(EndpointError::HalfKeys),
         };
         Ok(Subscription {
