@@ -39,7 +39,6 @@ use crate::{
     limits::Limits,
     metrics::{METRICS, PublishOutcome},
     protocol::Urgency,
-    register::Registrar,
     store::{PushNode as IndexedNode, Store, registration_key_of},
     token::{KeyRing, Purpose, TokenError},
     webpush::{Keys, Sent, Subscription, WebPush},
@@ -84,13 +83,7 @@ type SharedSend = Shared<futures::future::BoxFuture<'static, Arc<Sent>>>;
 
 /// The app server. One per process.
 pub struct AppServer {
-    pub component: BareJid,
-    pub keys: Arc<KeyRing>,
-    pub store: Arc<Store>,
-    pub limits: Arc<Limits>,
-    pub registrar: Arc<Registrar>,
-    pub web_push: Arc<WebPush>,
-    pub node_lifetime: Duration,
+    parts: Parts,
     /// The POST each recently published node shares, and when it started.
     recent: Mutex<HashMap<String, (Instant, SharedSend)>>,
 }
@@ -122,15 +115,9 @@ fn at(seconds: u64) -> SystemTime {
 }
 
 impl AppServer {
-    pub fn new(parts: AppServerParts) -> AppServer {
+    pub fn new(parts: Parts) -> AppServer {
         AppServer {
-            component: parts.component,
-            keys: parts.keys,
-            store: parts.store,
-            limits: parts.limits,
-            registrar: parts.registrar,
-            web_push: parts.web_push,
-            node_lifetime: parts.node_lifetime,
+            parts,
             recent: Mutex::default(),
         }
     }
@@ -146,6 +133,7 @@ impl AppServer {
         let value = |var: &str| field(form, var);
         let endpoint = value("endpoint").ok_or_else(|| bad_request("endpoint: required"))?;
         let subscription = self
+            .parts
             .web_push
             .check(endpoint, value("p256dh"), value("auth"))
             .await
@@ -162,12 +150,13 @@ impl AppServer {
             a: value("auth").map(str::to_owned),
             dom: from.domain().to_string(),
             iat: seconds(now),
-            exp: seconds(now + self.node_lifetime),
+            exp: seconds(now + self.parts.node_lifetime),
         };
         let sealed = serde_json::to_vec(&claims)
             .map_err(|e| e.to_string())
             .and_then(|payload| {
-                self.keys
+                self.parts
+                    .keys
                     .seal(Purpose::Node, &payload)
                     .map_err(|e| e.to_string())
             });
@@ -184,7 +173,7 @@ impl AppServer {
                 "endpoint: too long, the node would exceed 1000 bytes",
             ));
         }
-        let secret = self.keys.secret_of(&node).map_err(|e| {
+        let secret = self.parts.keys.secret_of(&node).map_err(|e| {
             tracing::error!(error = %e, "cannot derive a node's secret");
             error(
                 ErrorType::Wait,
@@ -193,6 +182,7 @@ impl AppServer {
             )
         })?;
         let indexed = self
+            .parts
             .store
             .index_node(
                 from.to_bare().as_str(),
@@ -200,7 +190,7 @@ impl AppServer {
                     node_id: claims.id.clone(),
                     device_id: value("device-id").map(str::to_owned),
                     device_name: value("device-name").map(str::to_owned),
-                    expires_at: now + self.node_lifetime,
+                    expires_at: now + self.parts.node_lifetime,
                 },
             )
             .await;
@@ -215,10 +205,10 @@ impl AppServer {
             title: None,
             instructions: None,
             fields: vec![
-                Field::text_single("jid", self.component.as_str()),
+                Field::text_single("jid", self.parts.component.as_str()),
                 Field::text_single("node", &node),
                 Field::text_single("secret", &secret),
-                Field::text_single("vapid-public-key", &self.web_push.public_key()),
+                Field::text_single("vapid-public-key", &self.parts.web_push.public_key()),
             ],
         })
     }
@@ -227,7 +217,7 @@ impl AppServer {
     /// caller's own (by the per-account index).
     pub async fn unregister(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
         let account = from.to_bare().to_string();
-        let own = self.store.nodes_of(&account).await.map_err(|e| {
+        let own = self.parts.store.nodes_of(&account).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read the app-server index");
             internal("cannot unregister now")
         })?;
@@ -254,7 +244,7 @@ impl AppServer {
         }
         for (node_id, expires_at) in &targets {
             self.revoke(node_id, *expires_at).await?;
-            if let Err(e) = self.store.unindex_node(&account, node_id).await {
+            if let Err(e) = self.parts.store.unindex_node(&account, node_id).await {
                 tracing::warn!(error = %e, "cannot take a node out of the index");
             }
         }
@@ -272,6 +262,7 @@ impl AppServer {
     /// `list-push-registrations`: the caller's own nodes, by device.
     pub async fn list(&self, from: &Jid) -> Result<DataForm, StanzaError> {
         let nodes = self
+            .parts
             .store
             .nodes_of(from.to_bare().as_str())
             .await
@@ -352,14 +343,14 @@ impl AppServer {
         let secret = options
             .and_then(|o| o.form)
             .and_then(|form| field(&form, "secret").map(str::to_owned));
-        let expected = self.keys.secret_of(&publish.node.0).ok();
+        let expected = self.parts.keys.secret_of(&publish.node.0).ok();
         if secret.is_none() || secret != expected {
             return Err((
                 O::Forbidden,
                 forbidden("wrong or missing secret in publish-options"),
             ));
         }
-        if let Err(wait) = self.limits.publishes.check(&claims.id) {
+        if let Err(wait) = self.parts.limits.publishes.check(&claims.id) {
             let text = format!(
                 "too many publishes to this node; retry in {} s",
                 wait.secs()
@@ -416,7 +407,7 @@ impl AppServer {
         if let Some((_, sending)) = recent.get(&claims.id) {
             return sending.clone();
         }
-        let web_push = self.web_push.clone();
+        let web_push = self.parts.web_push.clone();
         let id = claims.id.clone();
         let sending = async move {
             let (subscription, encrypted) = match subscription_of(&claims) {
@@ -436,7 +427,7 @@ impl AppServer {
     }
 
     fn open(&self, node: &str) -> Result<NodeClaims, TokenError> {
-        let payload = self.keys.unseal(Purpose::Node, node)?;
+        let payload = self.parts.keys.unseal(Purpose::Node, node)?;
         let claims: NodeClaims =
             serde_json::from_str(&payload).map_err(|_| TokenError::Malformed)?;
         let now = SystemTime::now();
@@ -444,6 +435,7 @@ impl AppServer {
             return Err(TokenError::Expired);
         }
         if self
+            .parts
             .store
             .is_revoked_key(&node_key(&claims.id), at(claims.iat))
         {
@@ -455,7 +447,8 @@ impl AppServer {
     /// Revoke node `id`, durably, until it would have expired anyway.
     async fn revoke(&self, id: &str, expires_at: SystemTime) -> Result<(), StanzaError> {
         let now = SystemTime::now();
-        self.store
+        self.parts
+            .store
             .revoke_key(node_key(id), now, expires_at.max(now))
             .await
             .map_err(|e| {
@@ -467,13 +460,12 @@ impl AppServer {
     }
 }
 
-/// What [`AppServer::new`] needs.
-pub struct AppServerParts {
+/// What the app server works with.
+pub struct Parts {
     pub component: BareJid,
     pub keys: Arc<KeyRing>,
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
-    pub registrar: Arc<Registrar>,
     pub web_push: Arc<WebPush>,
     pub node_lifetime: Duration,
 }

@@ -134,17 +134,15 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
                 config.app_server.vapid_contact.clone(),
                 config.app_server.allow_private_endpoints.clone(),
             )?;
-            Some(Arc::new(app_server::AppServer::new(
-                app_server::AppServerParts {
-                    component: config.component.jid.clone(),
-                    keys: keys.clone(),
-                    store: store.clone(),
-                    limits: limits.clone(),
-                    registrar: registrar.clone(),
-                    web_push: Arc::new(web_push),
-                    node_lifetime: config.app_server.node_lifetime,
-                },
-            )))
+            Some(Arc::new(app_server::AppServer::new(app_server::Parts {
+                component: config.component.jid.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                limits: limits.clone(),
+
+                web_push: Arc::new(web_push),
+                node_lifetime: config.app_server.node_lifetime,
+            })))
         }
     };
     let link_shutdown = CancellationToken::new();

@@ -34,6 +34,12 @@ const DATABASE_FILE: &str = "xup.sqlite3";
 /// The digest that names one registration triple.
 pub type RegistrationKey = [u8; 32];
 
+/// The key under which a whole account (a bare JID) is revoked: apart from every registration's,
+/// whose instance is never "*".
+fn account_key(account: &str) -> RegistrationKey {
+    registration_key_of(account, "*", "*")
+}
+
 /// The key of the registration `claims` belong to. Each part is length-prefixed so that no two
 /// different triples can run together into the same bytes.
 pub fn registration_key(claims: &Claims) -> RegistrationKey {
@@ -103,8 +109,6 @@ impl Database {
 pub struct Store {
     db: Database,
     revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
-    /// Accounts whose every endpoint issued up to a moment is revoked (`revoke-all`), by bare JID.
-    accounts: RwLock<HashMap<String, Revocation>>,
 }
 
 /// One app-server node in the per-account index, as listing shows it.
@@ -137,11 +141,6 @@ impl Store {
                  generation INTEGER PRIMARY KEY,
                  secret BLOB NOT NULL
              );
-             CREATE TABLE IF NOT EXISTS account_revocations (
-                 account TEXT PRIMARY KEY,
-                 revoked_at_us INTEGER NOT NULL,
-                 forget_at_us INTEGER NOT NULL
-             );
              CREATE TABLE IF NOT EXISTS push_nodes (
                  account TEXT NOT NULL,
                  node_id TEXT NOT NULL,
@@ -150,10 +149,6 @@ impl Store {
                  expires_at_us INTEGER NOT NULL,
                  PRIMARY KEY (account, node_id)
              )",
-        )?;
-        db.execute(
-            "DELETE FROM account_revocations WHERE forget_at_us <= ?1",
-            params![micros(SystemTime::now())],
         )?;
         db.execute(
             "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
@@ -183,25 +178,9 @@ impl Store {
                 );
             }
         }
-        let mut accounts = HashMap::new();
-        {
-            let mut rows =
-                db.prepare("SELECT account, revoked_at_us, forget_at_us FROM account_revocations")?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                accounts.insert(
-                    row.get(0)?,
-                    Revocation {
-                        revoked_at_us: row.get(1)?,
-                        forget_at_us: row.get(2)?,
-                    },
-                );
-            }
-        }
         Ok(Store {
             db: Database(Arc::new(Mutex::new(db))),
             revoked: RwLock::new(revoked),
-            accounts: RwLock::new(accounts),
         })
     }
 
@@ -213,14 +192,9 @@ impl Store {
     /// Whether the registration that issued `claims` was revoked after the token was issued.
     /// Memory only; never waits.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        if self.is_revoked_key(&registration_key(claims), claims.issued_at) {
-            return true;
-        }
         let account = claims.subject.split('/').next().unwrap_or_default();
-        let accounts = self.accounts.read().unwrap_or_else(|e| e.into_inner());
-        accounts
-            .get(account)
-            .is_some_and(|r| micros(claims.issued_at) <= r.revoked_at_us)
+        self.is_revoked_key(&registration_key(claims), claims.issued_at)
+            || self.is_revoked_key(&account_key(account), claims.issued_at)
     }
 
     /// Revoke every endpoint issued to `account` (a bare JID) up to `now`, durably, and remember
@@ -231,28 +205,8 @@ impl Store {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<(), StoreError> {
-        let revocation = Revocation {
-            revoked_at_us: micros(now),
-            forget_at_us: micros(now + lifetime),
-        };
-        let key = account.to_owned();
-        self.db
-            .run(move |db| {
-                db.execute(
-                    "INSERT INTO account_revocations (account, revoked_at_us, forget_at_us)
-                     VALUES (?1, ?2, ?3)
-                     ON CONFLICT (account) DO UPDATE SET
-                         revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
-                         forget_at_us = max(forget_at_us, excluded.forget_at_us)",
-                    params![key, revocation.revoked_at_us, revocation.forget_at_us],
-                )
-            })
-            .await?;
-        let mut accounts = self.accounts.write().unwrap_or_else(|e| e.into_inner());
-        let entry = accounts.entry(account.to_owned()).or_insert(revocation);
-        entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
-        entry.forget_at_us = entry.forget_at_us.max(revocation.forget_at_us);
-        Ok(())
+        self.revoke_key(account_key(account), now, now + lifetime)
+            .await
     }
 
     /// Note an app-server node of `account`, for listing and unregistering by device.
@@ -415,19 +369,11 @@ impl Store {
                     params![now_us],
                 )?;
                 db.execute(
-                    "DELETE FROM account_revocations WHERE forget_at_us <= ?1",
-                    params![now_us],
-                )?;
-                db.execute(
                     "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
                     params![now_us],
                 )
             })
             .await?;
-        self.accounts
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, r| r.forget_at_us > now_us);
         let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let before = revoked.len();
         revoked.retain(|_, r| r.forget_at_us > now_us);
