@@ -305,6 +305,7 @@ impl AppServer {
             Err((outcome, error)) => (outcome, Err(error)),
         };
         METRICS.publish(outcome);
+        tracing::debug!(?outcome, "app-server publish");
         answer
     }
 
