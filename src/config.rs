@@ -1176,4 +1176,31 @@ mod tests {
             assert!(e.starts_with("registration.legacy_up_uri:"), "{bad}: {e}");
         }
     }
+
+    #[test]
+    fn the_app_server_has_defaults_and_bad_values_name_their_field() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert!(config.app_server.enabled);
+        assert_eq!(config.app_server.vapid_contact, "https://up.example.org");
+        assert!(config.app_server.allow_private_endpoints.is_empty());
+        let with = |section: &str| {
+            GOOD.replace(
+                r#""delivery":"#,
+                &format!(r#""app_server": {section}, "delivery":"#),
+            )
+        };
+        let e = error_of(&with(r#"{ "vapid_contact": "admin@example.org" }"#));
+        assert!(e.starts_with("app_server.vapid_contact:"), "{e}");
+        let e = error_of(&with(
+            r#"{ "allow_private_endpoints": ["127.0.0.0/8", "nonsense"] }"#,
+        ));
+        assert!(
+            e.starts_with("app_server.allow_private_endpoints[1]:"),
+            "{e}"
+        );
+        let e = error_of(&with(r#"{ "node_lifetime": "0s" }"#));
+        assert!(e.starts_with("app_server.node_lifetime:"), "{e}");
+        let off = Config::parse(&with(r#"{ "enabled": false }"#)).expect("valid");
+        assert!(!off.app_server.enabled);
+    }
 }
