@@ -1,7 +1,8 @@
 //! The push request path: any method, token, headers and body, sent through xup's real router
-//! (store, limits, relay) with the component link down, as a sender on the internet could. Nothing
-//! may panic, every answer is one the protocol allows, and a `201` only ever accepts a body of 1 to
-//! 4096 bytes.
+//! (store, limits, relay) with the component link down, as a sender on the internet could, to an
+//! endpoint or to the Matrix gateway. Nothing may panic, every answer is one the protocol allows,
+//! a `201` only ever accepts a body of 1 to 4096 bytes, and the gateway's `200` always lists what
+//! it rejected.
 
 #![no_main]
 
@@ -23,6 +24,8 @@ use xup::config::Config;
 
 use xup_fuzz as seeds;
 
+const MATRIX: &str = "/_matrix/push/v1/notify";
+
 #[derive(Arbitrary, Debug)]
 enum Token {
     /// The live endpoint.
@@ -35,9 +38,22 @@ enum Token {
     Raw(String),
 }
 
+/// Where the request goes.
+#[derive(Arbitrary, Debug)]
+enum Door {
+    /// `/push/{token}`.
+    Endpoint,
+    /// The Matrix gateway, the body as it is.
+    MatrixRaw,
+    /// The Matrix gateway, a notify with the token's endpoint as the one pushkey and the body as
+    /// the notification's content.
+    Matrix,
+}
+
 #[derive(Arbitrary, Debug)]
 struct Input {
     method: u8,
+    door: Door,
     token: Token,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
@@ -118,9 +134,19 @@ fuzz_target!(|input: Input| {
         Method::HEAD,
     ];
     let method = methods[usize::from(input.method) % methods.len()].clone();
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(format!("/push/{token}"));
+    let (uri, body) = match input.door {
+        Door::Endpoint => (format!("/push/{token}"), input.body),
+        Door::MatrixRaw => (MATRIX.to_owned(), input.body),
+        Door::Matrix => {
+            let notify = serde_json::json!({ "notification": {
+                "devices": [{ "pushkey": format!("https://up.localhost/push/{token}") }],
+                "content": String::from_utf8_lossy(&input.body),
+            }});
+            (MATRIX.to_owned(), notify.to_string().into_bytes())
+        }
+    };
+    let gateway = uri == MATRIX;
+    let mut request = Request::builder().method(method.clone()).uri(uri);
     for (name, value) in &input.headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -129,8 +155,8 @@ fuzz_target!(|input: Input| {
             request = request.header(name, value);
         }
     }
-    let body_len = input.body.len();
-    let Ok(mut request) = request.body(Body::from(input.body)) else {
+    let body_len = body.len();
+    let Ok(mut request) = request.body(Body::from(body)) else {
         return; // not a request hyper would ever hand over
     };
     let peer = SocketAddr::from((input.peer, 40000));
@@ -141,6 +167,22 @@ fuzz_target!(|input: Input| {
         .block_on(world.router.clone().oneshot(request))
         .expect("the router is infallible");
     let status = response.status().as_u16();
+    if gateway {
+        assert!(
+            [200, 400, 405, 408, 413, 429].contains(&status),
+            "{status} is not an answer the gateway gives"
+        );
+        if status == 200 && method == Method::POST {
+            let body = world
+                .runtime
+                .block_on(http_body_util::BodyExt::collect(response.into_body()))
+                .expect("body")
+                .to_bytes();
+            let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert!(answer["rejected"].is_array(), "{answer}");
+        }
+        return;
+    }
     assert!(
         [200, 201, 400, 404, 405, 408, 413, 429, 503].contains(&status),
         "{status} is not an answer xup gives"
