@@ -54,6 +54,42 @@ fn main() -> std::io::Result<()> {
                 "<iq {ns} type='error' id='p-0000000a-2' {from} {to}><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
             ),
         ),
+        (
+            "sum7-register",
+            format!(
+                "<iq {ns} type='set' id='s1' {from} {to}><register xmlns='unifiedpush.org'><token>0b5bdf3d-5ea5-4bba-9f5c-0ab5a8f3d2d0</token></register></iq>"
+            ),
+        ),
+        (
+            "sum7-unregister",
+            format!(
+                "<iq {ns} type='set' id='s2' {from} {to}><unregister xmlns='unifiedpush.org'><token>x</token></unregister></iq>"
+            ),
+        ),
+        (
+            "commands",
+            format!(
+                "<iq {ns} type='get' id='c1' {from} {to}><query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>"
+            ),
+        ),
+        (
+            "list",
+            format!(
+                "<iq {ns} type='set' id='c2' {from} {to}><command xmlns='http://jabber.org/protocol/commands' node='list-push-registrations' action='execute'/></iq>"
+            ),
+        ),
+        (
+            "unregister-device",
+            format!(
+                "<iq {ns} type='set' id='c3' {from} {to}><command xmlns='http://jabber.org/protocol/commands' node='unregister-push-webpush' action='complete'><x xmlns='jabber:x:data' type='submit'><field var='device-id'><value>phone</value></field></x></command></iq>"
+            ),
+        ),
+        (
+            "publish",
+            format!(
+                "<iq {ns} type='set' id='b1' from='example.org' {to}><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='v4.local.x'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field><field var='message-count'><value>1</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s</value></field></x></publish-options></pubsub></iq>"
+            ),
+        ),
         ("presence", format!("<presence {ns} {from} {to}/>")),
         (
             "message",
