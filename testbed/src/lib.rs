@@ -1,12 +1,14 @@
 //! The real parts that xup's end-to-end tests and its benchmark run against: a throwaway XMPP
 //! server on loopback ports ([`Server`]: [`Prosody`], or [`Ejabberd`] when `XUP_TEST_SERVER` is
-//! `ejabberd`) and the `xup` binary itself ([`Xup`]).
+//! `ejabberd`) and the `xup` binary itself ([`Xup`]), and a throwaway PostgreSQL cluster
+//! ([`Postgres`]) for the shared store.
 //!
 //! Both are killed when their handle drops, and every wait has a deadline ([`WAIT`]), so nothing
 //! outlives a test run and nothing hangs it. Failures panic with a message naming what was awaited:
 //! this is harness code, and a panic is how a test or the benchmark reports that its world is broken.
 
 mod ejabberd;
+mod postgres;
 mod prosody;
 mod xup;
 
@@ -18,6 +20,7 @@ use std::{
 use tokio::{sync::mpsc, time::timeout};
 
 pub use ejabberd::Ejabberd;
+pub use postgres::Postgres;
 pub use prosody::Prosody;
 pub use xup::{Xup, XupSettings};
 
