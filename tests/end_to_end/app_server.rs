@@ -374,6 +374,19 @@ async fn a_user_lists_and_unregisters_their_own_registrations_only() {
             .expect("registered");
         nodes.push((value_of(&answer, "node"), value_of(&answer, "secret")));
     }
+    // Conversations' newer code says `complete`, some clients no action at all; all are one step.
+    for action in [Some("complete"), None] {
+        let listed = juliet
+            .ad_hoc_as("list-push-registrations", action, &[])
+            .await
+            .expect("listed");
+        assert_eq!(value_of(&listed, "count"), "2", "{action:?}");
+    }
+    let refused = juliet
+        .ad_hoc_as("list-push-registrations", Some("next"), &[])
+        .await
+        .expect_err("a second step");
+    assert_eq!(refused.condition, "bad-request");
     let listed = juliet
         .ad_hoc("list-push-registrations", &[])
         .await

@@ -356,3 +356,23 @@ async fn a_malformed_or_huge_notify_is_refused_with_a_reason() {
     let response = post(&gateway, vec![b' '; 70 * 1024]).await;
     assert_eq!(response.status(), 413);
 }
+
+#[tokio::test]
+async fn a_matrix_pushkey_the_java_up_issued_is_relayed_too() {
+    let stack = Stack::start_with(with_up_secret).await;
+    let mut phone = stack.juliet("phone").await;
+    let token = up_token(&phone.jid, SystemTime::now() + Duration::from_secs(86400));
+    let pushkey = format!("{}/push/{token}", stack.xup.base_url);
+    let response = reqwest::Client::new()
+        .post(format!("{}/_matrix/push/v1/notify", stack.xup.base_url))
+        .json(&synapse_notify(&[&pushkey]))
+        .send()
+        .await
+        .expect("notify");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer, json!({ "rejected": [] }));
+    let push = phone.next_push().await;
+    let body: Value = serde_json::from_slice(&push.data).expect("JSON");
+    assert_eq!(body["notification"]["event_id"], "$3957tyerfgewrf384");
+}

@@ -393,12 +393,24 @@ impl Peer {
         node: &str,
         fields: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, IqFailure> {
+        self.ad_hoc_as(node, Some("execute"), fields).await
+    }
+
+    /// [`Peer::ad_hoc`] with the given `action` (`None` leaves the attribute out, as some clients
+    /// do).
+    pub async fn ad_hoc_as(
+        &mut self,
+        node: &str,
+        action: Option<&str>,
+        fields: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, IqFailure> {
         let fields: String = fields
             .iter()
             .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
             .collect();
+        let action = action.map_or(String::new(), |a| format!(" action='{a}'"));
         let xml = format!(
-            "<command xmlns='http://jabber.org/protocol/commands' node='{node}' action='execute'>\
+            "<command xmlns='http://jabber.org/protocol/commands' node='{node}'{action}>\
              <x xmlns='jabber:x:data' type='submit'>{fields}</x></command>"
         );
         let answer = self.iq("set", COMPONENT, &xml).await;
