@@ -102,8 +102,8 @@ struct Counts {
 }
 
 impl HeldMessages {
-    /// Create the table if need be, forget what expired while xup was stopped, and count the rest.
-    /// Starts the writer task, so it must be called within a Tokio runtime.
+    /// Forget what expired while xup was stopped, and count the rest (the table is the store's
+    /// schema's, `store.rs`). Starts the writer task, so it must be called within a Tokio runtime.
     pub fn open(
         db: Database,
         per_registration: usize,
@@ -111,22 +111,6 @@ impl HeldMessages {
     ) -> Result<HeldMessages, StoreError> {
         let counts = {
             let conn = db.lock();
-            conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS held (
-                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                     id TEXT NOT NULL UNIQUE,
-                     registration BLOB NOT NULL,
-                     subject TEXT NOT NULL,
-                     application TEXT NOT NULL,
-                     instance TEXT NOT NULL,
-                     topic TEXT,
-                     urgency TEXT NOT NULL,
-                     body BLOB NOT NULL,
-                     expires_at_us INTEGER NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS held_by_subject ON held (subject, seq);
-                 CREATE INDEX IF NOT EXISTS held_by_registration ON held (registration, seq);",
-            )?;
             conn.execute(
                 "DELETE FROM held WHERE expires_at_us <= ?1",
                 params![micros(SystemTime::now())],

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use xup::config::Config;
+use xup::{config::Config, store::Schema};
 
 /// The version and the git revision it was built from (see build.rs).
 const VERSION: &str = concat!(
@@ -105,6 +105,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// try the component handshake once.
 fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     println!("{}: configuration is valid", path.display());
+    let store = config.store.path.display();
+    let known = xup::store::SCHEMA_VERSION;
+    match xup::store::schema_at(&config.store.path) {
+        Ok(Schema::Missing) => {
+            println!("{store}: no store yet; the first start creates it (schema {known})")
+        }
+        Ok(Schema::Current) => println!("{store}: store at schema {known}, this xup's"),
+        Ok(Schema::Older(found)) => {
+            println!("{store}: store at schema {found}; the next start upgrades it to {known}")
+        }
+        Ok(Schema::Newer(found)) => {
+            eprintln!(
+                "xup: {store}: the store is at schema {found}, newer than this xup knows \
+                 ({known}): run the xup that wrote it, or restore a backup"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("xup: {store}: cannot read the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if !connect {
         return ExitCode::SUCCESS;
     }

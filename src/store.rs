@@ -13,6 +13,9 @@
 //! public key would break. So does the per-account index of nodes that listing needs (device id
 //! and name, expiry), dropped when a node expires.
 //!
+//! The schema is versioned ([`SCHEMA_VERSION`]): a start brings an older database up to date, and
+//! refuses one written by a newer xup; `xup check` says which it would be.
+//!
 //! The embedded store is one SQLite file under `store.path`, written with full sync before a
 //! revocation is reported, and mirrored in memory so the push path never waits on disk. The same
 //! file holds the messages kept for unreachable clients (`held.rs`), through the shared [`Database`].
@@ -67,6 +70,104 @@ pub enum StoreError {
     Database(#[from] rusqlite::Error),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error(
+        "the store is at schema version {found}, newer than this xup knows ({known}): run the \
+         xup that wrote it, or restore a backup"
+    )]
+    Newer { found: u32, known: u32 },
+}
+
+/// The store's schema, a step per version: step `i` takes a database at version `i` to `i + 1`,
+/// and SQLite's `user_version` says where a database is. A database from before versions were
+/// counted is at 0 with the first step's tables already there, which `IF NOT EXISTS` lets pass.
+const MIGRATIONS: [&str; 2] = [
+    // 1: revocations, and the messages held for unreachable clients (`held.rs`).
+    "CREATE TABLE IF NOT EXISTS revocations (
+         registration BLOB PRIMARY KEY,
+         revoked_at_us INTEGER NOT NULL,
+         forget_at_us INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS held (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         id TEXT NOT NULL UNIQUE,
+         registration BLOB NOT NULL,
+         subject TEXT NOT NULL,
+         application TEXT NOT NULL,
+         instance TEXT NOT NULL,
+         topic TEXT,
+         urgency TEXT NOT NULL,
+         body BLOB NOT NULL,
+         expires_at_us INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS held_by_subject ON held (subject, seq);
+     CREATE INDEX IF NOT EXISTS held_by_registration ON held (registration, seq);",
+    // 2: the app server's VAPID keys and its per-account index of nodes.
+    "CREATE TABLE IF NOT EXISTS vapid_keys (
+         generation INTEGER PRIMARY KEY,
+         secret BLOB NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS push_nodes (
+         account TEXT NOT NULL,
+         node_id TEXT NOT NULL,
+         device_id TEXT,
+         device_name TEXT,
+         expires_at_us INTEGER NOT NULL,
+         PRIMARY KEY (account, node_id)
+     );",
+];
+
+/// The schema version this xup writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let found = schema_version(db)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Newer {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    let transaction = db.transaction()?;
+    for step in &MIGRATIONS[found as usize..] {
+        transaction.execute_batch(step)?;
+    }
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    transaction.commit()?;
+    if found < SCHEMA_VERSION {
+        tracing::info!(from = found, to = SCHEMA_VERSION, "store schema upgraded");
+    }
+    Ok(())
+}
+
+fn schema_version(db: &Connection) -> rusqlite::Result<u32> {
+    db.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Where the store at `store.path` stands against this xup, as `xup check` says it.
+#[derive(Debug, PartialEq)]
+pub enum Schema {
+    /// No database yet: the first start makes it.
+    Missing,
+    Current,
+    /// Made by an older xup: the next start upgrades it.
+    Older(u32),
+    /// Made by a newer xup: this one refuses to start on it.
+    Newer(u32),
+}
+
+/// Read the schema version of the store in `dir` without creating or changing anything.
+pub fn schema_at(dir: &Path) -> Result<Schema, StoreError> {
+    let file = dir.join(DATABASE_FILE);
+    if !file.exists() {
+        return Ok(Schema::Missing);
+    }
+    let db = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(match schema_version(&db)? {
+        SCHEMA_VERSION => Schema::Current,
+        found if found < SCHEMA_VERSION => Schema::Older(found),
+        found => Schema::Newer(found),
+    })
 }
 
 /// Times in microseconds since the epoch: the resolution of a token's `iat`, so that a revocation
@@ -127,29 +228,11 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        let db = Connection::open(dir.join(DATABASE_FILE))?;
+        let mut db = Connection::open(dir.join(DATABASE_FILE))?;
         // WAL with full sync: a revocation we answered 404 for is on disk before the answer.
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS revocations (
-                 registration BLOB PRIMARY KEY,
-                 revoked_at_us INTEGER NOT NULL,
-                 forget_at_us INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS vapid_keys (
-                 generation INTEGER PRIMARY KEY,
-                 secret BLOB NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS push_nodes (
-                 account TEXT NOT NULL,
-                 node_id TEXT NOT NULL,
-                 device_id TEXT,
-                 device_name TEXT,
-                 expires_at_us INTEGER NOT NULL,
-                 PRIMARY KEY (account, node_id)
-             )",
-        )?;
+        migrate(&mut db)?;
         db.execute(
             "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
             params![micros(SystemTime::now())],
@@ -438,5 +521,42 @@ mod tests {
         assert_eq!(store.prune(almost).await.expect("prune"), 0);
         let forgotten = store.prune(t0 + WEEK).await;
         assert_eq!(forgotten.expect("prune"), 1);
+    }
+
+    #[test]
+    fn an_older_store_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Missing);
+        {
+            // A store as the first xup left it: version 0, only its own tables.
+            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
+            db.execute_batch(MIGRATIONS[0]).expect("old tables");
+            db.execute(
+                "INSERT INTO revocations VALUES (?1, 1, ?2)",
+                params![[7u8; 32].as_slice(), i64::MAX],
+            )
+            .expect("a revocation");
+        }
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Older(0));
+        let store = Store::open(dir.path()).expect("upgraded");
+        assert!(
+            store.is_revoked_key(&[7u8; 32], UNIX_EPOCH),
+            "kept across the upgrade"
+        );
+        drop(store);
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Current);
+        {
+            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
+            db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .expect("from the future");
+        }
+        assert_eq!(
+            schema_at(dir.path()).expect("read"),
+            Schema::Newer(SCHEMA_VERSION + 1)
+        );
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Newer { found, .. }) if found == SCHEMA_VERSION + 1
+        ));
     }
 }

@@ -176,3 +176,39 @@ fn import_up_config_names_what_is_missing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("component.jid: missing"), "{stderr}");
 }
+
+#[test]
+fn xup_check_says_where_the_store_stands_and_refuses_a_newer_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let config = dir.path().join("config.json");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
+    let example = example.replace(
+        "\"/var/lib/xup\"",
+        &format!("{:?}", store.display().to_string()),
+    );
+    std::fs::write(&config, example).expect("write");
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_xup"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("xup runs")
+    };
+    let fresh = check();
+    assert!(fresh.status.success());
+    assert!(String::from_utf8_lossy(&fresh.stdout).contains("no store yet"));
+
+    std::fs::create_dir(&store).expect("store dir");
+    let db = rusqlite::Connection::open(store.join("xup.sqlite3")).expect("db");
+    db.pragma_update(None, "user_version", xup::store::SCHEMA_VERSION + 1)
+        .expect("a store from a newer xup");
+    drop(db);
+    let newer = check();
+    assert!(!newer.status.success());
+    let stderr = String::from_utf8_lossy(&newer.stderr);
+    assert!(stderr.contains("newer than this xup"), "{stderr}");
+}
