@@ -54,6 +54,9 @@ pub const UNREGISTER: &str = "unregister-push-webpush";
 /// every publish.
 const MAX_NODE_LEN: usize = 1000;
 
+/// The longest `device-id` or `device-name` kept in the index.
+const MAX_DEVICE_FIELD: usize = 128;
+
 /// Publishes for one node this close together share one POST.
 const COALESCE: Duration = Duration::from_secs(1);
 
@@ -132,6 +135,11 @@ impl AppServer {
     pub async fn register(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
         let value = |var: &str| field(form, var);
         let endpoint = value("endpoint").ok_or_else(|| bad_request("endpoint: required"))?;
+        for var in ["device-id", "device-name"] {
+            if value(var).is_some_and(|v| v.len() > MAX_DEVICE_FIELD) {
+                return Err(bad_request(format!("{var}: at most 128 bytes")));
+            }
+        }
         let subscription = self
             .parts
             .web_push
@@ -162,11 +170,7 @@ impl AppServer {
             });
         let node = sealed.map_err(|e| {
             tracing::error!(error = %e, "cannot seal an app-server node");
-            error(
-                ErrorType::Wait,
-                DefinedCondition::InternalServerError,
-                "cannot issue a node",
-            )
+            internal("cannot issue a node")
         })?;
         if node.len() > MAX_NODE_LEN {
             return Err(bad_request(
@@ -175,11 +179,7 @@ impl AppServer {
         }
         let secret = self.parts.keys.secret_of(&node).map_err(|e| {
             tracing::error!(error = %e, "cannot derive a node's secret");
-            error(
-                ErrorType::Wait,
-                DefinedCondition::InternalServerError,
-                "cannot issue a node",
-            )
+            internal("cannot issue a node")
         })?;
         let indexed = self
             .parts
