@@ -252,6 +252,18 @@ async fn registrations_are_checked_and_publishes_must_prove_themselves() {
             "{why}"
         );
     }
+    let long_name = "n".repeat(129);
+    let refused = juliet
+        .ad_hoc(
+            "register-push-webpush",
+            &[
+                ("endpoint", &service.endpoint("juliet")),
+                ("device-name", &long_name),
+            ],
+        )
+        .await
+        .expect_err("a device name over 128 bytes");
+    assert_eq!(refused.condition, "bad-request");
     let mut eve = Peer::connect(&stack.server, "eve", OTHER_DOMAIN, "x").await;
     let refused = eve
         .register_web_push(&service.endpoint("eve"), None)
