@@ -55,8 +55,7 @@ async fn a_sum7_endpoint_takes_text_only_and_says_so() {
         assert!(reason.contains("takes text only"), "{reason}");
     }
     // Neither went out: the next message is the good one.
-    assert_eq!(post(&endpoint, "good").await.status(), 201);
-    assert_eq!(phone.next_message().await.body, "good");
+    assert_message_sent(&endpoint, &mut phone, "good").await;
 }
 
 #[tokio::test]
@@ -100,11 +99,9 @@ async fn sum7_unregister_revokes_every_endpoint_of_that_token() {
         assert_eq!(post(endpoint, "x").await.status(), 404);
     }
     // Another app of the same distributor is untouched, and registering again works.
-    assert_eq!(post(&other, "still here").await.status(), 201);
-    assert_eq!(phone.next_message().await.body, "still here");
+    assert_message_sent(&other, &mut phone, "still here").await;
     let again = phone.sum7_register(PUBLIC).await.expect("registered");
-    assert_eq!(post(&again, "back").await.status(), 201);
-    assert_eq!(phone.next_message().await.body, "back");
+    assert_message_sent(&again, &mut phone, "back").await;
 }
 
 /// What DESIGN.md says the XMPP server does with a sum7 push for a client that is away: with no
@@ -128,8 +125,7 @@ async fn a_sum7_push_for_a_client_that_is_away_is_the_servers_to_keep() {
 
     let mut laptop = stack.juliet("laptop").await;
     back.quit().await;
-    assert_eq!(post(&endpoint, "to whoever is there").await.status(), 201);
-    assert_eq!(laptop.next_message().await.body, "to whoever is there");
+    assert_message_sent(&endpoint, &mut laptop, "to whoever is there").await;
 }
 
 /// The Java `up`'s `registration.sharedSecret`, as its config holds it.

@@ -608,6 +608,14 @@ impl Stack {
     }
 }
 
+/// Push `text` to a sum7 endpoint and check that `peer` receives exactly it, next, as a message.
+pub async fn assert_message_sent(endpoint: &str, peer: &mut Peer, text: &str) {
+    let response = post(endpoint, text.to_owned()).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["ttl"], "0");
+    assert_eq!(peer.next_message().await.body, text);
+}
+
 /// Push `body` and check that `peer` receives exactly it, next.
 pub async fn assert_delivered(endpoint: &str, peer: &mut Peer, body: &[u8]) {
     let response = post(endpoint, body.to_vec()).await;
