@@ -35,6 +35,12 @@ struct World {
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
+    // The held messages' writer is a task: it is spawned on this runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let entered = runtime.enter();
     let config = Config::parse(&format!(
         r#"{{
           "component":    {{ "jid": "{}", "secret": "s" }},
@@ -55,6 +61,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
     let store = Arc::new(Store::open(&store).expect("a store in the temporary directory"));
     let held = Arc::new(HeldMessages::open(store.database(), 100, 1000).expect("held messages"));
+    drop(entered);
     // The app server, with nowhere it may send: every endpoint a command submits is checked, and
     // a publish to a node the fuzzer makes up never opens.
     let web_push = WebPush::new(
@@ -92,10 +99,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             in_flight: InFlight::default(),
             events: link_events,
         },
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime"),
+        runtime,
         events: Mutex::new(events),
     }
 });
