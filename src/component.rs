@@ -191,17 +191,27 @@ pub struct Router {
     pub events: mpsc::UnboundedSender<LinkEvent>,
 }
 
-/// Start the task that keeps the link up until `shutdown` is cancelled.
+/// Start the task that keeps the link up until `shutdown` is cancelled, while `permit` is true:
+/// always for a single instance, while it leads for one of several (`cluster.rs`).
 pub fn start(
     config: ComponentConfig,
     router: Router,
+    permit: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> (Link, JoinHandle<()>) {
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let (up_sender, up) = watch::channel(false);
     let replies = outgoing.clone();
     let task = tokio::spawn(keep_connected(
-        config, router, queue, replies, up_sender, shutdown,
+        config,
+        router,
+        Channels {
+            queue,
+            replies,
+            up: up_sender,
+            permit,
+        },
+        shutdown,
     ));
     (Link { outgoing, up }, task)
 }
@@ -234,18 +244,38 @@ enum Ended {
 
 type Stream = XmppStream<BufStream<Metered>>;
 
+/// What the link task is given besides its config and router.
+struct Channels {
+    /// What the rest of xup sends.
+    queue: mpsc::Receiver<Box<Stanza>>,
+    /// Where replies that were not ready at once are queued when they are.
+    replies: mpsc::Sender<Box<Stanza>>,
+    /// Where the link's state is told.
+    up: watch::Sender<bool>,
+    /// Whether this instance may hold the link.
+    permit: watch::Receiver<bool>,
+}
+
 async fn keep_connected(
     config: ComponentConfig,
     router: Router,
-    mut queue: mpsc::Receiver<Box<Stanza>>,
-    replies: mpsc::Sender<Box<Stanza>>,
-    up: watch::Sender<bool>,
+    channels: Channels,
     shutdown: CancellationToken,
 ) {
+    let Channels {
+        mut queue,
+        replies,
+        up,
+        mut permit,
+    } = channels;
     warn_if_not_loopback(&config.server).await;
     let mut backoff = Backoff::default();
     let mut last_failure = String::new();
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permitted = async { permit.wait_for(|may| *may).await.is_ok() } => if !permitted { return },
+        }
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
             attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&config)) => attempt
@@ -262,6 +292,7 @@ async fn keep_connected(
                     router: &router,
                     queue: &mut queue,
                     replies: &replies,
+                    permit: &mut permit,
                 };
                 let ended = serve(stream, &read_since_stanza, link, &shutdown).await;
                 up.send_replace(false);
@@ -458,6 +489,7 @@ struct Session<'a> {
     queue: &'a mut mpsc::Receiver<Box<Stanza>>,
     /// Where replies that were not ready at once are queued when they are.
     replies: &'a mpsc::Sender<Box<Stanza>>,
+    permit: &'a mut watch::Receiver<bool>,
 }
 
 /// Run an established link until it breaks or `shutdown` is cancelled.
@@ -471,6 +503,7 @@ async fn serve(
         router,
         queue,
         replies,
+        permit,
     } = link;
     let keepalive_ids = AtomicU64::new(0);
     loop {
@@ -478,6 +511,11 @@ async fn serve(
             _ = shutdown.cancelled() => {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<&Stanza>::close(&mut stream)).await;
                 return Ended::Shutdown;
+            }
+            // A closed permit (a single instance's, whose sender is gone) never changes again.
+            true = async { permit.wait_for(|may| !*may).await.is_ok() } => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<&Stanza>::close(&mut stream)).await;
+                return Ended::Lost("this instance no longer leads".into());
             }
             Some(first) = queue.recv() => {
                 if let Err(e) = write_batch(&mut stream, first, queue).await {

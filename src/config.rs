@@ -157,9 +157,41 @@ pub struct Rate {
     pub every: Duration,
 }
 
-pub struct StoreConfig {
-    /// A directory; xup keeps its database file inside.
-    pub path: PathBuf,
+/// Where xup keeps what it remembers (`store.rs`).
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// `store.path`: a directory; xup keeps its SQLite file inside. One instance.
+    Sqlite { path: PathBuf },
+    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster.rs`).
+    Postgres { url: String, pool_size: usize },
+}
+
+impl StoreConfig {
+    /// The store in words for an operator: the directory, or PostgreSQL's host and database
+    /// (never the URL, which may hold a password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite { path } => path.display().to_string(),
+            StoreConfig::Postgres { url, .. } => {
+                let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+                    return "PostgreSQL".into();
+                };
+                let hosts: Vec<String> = config
+                    .get_hosts()
+                    .iter()
+                    .map(|host| match host {
+                        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                    })
+                    .collect();
+                format!(
+                    "PostgreSQL database {} on {}",
+                    config.get_dbname().unwrap_or("(default)"),
+                    hosts.join(",")
+                )
+            }
+        }
+    }
 }
 
 /// One entry of `registration.allow`.
@@ -309,7 +341,10 @@ struct RawRate {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    pool_size: Option<usize>,
 }
 
 /// Secrets shorter than this are too easy to guess offline from one captured token.
@@ -689,9 +724,7 @@ impl Config {
             ));
         }
 
-        if raw.store.path.as_os_str().is_empty() {
-            return Err(invalid("store.path", "must name a directory"));
-        }
+        let store = store(raw.store, env)?;
 
         Ok(Config {
             component: ComponentConfig {
@@ -726,9 +759,7 @@ impl Config {
             },
             limits,
             metrics,
-            store: StoreConfig {
-                path: raw.store.path,
-            },
+            store,
         })
     }
 }
@@ -746,6 +777,62 @@ fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
 const COMPONENT_SECRET_ENV: &str = "XUP_COMPONENT_SECRET";
 /// Whitespace-separated, the first encrypting new endpoints.
 const REGISTRATION_SECRETS_ENV: &str = "XUP_REGISTRATION_SECRETS";
+
+/// A PostgreSQL URL, which holds a password: a secret like the others.
+const STORE_URL_ENV: &str = "XUP_STORE_URL";
+
+/// Connections to PostgreSQL per instance, unless `store.pool_size` says otherwise.
+const DEFAULT_POOL_SIZE: usize = 16;
+
+/// `store.path` (SQLite) or `store.url` (PostgreSQL, also from `url_file` or the environment).
+fn store(raw: RawStore, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreConfig, ConfigError> {
+    let from_env = env(STORE_URL_ENV);
+    let url_given = raw.url.is_some() || raw.url_file.is_some() || from_env.is_some();
+    if !url_given {
+        if raw.pool_size.is_some() {
+            return Err(invalid(
+                "store.pool_size",
+                "is for PostgreSQL: give store.url with it, or leave it out",
+            ));
+        }
+        return match raw.path {
+            Some(path) if !path.as_os_str().is_empty() => Ok(StoreConfig::Sqlite { path }),
+            _ => Err(invalid(
+                "store.path",
+                format!(
+                    "must name a directory (or give store.url, or {STORE_URL_ENV}, for PostgreSQL)"
+                ),
+            )),
+        };
+    }
+    if raw.path.is_some() {
+        return Err(invalid(
+            "store",
+            "both store.path (SQLite) and store.url (PostgreSQL) are given; keep the one xup \
+             should use",
+        ));
+    }
+    let url = secret(
+        "store.url",
+        raw.url,
+        raw.url_file.as_deref(),
+        from_env,
+        STORE_URL_ENV,
+    )?;
+    if let Err(e) = url.parse::<tokio_postgres::Config>() {
+        return Err(invalid(
+            "store.url",
+            format!(
+                "is not a PostgreSQL connection URL ({e}); write postgres://user:password@host/database"
+            ),
+        ));
+    }
+    let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+    if pool_size == 0 {
+        return Err(invalid("store.pool_size", "must be at least 1"));
+    }
+    Ok(StoreConfig::Postgres { url, pool_size })
+}
 
 /// The Java `up`'s `registration.sharedSecret`: 32 bytes in standard base64, as its config holds it.
 const LEGACY_UP_SECRET_ENV: &str = "XUP_LEGACY_UP_SECRET";

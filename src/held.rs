@@ -12,23 +12,25 @@
 //! messages are refused with `503`, so the sender keeps them instead). A newer message with the same
 //! `Topic` replaces the held one. Expired messages are never sent and are pruned.
 //!
-//! The rows live in the same SQLite file as the revocations; an in-memory count per registration
-//! keeps the push path from asking the disk whether a registration has anything waiting. Holds go
-//! through one writer task that commits whatever queued up meanwhile in one transaction, so a
-//! burst of silent phones (every push answered at `delivery.answer_within` at once) costs one sync.
+//! The rows live in the store's database (`store.rs`, either engine); an in-memory count per
+//! registration keeps the push path from asking the database whether a registration has anything
+//! waiting. Holds go through one writer task that commits whatever queued up meanwhile in one
+//! transaction, so a burst of silent phones (every push answered at `delivery.answer_within` at
+//! once) costs one sync. With several instances on PostgreSQL only the one that holds the link
+//! delivers; it counts again when it takes the link over, and hears of what the others hold
+//! (`cluster.rs`).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
-use rusqlite::params;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     protocol::Urgency,
-    store::{Database, RegistrationKey, StoreError, micros, registration_key, registration_key_of},
+    store::{Engine, RegistrationKey, StoreError, micros, registration_key, registration_key_of},
     token::Claims,
 };
 
@@ -74,7 +76,7 @@ pub struct Held {
 
 /// The held messages: durable in the store, counted in memory per registration.
 pub struct HeldMessages {
-    db: Database,
+    engine: Arc<dyn Engine>,
     counts: Arc<Mutex<Counts>>,
     /// To the task that writes holds, in batches.
     writer: mpsc::UnboundedSender<Hold>,
@@ -88,10 +90,10 @@ type Hold = (Message, oneshot::Sender<Result<Held, HoldError>>);
 const MAX_BATCH: usize = 16_384;
 
 /// The bounds a hold is checked against.
-#[derive(Clone, Copy)]
-struct Bounds {
-    per_registration: usize,
-    total: usize,
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub per_registration: usize,
+    pub total: usize,
 }
 
 /// Held messages per client (full JID) and, within it, per registration.
@@ -104,27 +106,52 @@ struct Counts {
 impl HeldMessages {
     /// Forget what expired while xup was stopped, and count the rest (the table is the store's
     /// schema's, `store.rs`). Starts the writer task, so it must be called within a Tokio runtime.
-    pub fn open(
-        db: Database,
+    pub async fn open(
+        engine: Arc<dyn Engine>,
         per_registration: usize,
         max_total: usize,
     ) -> Result<HeldMessages, StoreError> {
-        let counts = {
-            let conn = db.lock();
-            conn.execute(
-                "DELETE FROM held WHERE expires_at_us <= ?1",
-                params![micros(SystemTime::now())],
-            )?;
-            count_all(&conn)?
-        };
-        let counts = Arc::new(Mutex::new(counts));
+        engine.prune_held(micros(SystemTime::now())).await?;
+        let counts = Arc::new(Mutex::new(Counts::of(engine.held_counts().await?)));
         let (writer, queue) = mpsc::unbounded_channel();
         let bounds = Bounds {
             per_registration,
             total: max_total,
         };
-        tokio::spawn(write_forever(db.clone(), counts.clone(), bounds, queue));
-        Ok(HeldMessages { db, counts, writer })
+        tokio::spawn(write_forever(engine.clone(), counts.clone(), bounds, queue));
+        Ok(HeldMessages {
+            engine,
+            counts,
+            writer,
+        })
+    }
+
+    /// Count everything again: another instance may have held messages while this one was not
+    /// listening (`cluster.rs`).
+    pub async fn recount(&self) -> Result<(), StoreError> {
+        let counts = Counts::of(self.engine.held_counts().await?);
+        *self.counts() = counts;
+        Ok(())
+    }
+
+    /// Count `registration` of `subject` again: another instance has held a message in it.
+    pub async fn count_again(
+        &self,
+        subject: &str,
+        registration: RegistrationKey,
+    ) -> Result<(), StoreError> {
+        let count = self.engine.held_in(registration).await?;
+        let mut counts = self.counts();
+        let known = counts
+            .by_subject
+            .get(subject)
+            .and_then(|registrations| registrations.get(&registration))
+            .copied()
+            .unwrap_or(0);
+        let delta = isize::try_from(count).unwrap_or(isize::MAX)
+            - isize::try_from(known).unwrap_or(isize::MAX);
+        counts.add(subject, registration, delta);
+        Ok(())
     }
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
@@ -177,64 +204,18 @@ impl HeldMessages {
         registration: RegistrationKey,
         now: SystemTime,
     ) -> Result<Vec<Message>, StoreError> {
-        self.db
-            .run(move |conn| {
-                let mut query = conn.prepare(
-                    "SELECT id, subject, application, instance, body, topic, urgency,
-                            expires_at_us
-                     FROM held WHERE registration = ?1 AND expires_at_us > ?2 ORDER BY seq",
-                )?;
-                let rows =
-                    query.query_map(params![registration.as_slice(), micros(now)], |row| {
-                        let urgency: String = row.get(6)?;
-                        Ok(Message {
-                            id: row.get(0)?,
-                            subject: row.get(1)?,
-                            application: row.get(2)?,
-                            instance: row.get(3)?,
-                            body: row.get(4)?,
-                            topic: row.get(5)?,
-                            urgency: Urgency::parse(&urgency).unwrap_or_default(),
-                            expires_at: from_micros(row.get(7)?),
-                        })
-                    })?;
-                rows.collect()
-            })
-            .await
+        self.engine.waiting_in(registration, micros(now)).await
     }
 
     /// Whether message `id` is still held.
     pub async fn contains(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.db
-            .run(move |conn| {
-                use rusqlite::OptionalExtension;
-                conn.query_row("SELECT 1 FROM held WHERE id = ?1", params![id], |_| Ok(()))
-                    .optional()
-                    .map(|row| row.is_some())
-            })
-            .await
+        self.engine.is_held(id).await
     }
 
     /// The client took message `id`: forget it. Only `subject` (who it was for) can have taken it.
     /// Returns whether there was such a message.
     pub async fn remove(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
-        let (id, owned_subject) = (id.to_owned(), subject.to_owned());
-        let removed = self
-            .db
-            .run(move |conn| {
-                use rusqlite::OptionalExtension;
-                let registration: Option<Vec<u8>> = conn
-                    .query_row(
-                        "DELETE FROM held WHERE id = ?1 AND subject = ?2 RETURNING registration",
-                        params![id, owned_subject],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                Ok(registration.and_then(|r| RegistrationKey::try_from(r).ok()))
-            })
-            .await?;
-        let Some(registration) = removed else {
+        let Some(registration) = self.engine.remove_held(id, subject).await? else {
             return Ok(false);
         };
         self.counts().add(subject, registration, -1);
@@ -244,15 +225,7 @@ impl HeldMessages {
     /// The app is gone: drop everything held for its registration.
     pub async fn drop_registration(&self, claims: &Claims) -> Result<usize, StoreError> {
         let registration = registration_key(claims);
-        let dropped = self
-            .db
-            .run(move |conn| {
-                conn.execute(
-                    "DELETE FROM held WHERE registration = ?1",
-                    params![registration.as_slice()],
-                )
-            })
-            .await?;
+        let dropped = self.engine.drop_registration(registration).await?;
         let delta = -isize::try_from(dropped).unwrap_or(isize::MAX);
         self.counts().add(&claims.subject, registration, delta);
         Ok(dropped)
@@ -260,45 +233,30 @@ impl HeldMessages {
 
     /// Drop every message held for any resource of `account` (a bare JID); returns how many.
     pub async fn drop_account(&self, account: &str) -> Result<usize, StoreError> {
-        let prefix = format!("{account}/");
-        let subjects: Vec<String> = self
-            .subjects()
-            .into_iter()
-            .filter(|s| s.starts_with(&prefix))
-            .collect();
-        let (dropped, counts) = self
-            .db
-            .run(move |conn| {
-                let mut dropped = 0;
-                for subject in subjects {
-                    dropped +=
-                        conn.execute("DELETE FROM held WHERE subject = ?1", params![subject])?;
-                }
-                Ok((dropped, count_all(conn)?))
-            })
-            .await?;
-        *self.counts() = counts;
+        let dropped = self.engine.drop_account(account).await?;
+        self.recount().await?;
         Ok(dropped)
     }
 
     /// Forget messages whose TTL has run out.
     pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
-        let (pruned, counts) = self
-            .db
-            .run(move |conn| {
-                let pruned = conn.execute(
-                    "DELETE FROM held WHERE expires_at_us <= ?1",
-                    params![micros(now)],
-                )?;
-                Ok((pruned, count_all(conn)?))
-            })
-            .await?;
-        *self.counts() = counts;
+        let pruned = self.engine.prune_held(micros(now)).await?;
+        self.recount().await?;
         Ok(pruned)
     }
 }
 
 impl Counts {
+    fn of(rows: Vec<crate::store::HeldCount>) -> Counts {
+        let mut counts = Counts::default();
+        for row in rows {
+            counts.total += row.count;
+            let registrations = counts.by_subject.entry(row.subject).or_default();
+            registrations.insert(row.registration, row.count);
+        }
+        counts
+    }
+
     /// `delta` more messages in `registration` of `subject`. Every change is applied as a
     /// difference, so changes that finish in any order add up to the same counts.
     fn add(&mut self, subject: &str, registration: RegistrationKey, delta: isize) {
@@ -322,7 +280,7 @@ fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
 /// Write holds as they come, each batch that queued up meanwhile in one transaction, and tell
 /// each waiter how its hold went once the batch is on disk. Ends when [`HeldMessages`] is dropped.
 async fn write_forever(
-    db: Database,
+    engine: Arc<dyn Engine>,
     counts: Arc<Mutex<Counts>>,
     bounds: Bounds,
     mut queue: mpsc::UnboundedReceiver<Hold>,
@@ -335,25 +293,24 @@ async fn write_forever(
             batch.push(next);
         }
         let (messages, replies): (Vec<Message>, Vec<_>) = batch.into_iter().unzip();
+        let owners: Vec<(String, RegistrationKey)> = messages
+            .iter()
+            .map(|m| (m.subject.clone(), m.registration()))
+            .collect();
         let total = lock(&counts).total;
-        let written = db
-            .run(move |conn| hold_all(conn, messages, bounds, total))
-            .await;
-        match written {
+        match engine.hold_all(messages, bounds, total).await {
             Ok(outcomes) => {
-                let mut results = Vec::with_capacity(outcomes.len());
                 {
                     let mut counts = lock(&counts);
-                    for (subject, registration, outcome) in outcomes {
-                        if let Ok(held) = &outcome {
+                    for ((subject, registration), outcome) in owners.iter().zip(&outcomes) {
+                        if let Ok(held) = outcome {
                             let gone = isize::try_from(held.replaced + held.dropped).unwrap_or(0);
-                            counts.add(&subject, registration, 1 - gone);
+                            counts.add(subject, *registration, 1 - gone);
                         }
-                        results.push(outcome);
                     }
                 }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
@@ -366,142 +323,12 @@ async fn write_forever(
     }
 }
 
-/// What became of one message of a batch, with the registration it counts against.
-type Outcome = (String, RegistrationKey, Result<Held, HoldError>);
-
-/// Hold `messages` in one transaction, each in a savepoint of its own so that one that cannot be
-/// held (the store full, a failed write) changes nothing and costs the others nothing. `total`
-/// is how many are held before the batch.
-fn hold_all(
-    conn: &mut rusqlite::Connection,
-    messages: Vec<Message>,
-    bounds: Bounds,
-    mut total: usize,
-) -> rusqlite::Result<Vec<Outcome>> {
-    let mut tx = conn.transaction()?;
-    let mut outcomes = Vec::with_capacity(messages.len());
-    for message in messages {
-        let registration = message.registration();
-        let subject = message.subject.clone();
-        let mut one = tx.savepoint()?;
-        let outcome = match hold_one(&one, message, registration, bounds, total) {
-            Ok(Some(held)) => {
-                one.commit()?;
-                total = (total + 1).saturating_sub(held.replaced + held.dropped);
-                Ok(held)
-            }
-            Ok(None) => {
-                one.rollback()?;
-                Err(HoldError::Full)
-            }
-            Err(e) => {
-                one.rollback()?;
-                Err(HoldError::Store(e.into()))
-            }
-        };
-        outcomes.push((subject, registration, outcome));
-    }
-    tx.commit()?;
-    Ok(outcomes)
-}
-
-/// Hold one message: replace its topic, make room within its registration's bound, and insert
-/// it, unless the store already holds `bounds.total` messages (`None`; the caller rolls back).
-fn hold_one(
-    conn: &rusqlite::Connection,
-    message: Message,
-    registration: RegistrationKey,
-    bounds: Bounds,
-    total: usize,
-) -> rusqlite::Result<Option<Held>> {
-    let mut held = Held::default();
-    if let Some(topic) = &message.topic {
-        held.replaced = conn.execute(
-            "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
-            params![registration.as_slice(), topic],
-        )?;
-    }
-    let mine = count_registration(conn, &registration)?;
-    if mine >= bounds.per_registration {
-        held.dropped = conn.execute(
-            "DELETE FROM held WHERE seq IN (SELECT seq FROM held
-                 WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
-            params![
-                registration.as_slice(),
-                (mine + 1 - bounds.per_registration) as i64
-            ],
-        )?;
-    }
-    if total.saturating_sub(held.replaced + held.dropped) >= bounds.total {
-        return Ok(None);
-    }
-    conn.execute(
-        "INSERT INTO held (id, registration, subject, application, instance, topic,
-                           urgency, body, expires_at_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            message.id,
-            registration.as_slice(),
-            message.subject,
-            message.application,
-            message.instance,
-            message.topic,
-            message.urgency.as_str(),
-            message.body,
-            micros(message.expires_at),
-        ],
-    )?;
-    Ok(Some(held))
-}
-
-/// The one number a `SELECT COUNT(*) …` query returns.
-fn count(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    let n: i64 = conn.query_row(sql, params, |row| row.get(0))?;
-    Ok(usize::try_from(n).unwrap_or(0))
-}
-
-fn count_registration(
-    conn: &rusqlite::Connection,
-    registration: &RegistrationKey,
-) -> rusqlite::Result<usize> {
-    count(
-        conn,
-        "SELECT COUNT(*) FROM held WHERE registration = ?1",
-        params![registration.as_slice()],
-    )
-}
-
-fn count_all(conn: &rusqlite::Connection) -> rusqlite::Result<Counts> {
-    let mut counts = Counts::default();
-    let mut query = conn.prepare(
-        "SELECT subject, registration, COUNT(*) FROM held GROUP BY subject, registration",
-    )?;
-    let mut rows = query.query([])?;
-    while let Some(row) = rows.next()? {
-        let registration: Vec<u8> = row.get(1)?;
-        let Ok(registration) = RegistrationKey::try_from(registration) else {
-            continue; // not a row xup wrote
-        };
-        let n = usize::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
-        counts.total += n;
-        let registrations = counts.by_subject.entry(row.get(0)?).or_default();
-        registrations.insert(registration, n);
-    }
-    Ok(counts)
-}
-
-fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use std::time::Duration;
+
+    use crate::store::{from_micros, sqlite::Sqlite};
 
     const DAY: Duration = Duration::from_secs(86400);
 
@@ -518,9 +345,11 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path, per_registration: usize, max: usize) -> HeldMessages {
-        let store = Store::open(dir).expect("store");
-        HeldMessages::open(store.database(), per_registration, max).expect("held")
+    async fn open(dir: &std::path::Path, per_registration: usize, max: usize) -> HeldMessages {
+        let engine = Sqlite::open(dir).expect("store");
+        HeldMessages::open(Arc::new(engine), per_registration, max)
+            .await
+            .expect("held")
     }
 
     /// The registration of `message(_, "i", _)`.
@@ -542,13 +371,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = message("m1", "i", None);
         {
-            let held = open(dir.path(), 100, 1000);
+            let held = open(dir.path(), 100, 1000).await;
             held.hold(first.clone()).await.expect("hold");
             for id in ["m2", "m3"] {
                 held.hold(message(id, "i", None)).await.expect("hold");
             }
         }
-        let held = open(dir.path(), 100, 1000);
+        let held = open(dir.path(), 100, 1000).await;
         assert!(held.has_backlog("juliet@example.org/phone", &registration_i()));
         let waiting = held
             .waiting_in(registration_i(), SystemTime::now())
@@ -586,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn a_topic_replaces_and_the_oldest_goes_past_the_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let held = open(dir.path(), 3, 1000);
+        let held = open(dir.path(), 3, 1000).await;
         held.hold(message("a", "i", Some("t"))).await.expect("hold");
         held.hold(message("b", "i", None)).await.expect("hold");
         let replaced = held.hold(message("c", "i", Some("t"))).await.expect("hold");
@@ -621,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_store_refuses_and_changes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let held = open(dir.path(), 10, 2);
+        let held = open(dir.path(), 10, 2).await;
         held.hold(message("a", "i", None)).await.expect("hold");
         held.hold(message("b", "i", None)).await.expect("hold");
         assert!(matches!(
@@ -635,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn holds_that_arrive_together_share_a_transaction_and_each_gets_its_own_answer() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let held = open(dir.path(), 100, 5);
+        let held = open(dir.path(), 100, 5).await;
         let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         let outcomes =
             futures::future::join_all(names.iter().map(|id| held.hold(message(id, "i", None))))
@@ -666,7 +495,7 @@ mod tests {
     #[tokio::test]
     async fn expired_messages_are_never_offered_and_are_pruned() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let held = open(dir.path(), 10, 10);
+        let held = open(dir.path(), 10, 10).await;
         let mut stale = message("old", "i", None);
         stale.expires_at = SystemTime::now() + Duration::from_secs(1);
         held.hold(stale).await.expect("hold");
@@ -684,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn a_gone_app_takes_its_messages_with_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let held = open(dir.path(), 10, 10);
+        let held = open(dir.path(), 10, 10).await;
         held.hold(message("a", "i", None)).await.expect("hold");
         held.hold(message("b", "other", None)).await.expect("hold");
         let claims = Claims {

@@ -7,6 +7,7 @@
 
 pub mod adhoc;
 pub mod app_server;
+pub mod cluster;
 pub mod component;
 pub mod config;
 pub mod deliver;
@@ -35,8 +36,14 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config, held::HeldMessages, limits::Limits, pending::InFlight, presence::Presence,
-    relay::Relay, store::Store, token::KeyRing,
+    config::{Config, StoreConfig},
+    held::HeldMessages,
+    limits::Limits,
+    pending::InFlight,
+    presence::Presence,
+    relay::Relay,
+    store::Store,
+    token::KeyRing,
 };
 
 /// How often revocations that can no longer kill a token, and expired messages, are forgotten.
@@ -52,7 +59,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let started = start(&config)?;
+    let started = start(&config).await?;
     tracing::info!("listening for pushes on http://{}", listener.local_addr()?);
     let pushes = started.router.clone();
     match config.metrics.listen {
@@ -90,18 +97,24 @@ pub struct Started {
     link_shutdown: CancellationToken,
     link_task: JoinHandle<()>,
     deliverer: JoinHandle<()>,
+    /// With PostgreSQL: the session that leads or stands by, released last.
+    cluster_task: Option<JoinHandle<()>>,
+    cluster_shutdown: CancellationToken,
     housekeeping: Vec<JoinHandle<()>>,
 }
 
 /// Open the store and start everything but the HTTP listener. Must be called within a Tokio
 /// runtime.
-pub fn start(config: &Config) -> anyhow::Result<Started> {
-    let store = Arc::new(Store::open(&config.store.path)?);
-    let held = Arc::new(HeldMessages::open(
-        store.database(),
-        config.delivery.max_held_per_registration,
-        config.delivery.max_held,
-    )?);
+pub async fn start(config: &Config) -> anyhow::Result<Started> {
+    let store = Arc::new(Store::new(store::open(&config.store).await?).await?);
+    let held = Arc::new(
+        HeldMessages::open(
+            store.engine(),
+            config.delivery.max_held_per_registration,
+            config.delivery.max_held,
+        )
+        .await?,
+    );
     if held.total() > 0 {
         tracing::info!(held = held.total(), "messages held from before the restart");
     }
@@ -125,10 +138,12 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
     let app_server = match config.app_server.enabled {
         false => None,
         true => {
-            let vapid = store.vapid_key(
-                config.app_server.vapid_key_generation,
-                webpush::WebPush::new_vapid_secret,
-            )?;
+            let vapid = store
+                .vapid_key(
+                    config.app_server.vapid_key_generation,
+                    webpush::WebPush::new_vapid_secret,
+                )
+                .await?;
             let web_push = webpush::WebPush::new(
                 &vapid,
                 config.app_server.vapid_contact.clone(),
@@ -144,6 +159,19 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
                 node_lifetime: config.app_server.node_lifetime,
             })))
         }
+    };
+    // With PostgreSQL, several instances may share the store: the link is this one's only while
+    // it leads.
+    let cluster = match &config.store {
+        StoreConfig::Sqlite { .. } => None,
+        StoreConfig::Postgres { url, .. } => Some(Arc::new(cluster::Cluster::new(
+            url,
+            config.delivery.answer_within,
+        ))),
+    };
+    let permit = match &cluster {
+        Some(cluster) => cluster.watch_leads(),
+        None => tokio::sync::watch::channel(true).1,
     };
     let link_shutdown = CancellationToken::new();
     let (link, link_task) = component::start(
@@ -168,6 +196,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
             in_flight: in_flight_pushes.clone(),
             events: link_events,
         },
+        permit,
         link_shutdown.clone(),
     );
     let link_up = link.watch_up();
@@ -179,6 +208,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         in_flight: in_flight.clone(),
         max_in_flight: config.http.max_in_flight,
         started: std::time::Instant::now(),
+        cluster: cluster.clone(),
     });
     let sum7 = sum7::Sender::new(link.clone(), config.component.jid.clone());
     let (relay, notices) = Relay::new(
@@ -192,6 +222,19 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         config,
     );
     let relay = Arc::new(relay);
+    let (handed, handed_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let cluster_shutdown = CancellationToken::new();
+    let cluster_task = cluster.clone().map(|cluster| {
+        tokio::spawn(cluster.run(
+            cluster::Parts {
+                store: store.clone(),
+                held: held.clone(),
+                notices: relay.notices(),
+                handed,
+            },
+            cluster_shutdown.clone(),
+        ))
+    });
     let deliverer = tokio::spawn(deliver::run(
         deliver::Parts {
             relay: relay.clone(),
@@ -218,7 +261,11 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         sum7,
         limits,
         in_flight,
+        cluster: cluster.clone(),
     });
+    if let Some(cluster) = cluster {
+        tokio::spawn(push::serve_handed(pushes.clone(), cluster, handed_receiver));
+    }
     let gateway = Arc::new(matrix::Gateway {
         pushes: pushes.clone(),
         body_timeout: config.http.body_timeout,
@@ -242,6 +289,8 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         link_shutdown,
         link_task,
         deliverer,
+        cluster_task,
+        cluster_shutdown,
         housekeeping,
     })
 }
@@ -255,6 +304,11 @@ impl Started {
         }
         self.deliverer.await?;
         self.link_task.await?;
+        // Only now may another instance lead: this one's link is closed.
+        self.cluster_shutdown.cancel();
+        if let Some(cluster) = self.cluster_task {
+            cluster.await?;
+        }
         Ok(())
     }
 }

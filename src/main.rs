@@ -105,9 +105,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// try the component handshake once.
 fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     println!("{}: configuration is valid", path.display());
-    let store = config.store.path.display();
+    let store = config.store.describe();
     let known = xup::store::SCHEMA_VERSION;
-    match xup::store::schema_at(&config.store.path) {
+    match read_schema(&config.store) {
         Ok(Schema::Missing) => {
             println!("{store}: no store yet; the first start creates it (schema {known})")
         }
@@ -171,6 +171,11 @@ fn import_up_config(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn read_schema(store: &xup::config::StoreConfig) -> Result<Schema, xup::store::StoreError> {
+    xup::store::schema_of(store).await
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -21,6 +21,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
+    cluster::{Answer, Cluster, Handed},
     limits::{Limits, RetryAfter, address_key},
     metrics::PushOutcome,
     relay::{self, Outcome, Relay},
@@ -38,6 +39,8 @@ pub struct Pushes {
     pub limits: Arc<Limits>,
     /// One permit per push waiting for its client: `http.max_in_flight`.
     pub in_flight: Arc<Semaphore>,
+    /// With PostgreSQL: the other instances, one of which may hold the link.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Every way a push can end.
@@ -163,9 +166,46 @@ impl Pushes {
         })
     }
 
-    /// Hand an admitted push to its endpoint's dialect, and say how it went.
+    /// Hand an admitted push to its endpoint's dialect, here or (on a standby) at the instance
+    /// that holds the link, and say how it went.
     pub async fn deliver(&self, push: Admitted, request: relay::Request) -> Verdict {
         let Admitted { claims, _slot } = push;
+        match &self.cluster {
+            Some(cluster) if !cluster.leads() => self.hand_over(cluster, claims, request).await,
+            _ => self.deliver_here(claims, request).await,
+        }
+    }
+
+    /// A standby's push: the leader's verdict, or, when no leader takes it in time, what this
+    /// instance does without a link (it holds the message, or says the link is down), and the
+    /// leader is told of what it held.
+    async fn hand_over(
+        &self,
+        cluster: &Cluster,
+        claims: Claims,
+        request: relay::Request,
+    ) -> Verdict {
+        match cluster.hand_over(&claims, &request).await {
+            Ok(answer) => verdict_of(answer),
+            Err(why) => {
+                tracing::debug!(%why, "keeping a push on a standby");
+                let (subject, registration) = (claims.subject.clone(), registration_key(&claims));
+                let verdict = self.deliver_here(claims, request).await;
+                if let Verdict::Accepted {
+                    id,
+                    how: PushOutcome::Held,
+                    ..
+                } = &verdict
+                {
+                    cluster.announce_held(id, &subject, &registration).await;
+                }
+                verdict
+            }
+        }
+    }
+
+    /// Deliver through this instance's own link (which may be down: the relay then holds).
+    async fn deliver_here(&self, claims: Claims, request: relay::Request) -> Verdict {
         match claims.dialect {
             Dialect::Conversations => self.relay_push(claims, request).await,
             Dialect::Sum7 => match self.sum7.send(&claims, &request.body).await {
@@ -203,6 +243,126 @@ impl Pushes {
                 tracing::error!(error = %e, "push failed");
                 Verdict::Internal
             }
+        }
+    }
+}
+
+/// Deliver, while this instance leads, the pushes standbys hand it, and answer each. A handed
+/// push passed every check on its standby but revocation is checked again here, where every
+/// revocation is made; each takes a slot among the pushes in flight, as one of this instance's
+/// own would.
+pub async fn serve_handed(
+    pushes: Arc<Pushes>,
+    cluster: Arc<Cluster>,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+) {
+    while let Some(Handed {
+        reply_to,
+        ticket,
+        push,
+    }) = handed.recv().await
+    {
+        let (pushes, cluster) = (pushes.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let verdict = match push.into_push() {
+                None => Verdict::Unreadable,
+                Some((claims, _)) if pushes.store.is_revoked(&claims) => Verdict::Gone,
+                Some((claims, request)) => match pushes.in_flight.clone().try_acquire_owned() {
+                    Err(_) => Verdict::Busy,
+                    Ok(_slot) => pushes.deliver_here(claims, request).await,
+                },
+            };
+            cluster.answer(&reply_to, ticket, answer_of(verdict)).await;
+        });
+    }
+}
+
+/// A verdict as it crosses to the standby that asked.
+fn answer_of(verdict: Verdict) -> Answer {
+    let secs = |ttl: Duration| ttl.as_secs();
+    match verdict {
+        Verdict::Accepted { id, ttl, how } => match how {
+            PushOutcome::Delivered => Answer::Delivered { id, ttl: secs(ttl) },
+            PushOutcome::Held => Answer::Held { id, ttl: secs(ttl) },
+            PushOutcome::Sent => Answer::Sent { id },
+            _ => Answer::Dropped { id },
+        },
+        Verdict::Gone => Answer::Gone,
+        Verdict::Revoked => Answer::Revoked,
+        Verdict::Full => Answer::Full,
+        Verdict::Busy => Answer::Busy,
+        Verdict::LinkDown => Answer::LinkDown,
+        Verdict::NotText(why) => Answer::NotText(why),
+        _ => Answer::Internal,
+    }
+}
+
+/// The verdict the leader's answer stands for.
+fn verdict_of(answer: Answer) -> Verdict {
+    let accepted = |id, ttl, how| Verdict::Accepted {
+        id,
+        ttl: Duration::from_secs(ttl),
+        how,
+    };
+    match answer {
+        Answer::Delivered { id, ttl } => accepted(id, ttl, PushOutcome::Delivered),
+        Answer::Held { id, ttl } => accepted(id, ttl, PushOutcome::Held),
+        Answer::Dropped { id } => accepted(id, 0, PushOutcome::Dropped),
+        Answer::Sent { id } => accepted(id, 0, PushOutcome::Sent),
+        Answer::Gone => Verdict::Gone,
+        Answer::Revoked => Verdict::Revoked,
+        Answer::Full => Verdict::Full,
+        Answer::Busy => Verdict::Busy,
+        Answer::LinkDown => Verdict::LinkDown,
+        Answer::NotText(why) => Verdict::NotText(why),
+        Answer::Internal => Verdict::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_verdict_a_leader_can_give_crosses_unchanged() {
+        let accepted = |how, ttl| Verdict::Accepted {
+            id: "m1".into(),
+            ttl: Duration::from_secs(ttl),
+            how,
+        };
+        for verdict in [
+            accepted(PushOutcome::Delivered, 60),
+            accepted(PushOutcome::Held, 60),
+            accepted(PushOutcome::Dropped, 0),
+            accepted(PushOutcome::Sent, 0),
+            Verdict::Gone,
+            Verdict::Revoked,
+            Verdict::Full,
+            Verdict::Busy,
+            Verdict::LinkDown,
+            Verdict::NotText("text only".into()),
+            Verdict::Internal,
+        ] {
+            let wire = serde_json::to_string(&answer_of(clone(&verdict))).expect("json");
+            let back: Answer = serde_json::from_str(&wire).expect("parses");
+            assert_eq!(verdict_of(back), verdict, "{wire}");
+        }
+    }
+
+    fn clone(verdict: &Verdict) -> Verdict {
+        match verdict {
+            Verdict::Accepted { id, ttl, how } => Verdict::Accepted {
+                id: id.clone(),
+                ttl: *ttl,
+                how: *how,
+            },
+            Verdict::NotText(why) => Verdict::NotText(why.clone()),
+            Verdict::Gone => Verdict::Gone,
+            Verdict::Revoked => Verdict::Revoked,
+            Verdict::Full => Verdict::Full,
+            Verdict::Busy => Verdict::Busy,
+            Verdict::LinkDown => Verdict::LinkDown,
+            _ => Verdict::Internal,
         }
     }
 }

@@ -166,6 +166,12 @@ impl Relay {
         (relay, receiver)
     }
 
+    /// Where the deliverer hears of held messages, for those this relay did not hold itself
+    /// (`cluster.rs`: a standby's).
+    pub fn notices(&self) -> mpsc::UnboundedSender<Notice> {
+        self.notices.clone()
+    }
+
     /// Deliver one message to the client `claims` name, or hold it for later, and say which,
     /// within `delivery.answer_within` of the request's arrival (plus a store write). A message
     /// that is held is on disk before this returns.

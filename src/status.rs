@@ -1,7 +1,9 @@
 //! `/health` and `/metrics`: what an operator's monitoring asks of xup.
 //!
 //! `/health` is `200` only while the component link is up, because without the link no push can
-//! be delivered (they are held), and that is what a load balancer or an alert should see. Both
+//! be delivered (they are held), and that is what a load balancer or an alert should see. One of
+//! several instances on PostgreSQL (`cluster.rs`) that stands by is healthy while it has its
+//! session, through which it hands pushes to the leader: it says `"role": "standby"`. Both
 //! routes are served on the main listener, or on `metrics.listen` alone when that is set, so they
 //! need not be reachable from the internet.
 
@@ -18,6 +20,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
+    cluster::Cluster,
     held::HeldMessages,
     metrics::{METRICS, Readings},
     pending::InFlight,
@@ -34,6 +37,7 @@ pub struct Status {
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub started: Instant,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 pub fn router(status: Arc<Status>) -> Router {
@@ -44,10 +48,16 @@ pub fn router(status: Arc<Status>) -> Router {
 }
 
 async fn health(State(status): State<Arc<Status>>) -> Response {
-    let up = *status.link_up.borrow();
+    let link_up = *status.link_up.borrow();
+    let (role, up) = match &status.cluster {
+        None => ("single", link_up),
+        Some(cluster) if cluster.leads() => ("leader", link_up),
+        Some(cluster) => ("standby", cluster.in_session()),
+    };
     let body = json!({
         "status": if up { "ok" } else { "unavailable" },
-        "component_link": if up { "up" } else { "down" },
+        "role": role,
+        "component_link": if link_up { "up" } else { "down" },
         "uptime_seconds": status.started.elapsed().as_secs(),
     });
     let code = if up {

@@ -1,4 +1,4 @@
-//! What xup must remember across restarts: revoked registrations.
+//! What xup must remember across restarts, behind one interface with two engines.
 //!
 //! Tokens are stateless, so the only way to kill an endpoint before it expires is to remember that
 //! its registration was revoked. A revocation is keyed by a digest of (full JID, application,
@@ -8,34 +8,56 @@
 //!
 //! An account can also be revoked as a whole (`revoke-all-push-endpoints`): every token issued to
 //! any of its resources up to that moment is dead. The XEP-0357 app server's nodes are revoked the
-//! same way as registrations, keyed by a digest of the node's id, and
-//! its VAPID keys live here too: they must outlive restarts, or every subscription made with the
-//! public key would break. So does the per-account index of nodes that listing needs (device id
-//! and name, expiry), dropped when a node expires.
+//! same way as registrations, keyed by a digest of the node's id, and its VAPID keys live here too:
+//! they must outlive restarts, or every subscription made with the public key would break. So does
+//! the per-account index of nodes that listing needs (device id and name, expiry), dropped when a
+//! node expires. The messages kept for unreachable clients (`held.rs`) are the rest.
 //!
-//! The schema is versioned ([`SCHEMA_VERSION`]): a start brings an older database up to date, and
-//! refuses one written by a newer xup; `xup check` says which it would be.
+//! Everything goes through [`Engine`]: SQLite in `store.path` (`store/sqlite.rs`, the default,
+//! nothing to run) or PostgreSQL at `store.url` (`store/postgres.rs`, shared by several xup
+//! instances, `cluster.rs`). Revocations are mirrored in memory so the push path never waits on
+//! the database; with PostgreSQL every instance's mirror also hears the others' revocations.
 //!
-//! The embedded store is one SQLite file under `store.path`, written with full sync before a
-//! revocation is reported, and mirrored in memory so the push path never waits on disk. The same
-//! file holds the messages kept for unreachable clients (`held.rs`), through the shared [`Database`].
+//! The schema is versioned ([`SCHEMA_VERSION`], the same numbering for both engines): a start
+//! brings an older database up to date, and refuses one written by a newer xup; `xup check` says
+//! which it would be.
 
 use std::{
     collections::HashMap,
-    path::Path,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
-use crate::token::Claims;
+use crate::{
+    config::StoreConfig,
+    held::{Bounds, Held, HoldError, Message},
+    token::Claims,
+};
 
-const DATABASE_FILE: &str = "xup.sqlite3";
+pub mod postgres;
+pub mod sqlite;
 
 /// The digest that names one registration triple.
 pub type RegistrationKey = [u8; 32];
+
+/// A key as text, for the messages instances send each other (`cluster.rs`).
+pub fn key_to_hex(key: &RegistrationKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key [`key_to_hex`] wrote; `None` for any other text.
+pub fn key_from_hex(text: &str) -> Option<RegistrationKey> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}
 
 /// The key under which a whole account (a bare JID) is revoked: apart from every registration's,
 /// whose instance is never "*".
@@ -67,7 +89,12 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("store database: {0}")]
-    Database(#[from] rusqlite::Error),
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to PostgreSQL within the pool's wait.
+    #[error("store database unreachable: {0}")]
+    Unreachable(String),
     #[error("store task failed: {0}")]
     Task(String),
     #[error(
@@ -77,74 +104,10 @@ pub enum StoreError {
     Newer { found: u32, known: u32 },
 }
 
-/// The store's schema, a step per version: step `i` takes a database at version `i` to `i + 1`,
-/// and SQLite's `user_version` says where a database is. A database from before versions were
-/// counted is at 0 with the first step's tables already there, which `IF NOT EXISTS` lets pass.
-const MIGRATIONS: [&str; 2] = [
-    // 1: revocations, and the messages held for unreachable clients (`held.rs`).
-    "CREATE TABLE IF NOT EXISTS revocations (
-         registration BLOB PRIMARY KEY,
-         revoked_at_us INTEGER NOT NULL,
-         forget_at_us INTEGER NOT NULL
-     );
-     CREATE TABLE IF NOT EXISTS held (
-         seq INTEGER PRIMARY KEY AUTOINCREMENT,
-         id TEXT NOT NULL UNIQUE,
-         registration BLOB NOT NULL,
-         subject TEXT NOT NULL,
-         application TEXT NOT NULL,
-         instance TEXT NOT NULL,
-         topic TEXT,
-         urgency TEXT NOT NULL,
-         body BLOB NOT NULL,
-         expires_at_us INTEGER NOT NULL
-     );
-     CREATE INDEX IF NOT EXISTS held_by_subject ON held (subject, seq);
-     CREATE INDEX IF NOT EXISTS held_by_registration ON held (registration, seq);",
-    // 2: the app server's VAPID keys and its per-account index of nodes.
-    "CREATE TABLE IF NOT EXISTS vapid_keys (
-         generation INTEGER PRIMARY KEY,
-         secret BLOB NOT NULL
-     );
-     CREATE TABLE IF NOT EXISTS push_nodes (
-         account TEXT NOT NULL,
-         node_id TEXT NOT NULL,
-         device_id TEXT,
-         device_name TEXT,
-         expires_at_us INTEGER NOT NULL,
-         PRIMARY KEY (account, node_id)
-     );",
-];
+/// The schema version this xup writes: the number of steps in either engine's migrations.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// The schema version this xup writes.
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
-
-/// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
-fn migrate(db: &mut Connection) -> Result<(), StoreError> {
-    let found = schema_version(db)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::Newer {
-            found,
-            known: SCHEMA_VERSION,
-        });
-    }
-    let transaction = db.transaction()?;
-    for step in &MIGRATIONS[found as usize..] {
-        transaction.execute_batch(step)?;
-    }
-    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    transaction.commit()?;
-    if found < SCHEMA_VERSION {
-        tracing::info!(from = found, to = SCHEMA_VERSION, "store schema upgraded");
-    }
-    Ok(())
-}
-
-fn schema_version(db: &Connection) -> rusqlite::Result<u32> {
-    db.pragma_query_value(None, "user_version", |row| row.get(0))
-}
-
-/// Where the store at `store.path` stands against this xup, as `xup check` says it.
+/// Where a store stands against this xup, as `xup check` says it.
 #[derive(Debug, PartialEq)]
 pub enum Schema {
     /// No database yet: the first start makes it.
@@ -156,60 +119,41 @@ pub enum Schema {
     Newer(u32),
 }
 
-/// Read the schema version of the store in `dir` without creating or changing anything.
-pub fn schema_at(dir: &Path) -> Result<Schema, StoreError> {
-    let file = dir.join(DATABASE_FILE);
-    if !file.exists() {
-        return Ok(Schema::Missing);
-    }
-    let db = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok(match schema_version(&db)? {
-        SCHEMA_VERSION => Schema::Current,
-        found if found < SCHEMA_VERSION => Schema::Older(found),
-        found => Schema::Newer(found),
-    })
-}
-
-/// Times in microseconds since the epoch: the resolution of a token's `iat`, so that a revocation
-/// compares the same before and after a restart.
-#[derive(Clone, Copy)]
-struct Revocation {
-    revoked_at_us: i64,
-    forget_at_us: i64,
-}
-
-/// The SQLite connection, shared by the revocations and the held messages. Cheap to clone.
-#[derive(Clone)]
-pub struct Database(Arc<Mutex<Connection>>);
-
-impl Database {
-    /// Run `work` on the connection in tokio's blocking pool, so the async threads never wait on
-    /// disk. Returns once `work` has finished: with `synchronous=FULL`, a write is then on disk.
-    /// Dropping the future does not undo work that has started.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
-            work(&mut db)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(StoreError::from)
-    }
-
-    /// The connection, for work at startup before anything else runs.
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+impl Schema {
+    /// Where a database at `found` (`None`: no schema yet) stands.
+    pub fn of(found: Option<u32>) -> Schema {
+        match found {
+            None => Schema::Missing,
+            Some(SCHEMA_VERSION) => Schema::Current,
+            Some(found) if found < SCHEMA_VERSION => Schema::Older(found),
+            Some(found) => Schema::Newer(found),
+        }
     }
 }
 
-/// The revocation store. Cheap to share behind an `Arc`.
-pub struct Store {
-    db: Database,
-    revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
+/// Read the schema version of the store `config` names without creating or changing anything.
+pub async fn schema_of(config: &StoreConfig) -> Result<Schema, StoreError> {
+    match config {
+        StoreConfig::Sqlite { path } => sqlite::schema_at(path),
+        StoreConfig::Postgres { url, .. } => postgres::schema_at(url).await,
+    }
+}
+
+/// When a registration (or account, or node) was revoked, and until when that matters. Times in
+/// microseconds since the epoch: the resolution of a token's `iat`, so that a revocation compares
+/// the same before and after a restart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Revocation {
+    pub revoked_at_us: i64,
+    pub forget_at_us: i64,
+}
+
+impl Revocation {
+    /// Two revocations of one key are one that kills what either kills, kept as long as either.
+    fn merge(&mut self, other: Revocation) {
+        self.revoked_at_us = self.revoked_at_us.max(other.revoked_at_us);
+        self.forget_at_us = self.forget_at_us.max(other.forget_at_us);
+    }
 }
 
 /// One app-server node in the per-account index, as listing shows it.
@@ -221,55 +165,112 @@ pub struct PushNode {
     pub expires_at: SystemTime,
 }
 
-impl Store {
-    /// Open (or create) the database in directory `dir` and load the revocations still in force.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let mut db = Connection::open(dir.join(DATABASE_FILE))?;
-        // WAL with full sync: a revocation we answered 404 for is on disk before the answer.
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut db)?;
-        db.execute(
-            "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
-            params![micros(SystemTime::now())],
-        )?;
-        let now_us = micros(SystemTime::now());
-        db.execute(
-            "DELETE FROM revocations WHERE forget_at_us <= ?1",
-            params![now_us],
-        )?;
-        let mut revoked = HashMap::new();
-        {
-            let mut rows =
-                db.prepare("SELECT registration, revoked_at_us, forget_at_us FROM revocations")?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                let key: Vec<u8> = row.get(0)?;
-                let Ok(key) = RegistrationKey::try_from(key.as_slice()) else {
-                    continue;
-                };
-                revoked.insert(
-                    key,
-                    Revocation {
-                        revoked_at_us: row.get(1)?,
-                        forget_at_us: row.get(2)?,
-                    },
-                );
-            }
+/// How many messages one registration of one client has held.
+#[derive(Debug, PartialEq)]
+pub struct HeldCount {
+    pub subject: String,
+    pub registration: RegistrationKey,
+    pub count: usize,
+}
+
+/// What a database engine does for xup; the logic above it (mirrors, counts, bounds) is shared.
+/// Every write has reached the database's durable storage when its future returns; dropping the
+/// future does not undo a write that has started.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync {
+    /// Every revocation still kept.
+    async fn revocations(&self) -> Result<Vec<(RegistrationKey, Revocation)>, StoreError>;
+    /// Keep `revocation` of `key`, merged with any earlier one.
+    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError>;
+    /// Forget revocations and nodes that are past mattering at `now_us`.
+    async fn prune(&self, now_us: i64) -> Result<(), StoreError>;
+
+    async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError>;
+    /// The nodes of `account` that live past `now_us`, oldest first.
+    async fn nodes_of(&self, account: &str, now_us: i64) -> Result<Vec<PushNode>, StoreError>;
+    async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError>;
+
+    /// The VAPID secret of `generation`: the one kept, or `fresh`, kept now, if there is none.
+    async fn vapid_key(&self, generation: u32, fresh: Vec<u8>) -> Result<Vec<u8>, StoreError>;
+
+    /// Held messages, counted per client and registration.
+    async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError>;
+    /// How many messages are held in `registration`.
+    async fn held_in(&self, registration: RegistrationKey) -> Result<usize, StoreError>;
+    /// Hold `messages` in one transaction, each on its own: one that cannot be held (the store
+    /// holds `bounds.total` already, counting `total` before the batch) changes nothing and costs
+    /// the others nothing. One result per message, in order.
+    async fn hold_all(
+        &self,
+        messages: Vec<Message>,
+        bounds: Bounds,
+        total: usize,
+    ) -> Result<Vec<Result<Held, HoldError>>, StoreError>;
+    /// The messages held in `registration` that live past `now_us`, oldest first.
+    async fn waiting_in(
+        &self,
+        registration: RegistrationKey,
+        now_us: i64,
+    ) -> Result<Vec<Message>, StoreError>;
+    async fn is_held(&self, id: &str) -> Result<bool, StoreError>;
+    /// Forget message `id` if it was held for `subject`; its registration, if it was.
+    async fn remove_held(
+        &self,
+        id: &str,
+        subject: &str,
+    ) -> Result<Option<RegistrationKey>, StoreError>;
+    async fn drop_registration(&self, registration: RegistrationKey) -> Result<usize, StoreError>;
+    /// Drop what is held for every resource of `account`, a bare JID.
+    async fn drop_account(&self, account: &str) -> Result<usize, StoreError>;
+    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError>;
+}
+
+/// The engine `config` names, its schema brought up to date.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Engine>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite { path } => Arc::new(sqlite::Sqlite::open(path)?),
+        StoreConfig::Postgres { url, pool_size } => {
+            Arc::new(postgres::Postgres::connect(url, *pool_size).await?)
         }
-        Ok(Store {
-            db: Database(Arc::new(Mutex::new(db))),
-            revoked: RwLock::new(revoked),
-        })
+    })
+}
+
+/// The revocations, mirrored in memory, and the other things kept. Cheap to share behind an `Arc`.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
+}
+
+impl Store {
+    /// The store on `engine`, with the revocations still in force loaded.
+    pub async fn new(engine: Arc<dyn Engine>) -> Result<Store, StoreError> {
+        let store = Store {
+            engine,
+            revoked: RwLock::default(),
+        };
+        store.reload().await?;
+        Ok(store)
     }
 
-    /// The database, for the other tables that live in the same file.
-    pub fn database(&self) -> Database {
-        self.db.clone()
+    /// The engine, for the held messages that live in the same database.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
+    /// Read every revocation again: another instance may have made some while this one was not
+    /// listening (`cluster.rs`).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let now_us = micros(SystemTime::now());
+        self.engine.prune(now_us).await?;
+        let kept = self.engine.revocations().await?;
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        for (key, revocation) in kept {
+            revoked
+                .entry(key)
+                .and_modify(|r| r.merge(revocation))
+                .or_insert(revocation);
+        }
+        Ok(())
     }
 
     /// Whether the registration that issued `claims` was revoked after the token was issued.
@@ -278,6 +279,14 @@ impl Store {
         let account = claims.subject.split('/').next().unwrap_or_default();
         self.is_revoked_key(&registration_key(claims), claims.issued_at)
             || self.is_revoked_key(&account_key(account), claims.issued_at)
+    }
+
+    /// Whether whatever `key` names was revoked at or after `issued_at`. Memory only.
+    pub fn is_revoked_key(&self, key: &RegistrationKey, issued_at: SystemTime) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked
+            .get(key)
+            .is_some_and(|r| micros(issued_at) <= r.revoked_at_us)
     }
 
     /// Revoke every endpoint issued to `account` (a bare JID) up to `now`, durably, and remember
@@ -292,79 +301,8 @@ impl Store {
             .await
     }
 
-    /// Note an app-server node of `account`, for listing and unregistering by device.
-    pub async fn index_node(&self, account: &str, node: PushNode) -> Result<(), StoreError> {
-        let account = account.to_owned();
-        self.db
-            .run(move |db| {
-                db.execute(
-                    "INSERT OR REPLACE INTO push_nodes
-                     (account, node_id, device_id, device_name, expires_at_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        account,
-                        node.node_id,
-                        node.device_id,
-                        node.device_name,
-                        micros(node.expires_at)
-                    ],
-                )
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// The app-server nodes of `account` that have not expired, oldest first.
-    pub async fn nodes_of(&self, account: &str) -> Result<Vec<PushNode>, StoreError> {
-        let account = account.to_owned();
-        let now_us = micros(SystemTime::now());
-        self.db
-            .run(move |db| {
-                let mut query = db.prepare(
-                    "SELECT node_id, device_id, device_name, expires_at_us FROM push_nodes
-                     WHERE account = ?1 AND expires_at_us > ?2 ORDER BY rowid",
-                )?;
-                let rows = query.query_map(params![account, now_us], |row| {
-                    Ok(PushNode {
-                        node_id: row.get(0)?,
-                        device_id: row.get(1)?,
-                        device_name: row.get(2)?,
-                        expires_at: UNIX_EPOCH
-                            + Duration::from_micros(
-                                u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-                            ),
-                    })
-                })?;
-                rows.collect()
-            })
-            .await
-    }
-
-    /// Take `node_id` out of `account`'s index.
-    pub async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError> {
-        let (account, node_id) = (account.to_owned(), node_id.to_owned());
-        self.db
-            .run(move |db| {
-                db.execute(
-                    "DELETE FROM push_nodes WHERE account = ?1 AND node_id = ?2",
-                    params![account, node_id],
-                )
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Whether whatever `key` names was revoked at or after `issued_at`. Memory only.
-    pub fn is_revoked_key(&self, key: &RegistrationKey, issued_at: SystemTime) -> bool {
-        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
-        revoked
-            .get(key)
-            .is_some_and(|r| micros(issued_at) <= r.revoked_at_us)
-    }
-
-    /// Revoke every token of `claims`' registration issued up to `now`, durably. The entry is kept
-    /// until the last token it can kill has expired: one issued at `now` lives `lifetime`. Returns once the revocation is on disk;
-    /// dropping the future does not undo a write that has started.
+    /// Revoke every token of `claims`' registration issued up to `now`, durably. The entry is
+    /// kept until the last token it can kill has expired: one issued at `now` lives `lifetime`.
     pub async fn revoke(
         &self,
         claims: &Claims,
@@ -387,76 +325,53 @@ impl Store {
             revoked_at_us: micros(now),
             forget_at_us: micros(forget_at),
         };
-        self.db
-            .run(move |db| {
-                db.execute(
-                    "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
-                 VALUES (?1, ?2, ?3)
-                 ON CONFLICT (registration) DO UPDATE SET
-                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
-                     forget_at_us = max(forget_at_us, excluded.forget_at_us)",
-                    params![
-                        key.as_slice(),
-                        revocation.revoked_at_us,
-                        revocation.forget_at_us
-                    ],
-                )
-            })
-            .await?;
-        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
-        let entry = revoked.entry(key).or_insert(revocation);
-        entry.revoked_at_us = entry.revoked_at_us.max(revocation.revoked_at_us);
-        entry.forget_at_us = entry.forget_at_us.max(revocation.forget_at_us);
+        self.engine.revoke(key, revocation).await?;
+        self.mirror(key, revocation);
         Ok(())
     }
 
+    /// Take in a revocation that is already in the database: one this instance just wrote, or
+    /// one another instance announced.
+    pub fn mirror(&self, key: RegistrationKey, revocation: Revocation) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        revoked
+            .entry(key)
+            .and_modify(|r| r.merge(revocation))
+            .or_insert(revocation);
+    }
+
+    /// Note an app-server node of `account`, for listing and unregistering by device.
+    pub async fn index_node(&self, account: &str, node: PushNode) -> Result<(), StoreError> {
+        self.engine.index_node(account, &node).await
+    }
+
+    /// The app-server nodes of `account` that have not expired, oldest first.
+    pub async fn nodes_of(&self, account: &str) -> Result<Vec<PushNode>, StoreError> {
+        self.engine
+            .nodes_of(account, micros(SystemTime::now()))
+            .await
+    }
+
+    /// Take `node_id` out of `account`'s index.
+    pub async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError> {
+        self.engine.unindex_node(account, node_id).await
+    }
+
     /// The VAPID private key of `generation`, made by `make` and kept the first time it is asked
-    /// for: a key once used must never change, or the subscriptions made with it break. Blocks;
-    /// for start-up.
-    pub fn vapid_key(
+    /// for: a key once used must never change, or the subscriptions made with it break. When
+    /// several instances start at once, all get the one that was kept first.
+    pub async fn vapid_key(
         &self,
         generation: u32,
         make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut db = self.db.lock();
-        let transaction = db.transaction()?;
-        let existing: Option<Vec<u8>> = transaction
-            .query_row(
-                "SELECT secret FROM vapid_keys WHERE generation = ?1",
-                params![generation],
-                |row| row.get(0),
-            )
-            .ok();
-        let secret = match existing {
-            Some(secret) => secret,
-            None => {
-                let secret = make();
-                transaction.execute(
-                    "INSERT INTO vapid_keys (generation, secret) VALUES (?1, ?2)",
-                    params![generation, secret],
-                )?;
-                secret
-            }
-        };
-        transaction.commit()?;
-        Ok(secret)
+        self.engine.vapid_key(generation, make()).await
     }
 
-    /// Forget revocations that can no longer kill any token.
+    /// Forget revocations that can no longer kill any token, and nodes that expired.
     pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
         let now_us = micros(now);
-        self.db
-            .run(move |db| {
-                db.execute(
-                    "DELETE FROM revocations WHERE forget_at_us <= ?1",
-                    params![now_us],
-                )?;
-                db.execute(
-                    "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
-                    params![now_us],
-                )
-            })
-            .await?;
+        self.engine.prune(now_us).await?;
         let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let before = revoked.len();
         revoked.retain(|_, r| r.forget_at_us > now_us);
@@ -470,6 +385,11 @@ pub fn micros(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// The moment `micros` names.
+pub fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,13 +401,18 @@ mod tests {
         claims_for("juliet@example.org/phone", "app", "ins", at, WEEK)
     }
 
+    async fn open(dir: &std::path::Path) -> Store {
+        let engine = sqlite::Sqlite::open(dir).expect("open");
+        Store::new(Arc::new(engine)).await.expect("load")
+    }
+
     #[tokio::test]
     async fn revocation_kills_older_tokens_and_spares_newer_ones_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t0 = SystemTime::now();
         let revoked_at = t0 + Duration::from_secs(10);
         {
-            let store = Store::open(dir.path()).expect("open");
+            let store = open(dir.path()).await;
             assert!(!store.is_revoked(&claims(t0)));
             store
                 .revoke(&claims(t0), revoked_at, WEEK)
@@ -495,7 +420,7 @@ mod tests {
                 .expect("revoke");
             assert!(store.is_revoked(&claims(t0)));
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = open(dir.path()).await;
         assert!(store.is_revoked(&claims(t0)));
         assert!(store.is_revoked(&claims(revoked_at)));
         assert!(!store.is_revoked(&claims(revoked_at + Duration::from_micros(1))));
@@ -504,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn other_instances_are_not_affected() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = open(dir.path()).await;
         let t0 = SystemTime::now();
         store.revoke(&claims(t0), t0, WEEK).await.expect("revoke");
         let other = claims_for("juliet@example.org/phone", "app", "other", t0, WEEK);
@@ -514,7 +439,7 @@ mod tests {
     #[tokio::test]
     async fn entries_are_forgotten_once_every_token_they_kill_expired() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = open(dir.path()).await;
         let t0 = SystemTime::now();
         store.revoke(&claims(t0), t0, WEEK).await.expect("revoke");
         let almost = t0 + WEEK - Duration::from_secs(1);
@@ -523,40 +448,28 @@ mod tests {
         assert_eq!(forgotten.expect("prune"), 1);
     }
 
-    #[test]
-    fn an_older_store_is_upgraded_and_a_newer_one_refused() {
+    #[tokio::test]
+    async fn a_revocation_heard_from_elsewhere_is_merged() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Missing);
-        {
-            // A store as the first xup left it: version 0, only its own tables.
-            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
-            db.execute_batch(MIGRATIONS[0]).expect("old tables");
-            db.execute(
-                "INSERT INTO revocations VALUES (?1, 1, ?2)",
-                params![[7u8; 32].as_slice(), i64::MAX],
-            )
-            .expect("a revocation");
-        }
-        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Older(0));
-        let store = Store::open(dir.path()).expect("upgraded");
-        assert!(
-            store.is_revoked_key(&[7u8; 32], UNIX_EPOCH),
-            "kept across the upgrade"
+        let store = open(dir.path()).await;
+        let t0 = SystemTime::now();
+        let key = registration_key(&claims(t0));
+        store.mirror(
+            key,
+            Revocation {
+                revoked_at_us: micros(t0),
+                forget_at_us: i64::MAX,
+            },
         );
-        drop(store);
-        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Current);
-        {
-            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
-            db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-                .expect("from the future");
-        }
-        assert_eq!(
-            schema_at(dir.path()).expect("read"),
-            Schema::Newer(SCHEMA_VERSION + 1)
+        assert!(store.is_revoked(&claims(t0)));
+        // An older one heard later does not bring newer tokens back to life.
+        store.mirror(
+            key,
+            Revocation {
+                revoked_at_us: 0,
+                forget_at_us: 1,
+            },
         );
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::Newer { found, .. }) if found == SCHEMA_VERSION + 1
-        ));
+        assert!(store.is_revoked(&claims(t0)));
     }
 }

@@ -96,7 +96,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         store.display().to_string(),
     ))
     .expect("config");
-    let router = runtime.block_on(async { xup::start(&config).expect("xup starts").router });
+    let router = runtime.block_on(async { xup::start(&config).await.expect("xup starts").router });
     // Live now, unlike the seeds, which are sealed for a fixed moment.
     let now = SystemTime::now();
     let claims = xup::token::claims_for(

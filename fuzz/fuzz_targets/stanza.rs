@@ -19,7 +19,7 @@ use xup::{
     limits::Limits,
     pending::InFlight,
     register::Registrar,
-    store::Store,
+    store::{Store, sqlite::Sqlite},
     sum7,
     webpush::WebPush,
 };
@@ -59,8 +59,14 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let (link_events, events) = tokio::sync::mpsc::unbounded_channel();
     let registrar = Arc::new(Registrar::new(&config, keys, limits));
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
-    let store = Arc::new(Store::open(&store).expect("a store in the temporary directory"));
-    let held = Arc::new(HeldMessages::open(store.database(), 100, 1000).expect("held messages"));
+    let (store, held) = runtime.block_on(async {
+        let engine = Sqlite::open(&store).expect("a store in the temporary directory");
+        let store = Arc::new(Store::new(Arc::new(engine)).await.expect("store"));
+        let held = HeldMessages::open(store.engine(), 100, 1000)
+            .await
+            .expect("held messages");
+        (store, Arc::new(held))
+    });
     drop(entered);
     // The app server, with nowhere it may send: every endpoint a command submits is checked, and
     // a publish to a node the fuzzer makes up never opens.

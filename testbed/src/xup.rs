@@ -25,6 +25,8 @@ pub struct XupSettings {
     pub allow: Option<Vec<String>>,
     pub http_port: u16,
     pub store: PathBuf,
+    /// `store.url`: PostgreSQL instead of the SQLite file in `store`.
+    pub store_url: Option<String>,
     /// `RUST_LOG` for the process: tests want every debug line, the benchmark only info.
     pub log_filter: &'static str,
     /// More `registration` settings, e.g. `("legacy_up_secret", json!("…"))`.
@@ -48,6 +50,7 @@ impl XupSettings {
             allow: None,
             http_port: free_port(),
             store: store.to_owned(),
+            store_url: None,
             log_filter: "xup=debug",
             registration: Vec::new(),
             delivery: Vec::new(),
@@ -106,7 +109,10 @@ impl XupSettings {
             "app_server": { "allow_private_endpoints": ["127.0.0.0/8"] },
             "limits": section(json!({}), &self.limits),
             "metrics": section(json!({}), &self.metrics),
-            "store": { "path": self.store },
+            "store": match &self.store_url {
+                Some(url) => json!({ "url": url }),
+                None => json!({ "path": self.store }),
+            },
         })
     }
 }
@@ -124,17 +130,31 @@ impl Xup {
     /// Start the xup at `binary` and return once it serves HTTP and its component link is up.
     pub async fn start(binary: &Path, component_port: u16, settings: &XupSettings) -> Xup {
         let mut xup = Xup::spawn(binary, component_port, settings);
-        // HTTP and the component link come up concurrently: their lines arrive in either order.
-        let mut awaited = vec!["listening for pushes", "component link up"];
+        xup.wait_logs(vec!["listening for pushes", "component link up"])
+            .await;
+        xup
+    }
+
+    /// Start one more xup on a PostgreSQL store that another already leads, and return once it
+    /// serves HTTP and stands by.
+    pub async fn start_standby(binary: &Path, component_port: u16, settings: &XupSettings) -> Xup {
+        let mut xup = Xup::spawn(binary, component_port, settings);
+        xup.wait_logs(vec!["listening for pushes", "standing by"])
+            .await;
+        xup
+    }
+
+    /// Wait for a log line containing each of `awaited`. Parts of xup come up concurrently, so
+    /// their lines arrive in any order.
+    async fn wait_logs(&mut self, mut awaited: Vec<&str>) {
         while !awaited.is_empty() {
             let what = format!("xup logging {awaited:?}");
-            let line = first_matching(&mut xup.logs, &what, |line| {
+            let line = first_matching(&mut self.logs, &what, |line| {
                 awaited.iter().any(|needle| line.contains(needle))
             })
             .await;
             awaited.retain(|needle| !line.contains(needle));
         }
-        xup
     }
 
     /// Start xup without waiting for anything.

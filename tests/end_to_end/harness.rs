@@ -562,12 +562,19 @@ pub fn sample(page: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {sample} in:\n{page}"))
 }
 
-/// Prosody, one xup and a store directory that outlives xup restarts.
+/// Prosody, one xup and a store that outlives xup restarts: a directory, or a PostgreSQL cluster
+/// of its own when `XUP_TEST_STORE=postgres` (the suite's second run, `scripts/test`).
 pub struct Stack {
     pub server: Server,
     pub xup: Xup,
     pub settings: XupSettings,
     _store: tempfile::TempDir,
+    pub postgres: Option<Postgres>,
+}
+
+/// Whether this run keeps xup's store in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("XUP_TEST_STORE").is_ok_and(|store| store == "postgres")
 }
 
 impl Stack {
@@ -579,6 +586,11 @@ impl Stack {
         let server = Server::start().await;
         let store = tempfile::tempdir().expect("store dir");
         let mut settings = XupSettings::new(store.path());
+        let postgres = match on_postgres() {
+            true => Some(Postgres::start().await),
+            false => None,
+        };
+        settings.store_url = postgres.as_ref().map(Postgres::url);
         adjust(&mut settings);
         let xup = Xup::start(xup_binary(), server.component_port(), &settings).await;
         Stack {
@@ -586,6 +598,7 @@ impl Stack {
             xup,
             settings,
             _store: store,
+            postgres,
         }
     }
 

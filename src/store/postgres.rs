@@ -1,0 +1,582 @@
+//! The shared engine: a PostgreSQL database at `store.url`, for one or several xup instances.
+//!
+//! An operator who outgrows one process points every instance at one database (`cluster.rs` says
+//! how they divide the work). Queries go through a pool of connections (`store.pool_size`),
+//! statements are prepared once per connection, and every write is a transaction that has
+//! committed (PostgreSQL's `synchronous_commit`, on by default, puts it on disk) before its
+//! future returns. A revocation is announced on [`REVOKED_CHANNEL`] in the same transaction, so
+//! every instance's mirror learns of it the moment it commits.
+//!
+//! Migrations run at start in one transaction under an advisory lock, so instances started
+//! together neither race nor half-apply a step; `xup_schema` holds the version, numbered as the
+//! SQLite engine's.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{
+    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, StoreError,
+    from_micros, key_from_hex, key_to_hex, micros,
+};
+use crate::{
+    held::{Bounds, Held, HoldError, Message},
+    protocol::Urgency,
+};
+
+/// Where revocations are announced, as `<key in hex> <revoked_at_us> <forget_at_us>`.
+pub const REVOKED_CHANNEL: &str = "xup_revoked";
+
+/// The advisory lock taken while migrating, apart from the leader's (`cluster.rs`).
+const MIGRATION_LOCK: i64 = 0x7875_7000_0001;
+
+/// How long a query waits for a connection from the pool, or for a new one to be made, before
+/// the store counts as unreachable: a push is then answered `503`, not left hanging.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 1: revocations, and the messages held for unreachable clients (`held.rs`).
+    "CREATE TABLE revocations (
+         registration BYTEA PRIMARY KEY,
+         revoked_at_us BIGINT NOT NULL,
+         forget_at_us BIGINT NOT NULL
+     );
+     CREATE TABLE held (
+         seq BIGSERIAL PRIMARY KEY,
+         id TEXT NOT NULL UNIQUE,
+         registration BYTEA NOT NULL,
+         subject TEXT NOT NULL,
+         application TEXT NOT NULL,
+         instance TEXT NOT NULL,
+         topic TEXT,
+         urgency TEXT NOT NULL,
+         body BYTEA NOT NULL,
+         expires_at_us BIGINT NOT NULL
+     );
+     CREATE INDEX held_by_subject ON held (subject, seq);
+     CREATE INDEX held_by_registration ON held (registration, seq);",
+    // 2: the app server's VAPID keys and its per-account index of nodes.
+    "CREATE TABLE vapid_keys (
+         generation INTEGER PRIMARY KEY,
+         secret BYTEA NOT NULL
+     );
+     CREATE TABLE push_nodes (
+         account TEXT NOT NULL,
+         node_id TEXT NOT NULL,
+         device_id TEXT,
+         device_name TEXT,
+         expires_at_us BIGINT NOT NULL,
+         seq BIGSERIAL,
+         PRIMARY KEY (account, node_id)
+     );",
+];
+
+/// The PostgreSQL engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    /// Connect to `url` with a pool of at most `pool_size` connections, and bring the schema up to
+    /// date.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Postgres, StoreError> {
+        let config: tokio_postgres::Config = url.parse()?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unreachable(e.to_string()))?;
+        let engine = Postgres { pool };
+        engine.migrate().await?;
+        Ok(engine)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unreachable(e.to_string()))
+    }
+
+    /// Bring the database to [`SCHEMA_VERSION`]; refuse one from a newer xup.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        transaction
+            .batch_execute("CREATE TABLE IF NOT EXISTS xup_schema (version INTEGER NOT NULL)")
+            .await?;
+        let found = transaction
+            .query_opt("SELECT version FROM xup_schema", &[])
+            .await?
+            .map_or(0, |row| row.get::<_, i32>(0));
+        let found = u32::try_from(found).unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for step in &MIGRATIONS[found as usize..] {
+            transaction.batch_execute(step).await?;
+        }
+        transaction.execute("DELETE FROM xup_schema", &[]).await?;
+        transaction
+            .execute(
+                "INSERT INTO xup_schema (version) VALUES ($1)",
+                &[&(SCHEMA_VERSION as i32)],
+            )
+            .await?;
+        transaction.commit().await?;
+        if found < SCHEMA_VERSION {
+            tracing::info!(from = found, to = SCHEMA_VERSION, "store schema upgraded");
+        }
+        Ok(())
+    }
+}
+
+/// Read the schema version of the database at `url` without changing anything.
+pub async fn schema_at(url: &str) -> Result<Schema, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let found = match client
+        .query_one("SELECT to_regclass('xup_schema') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0)
+    {
+        false => None,
+        true => client
+            .query_opt("SELECT version FROM xup_schema", &[])
+            .await?
+            .map(|row| u32::try_from(row.get::<_, i32>(0)).unwrap_or(0)),
+    };
+    drop(client);
+    let _ = connection.await;
+    Ok(Schema::of(found))
+}
+
+/// How a revocation is announced on [`REVOKED_CHANNEL`].
+pub fn revocation_notice(key: &RegistrationKey, revocation: Revocation) -> String {
+    format!(
+        "{} {} {}",
+        key_to_hex(key),
+        revocation.revoked_at_us,
+        revocation.forget_at_us
+    )
+}
+
+/// The revocation a notice announces; `None` for anything xup did not write.
+pub fn parse_revocation_notice(notice: &str) -> Option<(RegistrationKey, Revocation)> {
+    let mut parts = notice.split(' ');
+    let key = key_from_hex(parts.next()?)?;
+    let revocation = Revocation {
+        revoked_at_us: parts.next()?.parse().ok()?,
+        forget_at_us: parts.next()?.parse().ok()?,
+    };
+    Some((key, revocation))
+}
+
+fn registration_of(bytes: Vec<u8>) -> Option<RegistrationKey> {
+    RegistrationKey::try_from(bytes).ok()
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[async_trait::async_trait]
+impl Engine for Postgres {
+    async fn revocations(&self) -> Result<Vec<(RegistrationKey, Revocation)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT registration, revoked_at_us, forget_at_us FROM revocations",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let key = registration_of(row.get(0))?;
+                Some((
+                    key,
+                    Revocation {
+                        revoked_at_us: row.get(1),
+                        forget_at_us: row.get(2),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        let upsert = transaction
+            .prepare_cached(
+                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (registration) DO UPDATE SET
+                     revoked_at_us = GREATEST(revocations.revoked_at_us, EXCLUDED.revoked_at_us),
+                     forget_at_us = GREATEST(revocations.forget_at_us, EXCLUDED.forget_at_us)",
+            )
+            .await?;
+        transaction
+            .execute(
+                &upsert,
+                &[
+                    &key.as_slice(),
+                    &revocation.revoked_at_us,
+                    &revocation.forget_at_us,
+                ],
+            )
+            .await?;
+        transaction
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&REVOKED_CHANNEL, &revocation_notice(&key, revocation)],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn prune(&self, now_us: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM revocations WHERE forget_at_us <= $1",
+                &[&now_us],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM push_nodes WHERE expires_at_us <= $1",
+                &[&now_us],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO push_nodes (account, node_id, device_id, device_name, expires_at_us)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (account, node_id) DO UPDATE SET
+                     device_id = EXCLUDED.device_id,
+                     device_name = EXCLUDED.device_name,
+                     expires_at_us = EXCLUDED.expires_at_us",
+                &[
+                    &account,
+                    &node.node_id,
+                    &node.device_id,
+                    &node.device_name,
+                    &micros(node.expires_at),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn nodes_of(&self, account: &str, now_us: i64) -> Result<Vec<PushNode>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node_id, device_id, device_name, expires_at_us FROM push_nodes
+                 WHERE account = $1 AND expires_at_us > $2 ORDER BY seq",
+                &[&account, &now_us],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| PushNode {
+                node_id: row.get(0),
+                device_id: row.get(1),
+                device_name: row.get(2),
+                expires_at: from_micros(row.get(3)),
+            })
+            .collect())
+    }
+
+    async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM push_nodes WHERE account = $1 AND node_id = $2",
+                &[&account, &node_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn vapid_key(&self, generation: u32, fresh: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO vapid_keys (generation, secret) VALUES ($1, $2)
+                 ON CONFLICT (generation) DO NOTHING",
+                &[&generation, &fresh],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT secret FROM vapid_keys WHERE generation = $1",
+                &[&generation],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT subject, registration, COUNT(*) FROM held GROUP BY subject, registration",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                Some(HeldCount {
+                    subject: row.get(0),
+                    registration: registration_of(row.get(1))?,
+                    count: usize::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    async fn held_in(&self, registration: RegistrationKey) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*) FROM held WHERE registration = $1",
+                &[&registration.as_slice()],
+            )
+            .await?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn hold_all(
+        &self,
+        messages: Vec<Message>,
+        bounds: Bounds,
+        mut total: usize,
+    ) -> Result<Vec<Result<Held, HoldError>>, StoreError> {
+        let mut client = self.client().await?;
+        let mut transaction = client.transaction().await?;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let one = transaction.savepoint("hold").await?;
+            let outcome = match hold_one(&one, message, bounds, total).await {
+                Ok(Some(held)) => {
+                    one.commit().await?;
+                    total = (total + 1).saturating_sub(held.replaced + held.dropped);
+                    Ok(held)
+                }
+                Ok(None) => {
+                    one.rollback().await?;
+                    Err(HoldError::Full)
+                }
+                Err(e) => {
+                    one.rollback().await?;
+                    Err(HoldError::Store(e.into()))
+                }
+            };
+            outcomes.push(outcome);
+        }
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn waiting_in(
+        &self,
+        registration: RegistrationKey,
+        now_us: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        let client = self.client().await?;
+        let query = client
+            .prepare_cached(
+                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us
+                 FROM held WHERE registration = $1 AND expires_at_us > $2 ORDER BY seq",
+            )
+            .await?;
+        let rows = client
+            .query(&query, &[&registration.as_slice(), &now_us])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Message {
+                id: row.get(0),
+                subject: row.get(1),
+                application: row.get(2),
+                instance: row.get(3),
+                body: row.get(4),
+                topic: row.get(5),
+                urgency: Urgency::parse(row.get(6)).unwrap_or_default(),
+                expires_at: from_micros(row.get(7)),
+            })
+            .collect())
+    }
+
+    async fn is_held(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let query = client
+            .prepare_cached("SELECT 1 FROM held WHERE id = $1")
+            .await?;
+        Ok(client.query_opt(&query, &[&id]).await?.is_some())
+    }
+
+    async fn remove_held(
+        &self,
+        id: &str,
+        subject: &str,
+    ) -> Result<Option<RegistrationKey>, StoreError> {
+        let client = self.client().await?;
+        let query = client
+            .prepare_cached(
+                "DELETE FROM held WHERE id = $1 AND subject = $2 RETURNING registration",
+            )
+            .await?;
+        let row = client.query_opt(&query, &[&id, &subject]).await?;
+        Ok(row.and_then(|row| registration_of(row.get(0))))
+    }
+
+    async fn drop_registration(&self, registration: RegistrationKey) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let dropped = client
+            .execute(
+                "DELETE FROM held WHERE registration = $1",
+                &[&registration.as_slice()],
+            )
+            .await?;
+        Ok(count(dropped))
+    }
+
+    async fn drop_account(&self, account: &str) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        // `starts_with` rather than `LIKE`: exact, with no wildcards to escape.
+        let dropped = client
+            .execute(
+                "DELETE FROM held WHERE starts_with(subject, $1)",
+                &[&format!("{account}/")],
+            )
+            .await?;
+        Ok(count(dropped))
+    }
+
+    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let pruned = client
+            .execute("DELETE FROM held WHERE expires_at_us <= $1", &[&now_us])
+            .await?;
+        Ok(count(pruned))
+    }
+}
+
+/// Hold one message within its savepoint: replace its topic, make room within its
+/// registration's bound, and insert it, unless the store already holds `bounds.total` messages
+/// (`None`; the caller rolls back).
+async fn hold_one(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    message: Message,
+    bounds: Bounds,
+    total: usize,
+) -> Result<Option<Held>, tokio_postgres::Error> {
+    let registration = message.registration();
+    let registration = registration.as_slice();
+    let mut held = Held::default();
+    if let Some(topic) = &message.topic {
+        let replace = transaction
+            .prepare_cached("DELETE FROM held WHERE registration = $1 AND topic = $2")
+            .await?;
+        held.replaced = count(
+            transaction
+                .execute(&replace, &[&registration, topic])
+                .await?,
+        );
+    }
+    let mine = transaction
+        .prepare_cached("SELECT COUNT(*) FROM held WHERE registration = $1")
+        .await?;
+    let mine: i64 = transaction.query_one(&mine, &[&registration]).await?.get(0);
+    let mine = usize::try_from(mine).unwrap_or(0);
+    if mine >= bounds.per_registration {
+        let oldest = transaction
+            .prepare_cached(
+                "DELETE FROM held WHERE seq IN (SELECT seq FROM held
+                     WHERE registration = $1 ORDER BY seq LIMIT $2)",
+            )
+            .await?;
+        let excess = i64::try_from(mine + 1 - bounds.per_registration).unwrap_or(i64::MAX);
+        held.dropped = count(
+            transaction
+                .execute(&oldest, &[&registration, &excess])
+                .await?,
+        );
+    }
+    if total.saturating_sub(held.replaced + held.dropped) >= bounds.total {
+        return Ok(None);
+    }
+    let insert = transaction
+        .prepare_cached(
+            "INSERT INTO held (id, registration, subject, application, instance, topic,
+                               urgency, body, expires_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?;
+    transaction
+        .execute(
+            &insert,
+            &[
+                &message.id,
+                &registration,
+                &message.subject,
+                &message.application,
+                &message.instance,
+                &message.topic,
+                &message.urgency.as_str(),
+                &message.body,
+                &micros(message.expires_at),
+            ],
+        )
+        .await?;
+    Ok(Some(held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_notices_read_back_and_strangers_are_ignored() {
+        let key = [0xa5; 32];
+        let revocation = Revocation {
+            revoked_at_us: 17,
+            forget_at_us: 99,
+        };
+        let notice = revocation_notice(&key, revocation);
+        assert_eq!(parse_revocation_notice(&notice), Some((key, revocation)));
+        for stranger in ["", "zz 1 2", &notice[2..], "é".repeat(32).as_str()] {
+            assert_eq!(parse_revocation_notice(stranger), None, "{stranger:?}");
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! The embedded engine: one SQLite file in `store.path`, for one xup instance.
+//!
+//! Nothing to install or run, which is what `scripts/try` and a small self-hoster want. Every
+//! write runs with `synchronous=FULL` in WAL mode, so a revocation answered `404` or a message
+//! answered `201` is on disk before the answer. The connection is used from tokio's blocking
+//! pool, so async threads never wait on the disk. SQLite's `user_version` says which schema step
+//! the file is at.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, StoreError,
+    from_micros, micros,
+};
+use crate::{
+    held::{Bounds, Held, HoldError, Message},
+    protocol::Urgency,
+};
+
+const DATABASE_FILE: &str = "xup.sqlite3";
+
+/// The schema, a step per version: step `i` takes a database at version `i` to `i + 1`. A
+/// database from before versions were counted is at 0 with the first step's tables already
+/// there, which `IF NOT EXISTS` lets pass.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 1: revocations, and the messages held for unreachable clients (`held.rs`).
+    "CREATE TABLE IF NOT EXISTS revocations (
+         registration BLOB PRIMARY KEY,
+         revoked_at_us INTEGER NOT NULL,
+         forget_at_us INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS held (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         id TEXT NOT NULL UNIQUE,
+         registration BLOB NOT NULL,
+         subject TEXT NOT NULL,
+         application TEXT NOT NULL,
+         instance TEXT NOT NULL,
+         topic TEXT,
+         urgency TEXT NOT NULL,
+         body BLOB NOT NULL,
+         expires_at_us INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS held_by_subject ON held (subject, seq);
+     CREATE INDEX IF NOT EXISTS held_by_registration ON held (registration, seq);",
+    // 2: the app server's VAPID keys and its per-account index of nodes.
+    "CREATE TABLE IF NOT EXISTS vapid_keys (
+         generation INTEGER PRIMARY KEY,
+         secret BLOB NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS push_nodes (
+         account TEXT NOT NULL,
+         node_id TEXT NOT NULL,
+         device_id TEXT,
+         device_name TEXT,
+         expires_at_us INTEGER NOT NULL,
+         PRIMARY KEY (account, node_id)
+     );",
+];
+
+/// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let found = schema_version(db)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Newer {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    let transaction = db.transaction()?;
+    for step in &MIGRATIONS[found as usize..] {
+        transaction.execute_batch(step)?;
+    }
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    transaction.commit()?;
+    if found < SCHEMA_VERSION {
+        tracing::info!(from = found, to = SCHEMA_VERSION, "store schema upgraded");
+    }
+    Ok(())
+}
+
+fn schema_version(db: &Connection) -> rusqlite::Result<u32> {
+    db.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Read the schema version of the store in `dir` without creating or changing anything.
+pub fn schema_at(dir: &Path) -> Result<Schema, StoreError> {
+    let file = dir.join(DATABASE_FILE);
+    if !file.exists() {
+        return Ok(Schema::Missing);
+    }
+    let db = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(Schema::of(Some(schema_version(&db)?)))
+}
+
+/// The SQLite engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Sqlite(Arc<Mutex<Connection>>);
+
+impl Sqlite {
+    /// Open (or create) the database in directory `dir` and bring its schema up to date.
+    pub fn open(dir: &Path) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut db = Connection::open(dir.join(DATABASE_FILE))?;
+        // WAL with full sync: a revocation we answered 404 for is on disk before the answer.
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&mut db)?;
+        Ok(Sqlite(Arc::new(Mutex::new(db))))
+    }
+
+    /// Run `work` on the connection in tokio's blocking pool. Returns once `work` has finished:
+    /// with `synchronous=FULL`, a write is then on disk.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut db)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(StoreError::from)
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for Sqlite {
+    async fn revocations(&self) -> Result<Vec<(RegistrationKey, Revocation)>, StoreError> {
+        self.run(|db| {
+            let mut query =
+                db.prepare("SELECT registration, revoked_at_us, forget_at_us FROM revocations")?;
+            let rows = query.query_map([], |row| {
+                let key: Vec<u8> = row.get(0)?;
+                let revocation = Revocation {
+                    revoked_at_us: row.get(1)?,
+                    forget_at_us: row.get(2)?,
+                };
+                Ok((key, revocation))
+            })?;
+            let mut kept = Vec::new();
+            for row in rows {
+                let (key, revocation) = row?;
+                // Not a row xup wrote: skipped rather than fatal.
+                if let Ok(key) = RegistrationKey::try_from(key.as_slice()) {
+                    kept.push((key, revocation));
+                }
+            }
+            Ok(kept)
+        })
+        .await
+    }
+
+    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
+                 VALUES (?1, ?2, ?3)
+                 ON CONFLICT (registration) DO UPDATE SET
+                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
+                     forget_at_us = max(forget_at_us, excluded.forget_at_us)",
+                params![
+                    key.as_slice(),
+                    revocation.revoked_at_us,
+                    revocation.forget_at_us
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, now_us: i64) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM revocations WHERE forget_at_us <= ?1",
+                params![now_us],
+            )?;
+            db.execute(
+                "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
+                params![now_us],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError> {
+        let (account, node) = (account.to_owned(), node.clone());
+        self.run(move |db| {
+            db.execute(
+                "INSERT OR REPLACE INTO push_nodes
+                 (account, node_id, device_id, device_name, expires_at_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    account,
+                    node.node_id,
+                    node.device_id,
+                    node.device_name,
+                    micros(node.expires_at)
+                ],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn nodes_of(&self, account: &str, now_us: i64) -> Result<Vec<PushNode>, StoreError> {
+        let account = account.to_owned();
+        self.run(move |db| {
+            let mut query = db.prepare(
+                "SELECT node_id, device_id, device_name, expires_at_us FROM push_nodes
+                 WHERE account = ?1 AND expires_at_us > ?2 ORDER BY rowid",
+            )?;
+            let rows = query.query_map(params![account, now_us], |row| {
+                Ok(PushNode {
+                    node_id: row.get(0)?,
+                    device_id: row.get(1)?,
+                    device_name: row.get(2)?,
+                    expires_at: from_micros(row.get(3)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn unindex_node(&self, account: &str, node_id: &str) -> Result<(), StoreError> {
+        let (account, node_id) = (account.to_owned(), node_id.to_owned());
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM push_nodes WHERE account = ?1 AND node_id = ?2",
+                params![account, node_id],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn vapid_key(&self, generation: u32, fresh: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.run(move |db| {
+            let transaction = db.transaction()?;
+            transaction.execute(
+                "INSERT OR IGNORE INTO vapid_keys (generation, secret) VALUES (?1, ?2)",
+                params![generation, fresh],
+            )?;
+            let secret = transaction.query_row(
+                "SELECT secret FROM vapid_keys WHERE generation = ?1",
+                params![generation],
+                |row| row.get(0),
+            )?;
+            transaction.commit()?;
+            Ok(secret)
+        })
+        .await
+    }
+
+    async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError> {
+        self.run(|db| {
+            let mut query = db.prepare(
+                "SELECT subject, registration, COUNT(*) FROM held GROUP BY subject, registration",
+            )?;
+            let rows = query.query_map([], |row| {
+                let registration: Vec<u8> = row.get(1)?;
+                let count: i64 = row.get(2)?;
+                Ok((row.get::<_, String>(0)?, registration, count))
+            })?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (subject, registration, count) = row?;
+                let Ok(registration) = RegistrationKey::try_from(registration) else {
+                    continue; // not a row xup wrote
+                };
+                counts.push(HeldCount {
+                    subject,
+                    registration,
+                    count: usize::try_from(count).unwrap_or(0),
+                });
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn held_in(&self, registration: RegistrationKey) -> Result<usize, StoreError> {
+        self.run(move |db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM held WHERE registration = ?1",
+                params![registration.as_slice()],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn hold_all(
+        &self,
+        messages: Vec<Message>,
+        bounds: Bounds,
+        total: usize,
+    ) -> Result<Vec<Result<Held, HoldError>>, StoreError> {
+        self.run(move |db| hold_all(db, messages, bounds, total))
+            .await
+    }
+
+    async fn waiting_in(
+        &self,
+        registration: RegistrationKey,
+        now_us: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.run(move |db| {
+            let mut query = db.prepare(
+                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us
+                 FROM held WHERE registration = ?1 AND expires_at_us > ?2 ORDER BY seq",
+            )?;
+            let rows = query.query_map(params![registration.as_slice(), now_us], |row| {
+                let urgency: String = row.get(6)?;
+                Ok(Message {
+                    id: row.get(0)?,
+                    subject: row.get(1)?,
+                    application: row.get(2)?,
+                    instance: row.get(3)?,
+                    body: row.get(4)?,
+                    topic: row.get(5)?,
+                    urgency: Urgency::parse(&urgency).unwrap_or_default(),
+                    expires_at: from_micros(row.get(7)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn is_held(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            db.query_row("SELECT 1 FROM held WHERE id = ?1", params![id], |_| Ok(()))
+                .optional()
+                .map(|row| row.is_some())
+        })
+        .await
+    }
+
+    async fn remove_held(
+        &self,
+        id: &str,
+        subject: &str,
+    ) -> Result<Option<RegistrationKey>, StoreError> {
+        let (id, subject) = (id.to_owned(), subject.to_owned());
+        self.run(move |db| {
+            let registration: Option<Vec<u8>> = db
+                .query_row(
+                    "DELETE FROM held WHERE id = ?1 AND subject = ?2 RETURNING registration",
+                    params![id, subject],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(registration.and_then(|r| RegistrationKey::try_from(r).ok()))
+        })
+        .await
+    }
+
+    async fn drop_registration(&self, registration: RegistrationKey) -> Result<usize, StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM held WHERE registration = ?1",
+                params![registration.as_slice()],
+            )
+        })
+        .await
+    }
+
+    async fn drop_account(&self, account: &str) -> Result<usize, StoreError> {
+        let prefix = format!("{account}/");
+        self.run(move |db| {
+            // `substr` rather than `LIKE`: exact bytes, no wildcards to escape, case kept.
+            db.execute(
+                "DELETE FROM held WHERE substr(subject, 1, length(?1)) = ?1",
+                params![prefix],
+            )
+        })
+        .await
+    }
+
+    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM held WHERE expires_at_us <= ?1",
+                params![now_us],
+            )
+        })
+        .await
+    }
+}
+
+/// Hold `messages` in one transaction, each in a savepoint of its own so that one that cannot be
+/// held (the store full, a failed write) changes nothing and costs the others nothing. `total`
+/// is how many are held before the batch.
+fn hold_all(
+    db: &mut Connection,
+    messages: Vec<Message>,
+    bounds: Bounds,
+    mut total: usize,
+) -> rusqlite::Result<Vec<Result<Held, HoldError>>> {
+    let mut transaction = db.transaction()?;
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut one = transaction.savepoint()?;
+        let outcome = match hold_one(&one, message, bounds, total) {
+            Ok(Some(held)) => {
+                one.commit()?;
+                total = (total + 1).saturating_sub(held.replaced + held.dropped);
+                Ok(held)
+            }
+            Ok(None) => {
+                one.rollback()?;
+                Err(HoldError::Full)
+            }
+            Err(e) => {
+                one.rollback()?;
+                Err(HoldError::Store(e.into()))
+            }
+        };
+        outcomes.push(outcome);
+    }
+    transaction.commit()?;
+    Ok(outcomes)
+}
+
+/// Hold one message: replace its topic, make room within its registration's bound, and insert
+/// it, unless the store already holds `bounds.total` messages (`None`; the caller rolls back).
+fn hold_one(
+    db: &Connection,
+    message: Message,
+    bounds: Bounds,
+    total: usize,
+) -> rusqlite::Result<Option<Held>> {
+    let registration = message.registration();
+    let mut held = Held::default();
+    if let Some(topic) = &message.topic {
+        held.replaced = db.execute(
+            "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
+            params![registration.as_slice(), topic],
+        )?;
+    }
+    let mine: i64 = db.query_row(
+        "SELECT COUNT(*) FROM held WHERE registration = ?1",
+        params![registration.as_slice()],
+        |row| row.get(0),
+    )?;
+    let mine = usize::try_from(mine).unwrap_or(0);
+    if mine >= bounds.per_registration {
+        held.dropped = db.execute(
+            "DELETE FROM held WHERE seq IN (SELECT seq FROM held
+                 WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
+            params![
+                registration.as_slice(),
+                (mine + 1 - bounds.per_registration) as i64
+            ],
+        )?;
+    }
+    if total.saturating_sub(held.replaced + held.dropped) >= bounds.total {
+        return Ok(None);
+    }
+    db.execute(
+        "INSERT INTO held (id, registration, subject, application, instance, topic,
+                           urgency, body, expires_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            message.id,
+            registration.as_slice(),
+            message.subject,
+            message.application,
+            message.instance,
+            message.topic,
+            message.urgency.as_str(),
+            message.body,
+            micros(message.expires_at),
+        ],
+    )?;
+    Ok(Some(held))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn an_older_store_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Missing);
+        {
+            // A store as the first xup left it: version 0, only its own tables.
+            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
+            db.execute_batch(MIGRATIONS[0]).expect("old tables");
+            db.execute(
+                "INSERT INTO revocations VALUES (?1, 1, ?2)",
+                params![[7u8; 32].as_slice(), i64::MAX],
+            )
+            .expect("a revocation");
+        }
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Older(0));
+        let engine = Sqlite::open(dir.path()).expect("upgraded");
+        let store = Store::new(Arc::new(engine)).await.expect("load");
+        assert!(
+            store.is_revoked_key(&[7u8; 32], UNIX_EPOCH),
+            "kept across the upgrade"
+        );
+        drop(store);
+        assert_eq!(schema_at(dir.path()).expect("read"), Schema::Current);
+        {
+            let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("db");
+            db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .expect("from the future");
+        }
+        assert_eq!(
+            schema_at(dir.path()).expect("read"),
+            Schema::Newer(SCHEMA_VERSION + 1)
+        );
+        assert!(matches!(
+            Sqlite::open(dir.path()),
+            Err(StoreError::Newer { found, .. }) if found == SCHEMA_VERSION + 1
+        ));
+    }
+}

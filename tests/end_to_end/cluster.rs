@@ -1,0 +1,244 @@
+//! Two xup instances on one PostgreSQL and one XMPP server: one leads (holds the component link),
+//! the other stands by and hands its pushes over; either may die, and so may PostgreSQL.
+//!
+//! Under load, the ledger of what senders were told (`201` with a TTL) is checked against what
+//! the client received: nothing accepted may be missing, and nothing may arrive twice beyond the
+//! at-least-once rule (a push in flight when the link died, whose answer was lost with it).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::harness::*;
+
+/// Concurrent senders in the load tests; each has at most one push in flight.
+const SENDERS: usize = 4;
+/// How long the leader's successor may take to hold the link (issue 14).
+const TAKEOVER: Duration = Duration::from_secs(10);
+
+/// One XMPP server, one PostgreSQL, and two instances started in order: `first` leads.
+struct Pair {
+    server: Server,
+    postgres: Postgres,
+    first: Xup,
+    second: Xup,
+    _stores: [tempfile::TempDir; 2],
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let server = Server::start().await;
+        let postgres = Postgres::start().await;
+        let stores = [(); 2].map(|_| tempfile::tempdir().expect("store dir"));
+        let settings = |store: &tempfile::TempDir| {
+            let mut settings = XupSettings::new(store.path());
+            settings.store_url = Some(postgres.url());
+            settings.without_rate_limits();
+            settings
+        };
+        let first = Xup::start(xup_binary(), server.component_port(), &settings(&stores[0])).await;
+        let second =
+            Xup::start_standby(xup_binary(), server.component_port(), &settings(&stores[1])).await;
+        Pair {
+            server,
+            postgres,
+            first,
+            second,
+            _stores: stores,
+        }
+    }
+}
+
+/// `endpoint` (issued with `from`'s public URL) as served by `to`: behind a load balancer both
+/// would share one URL.
+fn via(endpoint: &str, from: &Xup, to: &Xup) -> String {
+    endpoint.replacen(&from.base_url, &to.base_url, 1)
+}
+
+async fn health(xup: &Xup) -> (u16, Value) {
+    let (status, body) = get(&format!("{}/health", xup.base_url)).await;
+    (status, serde_json::from_str(&body).expect("health is JSON"))
+}
+
+#[tokio::test]
+async fn pushes_to_either_instance_arrive_and_a_revocation_holds_on_both_at_once() {
+    let pair = Pair::start().await;
+    let (status, leader) = health(&pair.first).await;
+    assert_eq!((status, leader["role"].as_str()), (200, Some("leader")));
+    let (status, standby) = health(&pair.second).await;
+    assert_eq!(
+        (status, standby["role"].as_str(), standby["component_link"].as_str()),
+        (200, Some("standby"), Some("down")),
+        "a standby serves HTTP without the link"
+    );
+
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    let one = phone.register(APP, INSTANCE).await.endpoint;
+    let two = phone.register(&other_app(), INSTANCE).await.endpoint;
+    assert_delivered(&one, &mut phone, b"through the leader").await;
+    let one_via_standby = via(&one, &pair.first, &pair.second);
+    assert_delivered(&one_via_standby, &mut phone, b"through the standby").await;
+
+    // The client says the first app is gone in answer to a push that came in through the standby:
+    // the sender hears 404 there, and neither instance relays to that endpoint again.
+    phone.answer_for(APP, "item-not-found").await;
+    assert_eq!(post(&one_via_standby, "gone?").await.status(), 404);
+    assert_eq!(post(&one, "after").await.status(), 404);
+    assert_eq!(post(&one_via_standby, "after").await.status(), 404);
+
+    // The second app, revoked through the leader, is dead on the standby at once.
+    phone.answer_for(&other_app(), "item-not-found").await;
+    let two_via_standby = via(&two, &pair.first, &pair.second);
+    assert_eq!(post(&two, "gone?").await.status(), 404);
+    assert_eq!(post(&two_via_standby, "after").await.status(), 404);
+    assert!(
+        phone.pushes_so_far().len() == 2,
+        "only the two revoking pushes reached the client after the revocations"
+    );
+    let kept = pair.postgres.psql("SELECT count(*) FROM revocations");
+    assert_eq!(kept, "2", "both revocations are in the shared store");
+}
+
+/// What the senders were told, and what the client received.
+#[derive(Default)]
+struct Ledger {
+    /// Body → status, for every request that got an HTTP answer.
+    answered: HashMap<String, u16>,
+    received: HashMap<String, usize>,
+}
+
+impl Ledger {
+    fn accepted(&self) -> Vec<&String> {
+        let mut accepted: Vec<_> = self
+            .answered
+            .iter()
+            .filter(|(_, status)| **status == 201)
+            .map(|(body, _)| body)
+            .collect();
+        accepted.sort();
+        accepted
+    }
+}
+
+/// `SENDERS` senders POSTing numbered messages with a TTL, each to the two endpoints in turn,
+/// until `stop`. A request that gets no HTTP answer (its instance is dead) is not in the ledger.
+fn load(endpoints: [String; 2], ledger: Arc<Mutex<Ledger>>, stop: watch::Receiver<bool>) -> JoinSet<()> {
+    let mut senders = JoinSet::new();
+    for sender in 0..SENDERS {
+        let (endpoints, ledger, stop) = (endpoints.clone(), ledger.clone(), stop.clone());
+        senders.spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("client");
+            let mut n = 0usize;
+            while !*stop.borrow() {
+                let body = format!("s{sender}-m{n}");
+                let endpoint = &endpoints[n % 2];
+                n += 1;
+                let sent = client
+                    .post(endpoint)
+                    .header("TTL", "600")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        ledger.lock().expect("ledger").answered.insert(body, status);
+                    }
+                    // The instance is gone: a load balancer would send the next one elsewhere.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+    }
+    senders
+}
+
+/// Take pushes as the client receives them into the ledger, until every accepted message is
+/// there or `WAIT` passes without a new one; then check the ledger.
+async fn settle(phone: &mut Peer, ledger: &Mutex<Ledger>) {
+    loop {
+        let missing = {
+            let ledger = ledger.lock().expect("ledger");
+            ledger
+                .accepted()
+                .into_iter()
+                .filter(|body| !ledger.received.contains_key(*body))
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        let push = phone.next_push().await;
+        let body = String::from_utf8(push.data).expect("utf-8");
+        *ledger.lock().expect("ledger").received.entry(body).or_default() += 1;
+    }
+    for push in phone.pushes_so_far() {
+        let body = String::from_utf8(push.data).expect("utf-8");
+        *ledger.lock().expect("ledger").received.entry(body).or_default() += 1;
+    }
+    let ledger = ledger.lock().expect("ledger");
+    let twice: usize = ledger.received.values().map(|n| n - 1).sum();
+    assert!(
+        twice <= SENDERS,
+        "{twice} deliveries beyond the first; at most one per push in flight ({SENDERS})"
+    );
+    for body in ledger.received.keys() {
+        assert!(
+            ledger.answered.contains_key(body) || body.starts_with('s'),
+            "{body} was never sent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_standby_takes_the_link_when_the_leader_is_killed_and_nothing_accepted_is_lost() {
+    let mut pair = Pair::start().await;
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let endpoints = [endpoint.clone(), via(&endpoint, &pair.first, &pair.second)];
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let (stop, stopped) = watch::channel(false);
+    let mut senders = load(endpoints.clone(), ledger.clone(), stopped);
+
+    let (mut phone_pushes, answered_before) = (0, |ledger: &Mutex<Ledger>| {
+        ledger.lock().expect("ledger").answered.len()
+    });
+    // Load is flowing through both instances before the kill.
+    while answered_before(&ledger) < 100 {
+        phone.next_push().await;
+        phone_pushes += 1;
+    }
+    pair.first.kill().await;
+    let killed = Instant::now();
+    pair.second.wait_log("component link up").await;
+    let takeover = killed.elapsed();
+    assert!(takeover < TAKEOVER, "the standby took {takeover:?} to hold the link");
+    let (status, health) = health(&pair.second).await;
+    assert_eq!((status, health["role"].as_str()), (200, Some("leader")));
+
+    // Load goes on through the new leader for a while, then stops.
+    let resumed = answered_before(&ledger);
+    while answered_before(&ledger) < resumed + 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send_replace(true);
+    while senders.join_next().await.is_some() {}
+    let _ = phone_pushes;
+    settle(&mut phone, &ledger).await;
+    let ledger = ledger.lock().expect("ledger");
+    let refused: Vec<_> = ledger.answered.values().filter(|s| **s != 201).collect();
+    assert!(refused.is_empty(), "every push was accepted: {refused:?}");
+    eprintln!(
+        "takeover in {takeover:?}; {} accepted, {} delivered more than once",
+        ledger.accepted().len(),
+        ledger.received.values().filter(|n| **n > 1).count()
+    );
+}
