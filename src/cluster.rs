@@ -455,6 +455,8 @@ impl Cluster {
         parts.held.recount().await.map_err(|e| e.to_string())?;
         tracing::info!(instance = %self.id, held = parts.held.total(), "leading: taking the component link");
         self.leads.send_replace(true);
+        // Whatever this instance handed to the last leader will not be answered: deliver it here.
+        self.waiting().clear();
         Ok(())
     }
 

@@ -569,7 +569,7 @@ pub struct Stack {
     pub xup: Xup,
     pub settings: XupSettings,
     _store: tempfile::TempDir,
-    pub postgres: Option<Postgres>,
+    _postgres: Option<Postgres>,
 }
 
 /// Whether this run keeps xup's store in PostgreSQL.
@@ -598,7 +598,7 @@ impl Stack {
             xup,
             settings,
             _store: store,
-            postgres,
+            _postgres: postgres,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod app_server;
 mod basics;
+mod cluster;
 mod dialects;
 mod fairness;
 mod harness;
