@@ -212,3 +212,62 @@ fn xup_check_says_where_the_store_stands_and_refuses_a_newer_one() {
     let stderr = String::from_utf8_lossy(&newer.stderr);
     assert!(stderr.contains("newer than this xup"), "{stderr}");
 }
+
+#[tokio::test]
+async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_password() {
+    let postgres = xup_testbed::Postgres::start().await;
+    let url = postgres.url().replace("://xup@", "://xup:not-to-be-shown@");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.json");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
+    let example = example.replace(
+        "{ \"path\": \"/var/lib/xup\" }",
+        &format!("{{ \"url\": {url:?} }}"),
+    );
+    std::fs::write(&config, example).expect("write");
+    let check = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("xup runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(!text.contains("not-to-be-shown"), "{text}");
+        (output.status.success(), text)
+    };
+    let (ok, fresh) = check();
+    assert!(ok, "{fresh}");
+    assert!(
+        fresh.contains("PostgreSQL database xup on 127.0.0.1"),
+        "{fresh}"
+    );
+    assert!(fresh.contains("no store yet"), "{fresh}");
+
+    let store = xup::config::StoreConfig::Postgres {
+        url: postgres.url(),
+        pool_size: 1,
+    };
+    drop(xup::store::open(&store).await.expect("migrated"));
+    let (ok, current) = check();
+    assert!(ok && current.contains("this xup's"), "{current}");
+
+    postgres.psql("UPDATE xup_schema SET version = 1");
+    let (ok, older) = check();
+    assert!(
+        ok && older.contains("the next start upgrades it"),
+        "{older}"
+    );
+
+    let newer = xup::store::SCHEMA_VERSION + 1;
+    postgres.psql(&format!("UPDATE xup_schema SET version = {newer}"));
+    let (ok, refused) = check();
+    assert!(!ok && refused.contains("newer than this xup"), "{refused}");
+    assert!(matches!(
+        xup::store::open(&store).await.map(|_| ()),
+        Err(xup::store::StoreError::Newer { found, .. }) if found == newer
+    ));
+}

@@ -1,0 +1,183 @@
+//! The two store engines keep the same promises: the same operations on the embedded SQLite file
+//! and on a real PostgreSQL (a throwaway cluster from the testbed) give the same answers.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use xup::{
+    held::{Held, HeldMessages, HoldError, Message},
+    protocol::Urgency,
+    store::{Engine, PushNode, Store, postgres::Postgres, sqlite::Sqlite},
+    token::claims_for,
+};
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn message(id: &str, subject: &str, topic: Option<&str>) -> Message {
+    Message {
+        id: id.into(),
+        subject: subject.into(),
+        application: "app".into(),
+        instance: "ins".into(),
+        body: id.as_bytes().to_vec(),
+        topic: topic.map(str::to_owned),
+        urgency: Urgency::Normal,
+        expires_at: SystemTime::now() + DAY,
+    }
+}
+
+async fn ids(held: &HeldMessages, subject: &str) -> Vec<String> {
+    let registration = message("", subject, None).registration();
+    held.waiting_in(registration, SystemTime::now())
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// Everything the rest of xup asks of an engine, with the answers it relies on.
+async fn keeps_its_promises(engine: Arc<dyn Engine>) {
+    let juliet = "juliet@example.org/phone";
+    let romeo = "romeo@example.org/laptop";
+
+    // Held messages: order, topics, the per-registration bound, the total bound.
+    let held = HeldMessages::open(engine.clone(), 3, 5)
+        .await
+        .expect("held");
+    held.hold(message("a", juliet, Some("t")))
+        .await
+        .expect("hold");
+    held.hold(message("b", juliet, None)).await.expect("hold");
+    let replaced = held.hold(message("c", juliet, Some("t"))).await;
+    assert_eq!(
+        replaced.expect("hold"),
+        Held {
+            replaced: 1,
+            dropped: 0
+        }
+    );
+    held.hold(message("d", juliet, None)).await.expect("hold");
+    let dropped = held.hold(message("e", juliet, None)).await;
+    assert_eq!(
+        dropped.expect("hold"),
+        Held {
+            replaced: 0,
+            dropped: 1
+        }
+    );
+    assert_eq!(ids(&held, juliet).await, ["c", "d", "e"]);
+    held.hold(message("r1", romeo, None)).await.expect("hold");
+    held.hold(message("r2", romeo, None)).await.expect("hold");
+    assert!(matches!(
+        held.hold(message("r3", romeo, None)).await,
+        Err(HoldError::Full)
+    ));
+    assert!(
+        !held.contains("r3").await.expect("query"),
+        "a refused hold left nothing"
+    );
+    assert!(matches!(
+        held.hold(message("c", romeo, None)).await,
+        Err(HoldError::Full | HoldError::Store(_))
+    ));
+    assert_eq!(held.total(), 5);
+
+    // Taking and dropping.
+    assert!(
+        !held.remove("d", romeo).await.expect("remove"),
+        "only its client takes it"
+    );
+    assert!(held.remove("d", juliet).await.expect("remove"));
+    assert_eq!(
+        held.drop_account("juliet@example.org").await.expect("drop"),
+        2
+    );
+    assert_eq!(ids(&held, juliet).await, Vec::<String>::new());
+    assert_eq!(held.total(), 2, "romeo's are untouched");
+    let later = HeldMessages::open(engine.clone(), 3, 5)
+        .await
+        .expect("reopen");
+    assert_eq!(later.total(), 2, "counted again from the database");
+    assert_eq!(
+        held.prune(SystemTime::now() + 2 * DAY)
+            .await
+            .expect("prune"),
+        2
+    );
+
+    // Revocations, through the mirror, and read back by a second store on the same database.
+    let store = Store::new(engine.clone()).await.expect("store");
+    let t0 = SystemTime::now();
+    let claims = claims_for(juliet, "app", "ins", t0, DAY);
+    store.revoke(&claims, t0, DAY).await.expect("revoke");
+    assert!(store.is_revoked(&claims));
+    store
+        .revoke_account("romeo@example.org", t0, DAY)
+        .await
+        .expect("revoke all");
+    let other = Store::new(engine.clone()).await.expect("another instance");
+    assert!(other.is_revoked(&claims));
+    assert!(other.is_revoked(&claims_for(romeo, "any", "thing", t0, DAY)));
+    let newer = claims_for(juliet, "app", "ins", t0 + Duration::from_secs(1), DAY);
+    assert!(!other.is_revoked(&newer));
+
+    // The VAPID key is made once, and the node index lists, expires and forgets.
+    let key = store.vapid_key(1, || vec![1; 32]).await.expect("key");
+    assert_eq!(store.vapid_key(1, || vec![2; 32]).await.expect("key"), key);
+    let node = |id: &str, expires_at| PushNode {
+        node_id: id.into(),
+        device_id: Some("dev".into()),
+        device_name: None,
+        expires_at,
+    };
+    store
+        .index_node("juliet@example.org", node("n1", t0 + DAY))
+        .await
+        .expect("index");
+    store
+        .index_node("juliet@example.org", node("n2", t0 + DAY))
+        .await
+        .expect("index");
+    store
+        .index_node("juliet@example.org", node("old", t0))
+        .await
+        .expect("index");
+    let listed: Vec<_> = store
+        .nodes_of("juliet@example.org")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(listed, ["n1", "n2"]);
+    store
+        .unindex_node("juliet@example.org", "n1")
+        .await
+        .expect("unindex");
+    assert_eq!(
+        store
+            .nodes_of("juliet@example.org")
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_store_promises() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keeps_its_promises(Arc::new(Sqlite::open(dir.path()).expect("sqlite"))).await;
+}
+
+#[tokio::test]
+async fn postgresql_keeps_the_store_promises() {
+    let postgres = xup_testbed::Postgres::start().await;
+    let engine = Postgres::connect(&postgres.url(), 4)
+        .await
+        .expect("postgres");
+    keeps_its_promises(Arc::new(engine)).await;
+}
