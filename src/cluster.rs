@@ -394,11 +394,13 @@ impl Cluster {
     ) -> Result<(), String> {
         // A leader whose host dies without closing its connection must lose the lock in seconds,
         // not after the kernel's two-hour keepalive: these bound how long PostgreSQL trusts a
-        // silent session.
+        // silent session. A `NOTIFY` commits a transaction; nothing this session writes needs
+        // to wait for the disk, so it does not.
         client
             .batch_execute(&format!(
                 "SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;
                  SET tcp_keepalives_count = 3; SET tcp_user_timeout = 5000;
+                 SET synchronous_commit = off;
                  LISTEN {REVOKED_CHANNEL}; LISTEN {};",
                 Cluster::answer_channel(&self.id)
             ))

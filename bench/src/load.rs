@@ -102,12 +102,14 @@ impl Load {
     }
 }
 
-/// POST `load.messages` messages at `load.concurrency`, each worker on its own connection.
-pub async fn fire(target: Arc<Target>, load: &Load) -> Vec<Sample> {
+/// POST `load.messages` messages at `load.concurrency`, each worker on its own connection, the
+/// workers spread evenly over `targets` (several instances of one provider).
+pub async fn fire(targets: &[Arc<Target>], load: &Load) -> Vec<Sample> {
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..load.concurrency)
-        .map(|_| {
-            let (target, next, load) = (target.clone(), next.clone(), *load);
+        .map(|worker| {
+            let target = targets[worker % targets.len()].clone();
+            let (next, load) = (next.clone(), *load);
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut connection = None;

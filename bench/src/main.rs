@@ -18,6 +18,7 @@ mod ledger;
 mod load;
 mod procstat;
 mod report;
+mod scaling;
 mod session;
 mod soak;
 mod tokens;
@@ -124,6 +125,9 @@ enum Command {
     /// Minutes of load while clients go off and on line and Prosody is killed; then check that
     /// every message answered 201 with a TTL reached its client.
     Soak(soak::SoakArgs),
+    /// One xup on SQLite, one on PostgreSQL, and two on one PostgreSQL with the load spread over
+    /// both: throughput, latency and the CPU per push of each part.
+    Scaling(scaling::ScalingArgs),
 }
 
 /// A push provider under test.
@@ -144,6 +148,7 @@ async fn main() -> ExitCode {
     let mut args = Args::parse();
     let outcome = match args.command.take() {
         Some(Command::Soak(soak)) => soak::run(soak, xup_binary(&args)).await,
+        Some(Command::Scaling(scaling)) => scaling::run(scaling, xup_binary(&args)).await,
         None => run(args).await,
     };
     match outcome {
@@ -452,7 +457,7 @@ async fn measure(
     let cpu_before = cpu_seconds(&watched)?;
     let tool_before = Proc::Myself.cpu_seconds()?;
 
-    let mut samples = load::fire(target, load).await;
+    let mut samples = load::fire(&[target], load).await;
     samples.retain(|sample| counted(sample.seq));
     let accepted = samples.iter().filter(|s| s.ok()).count() as u64;
     let deadline = Instant::now() + ARRIVAL_GRACE;
@@ -482,7 +487,7 @@ async fn measure(
     Ok(run)
 }
 
-fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
+pub(crate) fn cpu_seconds(processes: &[Proc]) -> anyhow::Result<Vec<f64>> {
     processes
         .iter()
         .map(|p| p.cpu_seconds().context("reading CPU time from /proc"))
@@ -571,7 +576,7 @@ async fn unanswered(
                 concurrency: connections,
                 ..*load
             };
-            load::fire(target, &load).await
+            load::fire(&[target], &load).await
         }
         _ => load::fire_all_at_once(target, load, transport, 256).await?,
     };

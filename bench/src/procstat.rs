@@ -3,38 +3,50 @@
 
 use std::{fs, io};
 
-/// A process to watch: a pid, or the load tool itself.
+/// A process to watch: a pid, a pid with its children (PostgreSQL's postmaster, whose backends do
+/// the work), or the load tool itself.
 #[derive(Clone, Copy)]
 pub enum Proc {
     Pid(u32),
+    Tree(u32),
     Myself,
 }
 
 impl Proc {
     fn path(self, file: &str) -> String {
         match self {
-            Proc::Pid(pid) => format!("/proc/{pid}/{file}"),
+            Proc::Pid(pid) | Proc::Tree(pid) => format!("/proc/{pid}/{file}"),
             Proc::Myself => format!("/proc/self/{file}"),
         }
     }
 
-    /// User plus system CPU time of all its threads, in seconds (clock-tick resolution).
+    /// User plus system CPU time of all its threads, in seconds (clock-tick resolution). A tree
+    /// adds its live children's, and what its children that have ended left with it.
     pub fn cpu_seconds(self) -> io::Result<f64> {
-        let stat = fs::read_to_string(self.path("stat"))?;
-        // The command name may contain spaces and parentheses; the fields after its last ')' do not.
-        let after_name = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| io::Error::other("unexpected /proc stat format"))?;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // Fields 14 and 15 of stat(5) (utime, stime) are the 12th and 13th after the name.
+        let fields = stat_fields(&self.path("stat"))?;
+        // Fields 14 to 17 of stat(5) (utime, stime, cutime, cstime) are the 12th to 15th after
+        // the name.
         let ticks = |i: usize| -> io::Result<u64> {
             fields
                 .get(i)
                 .and_then(|f| f.parse().ok())
                 .ok_or_else(|| io::Error::other("unexpected /proc stat format"))
         };
-        Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
+        let Proc::Tree(pid) = self else {
+            return Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second());
+        };
+        let mut total = ticks(11)? + ticks(12)? + ticks(13)? + ticks(14)?;
+        for entry in fs::read_dir("/proc")?.flatten() {
+            // A process may end while it is read: it is then simply not counted.
+            let Ok(child) = stat_fields(&format!("{}/stat", entry.path().display())) else {
+                continue;
+            };
+            let field = |i: usize| child.get(i).and_then(|f| f.parse::<u64>().ok());
+            if field(1) == Some(u64::from(pid)) {
+                total += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+            }
+        }
+        Ok(total as f64 / clock_ticks_per_second())
     }
 
     /// Resident memory now, in KiB.
@@ -60,6 +72,17 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .ok_or_else(|| io::Error::other(format!("no {key} in /proc status")))
     }
+}
+
+/// The fields of a `/proc/…/stat` file after the command name, which may contain spaces and
+/// parentheses (the fields after its last ')' do not).
+fn stat_fields(path: &str) -> io::Result<Vec<String>> {
+    let stat = fs::read_to_string(path)?;
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("unexpected /proc stat format"))?;
+    Ok(after_name.split_whitespace().map(str::to_owned).collect())
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -125,7 +125,7 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
         args.offline_every,
         args.kill_every
     );
-    let firing = tokio::spawn(async move { load::fire(target, &load).await });
+    let firing = tokio::spawn(async move { load::fire(&[target], &load).await });
 
     // The trouble: clients off and on line, the XMPP server killed and started again.
     let mut kills = 0;

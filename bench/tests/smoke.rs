@@ -93,3 +93,46 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
         assert!((2900.0..30_000.0).contains(&p99), "{run}");
     }
 }
+
+#[test]
+fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
+    let xup = bench.with_file_name("xup");
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("results.jsonl");
+    let status = Command::new(bench)
+        .arg("scaling")
+        .arg("--xup")
+        .arg(&xup)
+        .args(["--clients", "2", "--endpoints", "4", "--messages", "60"])
+        .args(["--warmup", "5", "--concurrency", "4"])
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .expect("xup-bench runs");
+    assert!(status.success(), "xup-bench scaling failed: {status}");
+    let runs: Vec<Value> = std::fs::read_to_string(&json)
+        .expect("JSON lines written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let setups: Vec<&str> = runs.iter().filter_map(|r| r["setup"].as_str()).collect();
+    assert_eq!(
+        setups,
+        ["1 xup, SQLite", "1 xup, PostgreSQL", "2 xup, PostgreSQL"]
+    );
+    for run in &runs {
+        assert_eq!(run["accepted"], 60, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicated"], 0, "{run}");
+        assert!(run["cpu_us_per_push"]["xup"].as_f64().expect("xup's CPU") > 0.0);
+    }
+    let handed_over = &runs[2];
+    assert!(
+        handed_over["cpu_us_per_push"]["postgres"]
+            .as_f64()
+            .expect("PostgreSQL's CPU")
+            > 0.0,
+        "the standby's pushes go through PostgreSQL: {handed_over}"
+    );
+}

@@ -130,6 +130,13 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// The postmaster's process id, for measuring what the server costs (its backends are its
+    /// children).
+    pub fn pid(&self) -> Option<u32> {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
     /// Stop the server at once, as a crash would, and start it again on the same data.
     pub async fn restart(&mut self) {
         self.stop("immediate");

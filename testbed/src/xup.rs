@@ -18,6 +18,7 @@ use tokio::{
 use crate::{COMPONENT, COMPONENT_SECRET, SECRET_A, WAIT, first_matching, free_port};
 
 /// Settings for one xup run; `store` outlives the process so restarts can be tested.
+#[derive(Clone)]
 pub struct XupSettings {
     pub component_secret: String,
     pub secrets: Vec<String>,
