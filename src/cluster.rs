@@ -178,7 +178,8 @@ pub struct Cluster {
     leads: watch::Sender<bool>,
     /// Whether another instance held the lock when this one last asked.
     other_leads: AtomicBool,
-    session: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// While in session: where notifications go out, several to a statement ([`send_forever`]).
+    outbox: Mutex<Option<mpsc::UnboundedSender<Notification>>>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     tickets: AtomicU64,
     answer_within: Duration,
@@ -202,7 +203,7 @@ impl Cluster {
             url: url.to_owned(),
             leads: watch::channel(false).0,
             other_leads: AtomicBool::new(false),
-            session: Mutex::new(None),
+            outbox: Mutex::new(None),
             waiting: Mutex::new(HashMap::new()),
             tickets: AtomicU64::new(0),
             answer_within,
@@ -221,14 +222,20 @@ impl Cluster {
 
     /// Whether this instance has its session to PostgreSQL.
     pub fn in_session(&self) -> bool {
-        self.session().is_some()
+        self.outbox().is_some()
     }
 
-    fn session(&self) -> Option<Arc<tokio_postgres::Client>> {
-        self.session
+    fn outbox(&self) -> Option<mpsc::UnboundedSender<Notification>> {
+        self.outbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Queue `payload` for `channel`; false when there is no session to send it on.
+    fn notify(&self, channel: String, payload: String) -> bool {
+        self.outbox()
+            .is_some_and(|outbox| outbox.send(Notification { channel, payload }).is_ok())
     }
 
     fn answer_channel(id: &str) -> String {
@@ -244,7 +251,6 @@ impl Cluster {
         if !self.other_leads.load(Ordering::Relaxed) {
             return Err(HandOverError::NoLeader);
         }
-        let session = self.session().ok_or(HandOverError::NoSession)?;
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let waited = request.received.elapsed();
         let handoff = Handoff {
@@ -271,12 +277,10 @@ impl Cluster {
         let (answer, answered) = oneshot::channel();
         self.waiting().insert(ticket, answer);
         let wait = self.answer_within.saturating_sub(waited) + ANSWER_GRACE;
-        let sent = session
-            .execute("SELECT pg_notify($1, $2)", &[&PUSH_CHANNEL, &payload])
-            .await;
-        let outcome = match sent {
-            Err(_) => Err(HandOverError::NoSession),
-            Ok(_) => match tokio::time::timeout(wait, answered).await {
+        // A session lost after this fails the waiters at once (`leave`): none waits it out.
+        let outcome = match self.notify(PUSH_CHANNEL.into(), payload) {
+            false => Err(HandOverError::NoSession),
+            true => match tokio::time::timeout(wait, answered).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(_)) => Err(HandOverError::NoSession),
                 Err(_) => Err(HandOverError::NoAnswer),
@@ -291,38 +295,22 @@ impl Cluster {
     }
 
     /// Send the verdict on a handed push back to the standby that asked.
-    pub async fn answer(&self, reply_to: &str, ticket: u64, answer: Answer) {
-        let Some(session) = self.session() else {
-            return; // the standby will keep the message itself
-        };
+    pub fn answer(&self, reply_to: &str, ticket: u64, answer: Answer) {
         let payload = serde_json::json!({ "ticket": ticket, "answer": answer }).to_string();
-        let channel = Cluster::answer_channel(reply_to);
-        if let Err(e) = session
-            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-            .await
-        {
-            tracing::warn!(error = %e, "cannot answer a handed push");
-        }
+        // Without a session the standby hears nothing, and keeps the message itself.
+        self.notify(Cluster::answer_channel(reply_to), payload);
     }
 
     /// Tell the leader of a message this standby kept because nobody took it.
-    pub async fn announce_held(&self, id: &str, subject: &str, registration: &RegistrationKey) {
-        let Some(session) = self.session() else {
-            return; // whoever leads next counts it
-        };
+    pub fn announce_held(&self, id: &str, subject: &str, registration: &RegistrationKey) {
         let notice = HeldNotice {
             id: id.to_owned(),
             subject: subject.to_owned(),
             registration: key_to_hex(registration),
         };
-        let Ok(payload) = serde_json::to_string(&notice) else {
-            return;
-        };
-        if let Err(e) = session
-            .execute("SELECT pg_notify($1, $2)", &[&HELD_CHANNEL, &payload])
-            .await
-        {
-            tracing::warn!(error = %e, "cannot announce a held message");
+        // Without a session, whoever leads next counts it when it takes the link.
+        if let Ok(payload) = serde_json::to_string(&notice) {
+            self.notify(HELD_CHANNEL.into(), payload);
         }
     }
 
@@ -349,7 +337,7 @@ impl Cluster {
             tracing::warn!("no longer leading: the component link closes");
         }
         self.other_leads.store(false, Ordering::Relaxed);
-        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.outbox.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.waiting().clear();
     }
 
@@ -408,7 +396,9 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         // Revocations made while this instance was not listening.
         parts.store.reload().await.map_err(|e| e.to_string())?;
-        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+        let (outbox, queued) = mpsc::unbounded_channel();
+        tokio::spawn(send_forever(client.clone(), queued));
+        *self.outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(outbox);
         tracing::info!(instance = %self.id, "in session with PostgreSQL; standing by");
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -500,6 +490,44 @@ impl Cluster {
             && let Some(waiter) = self.waiting().remove(&reply.ticket)
         {
             let _ = waiter.send(reply.answer);
+        }
+    }
+}
+
+/// One `NOTIFY` waiting to go out.
+struct Notification {
+    channel: String,
+    payload: String,
+}
+
+/// Notifications sent in one statement at most: a bound on one round trip's work.
+const MAX_NOTIFY_BATCH: usize = 256;
+
+/// Send the session's notifications as they are queued, those that queued up meanwhile in one
+/// statement: one transaction (and one wake-up of each listener) for a burst, where a statement
+/// each would cost PostgreSQL a commit each. Ends with the session (its outbox is dropped).
+async fn send_forever(
+    client: Arc<tokio_postgres::Client>,
+    mut queued: mpsc::UnboundedReceiver<Notification>,
+) {
+    while let Some(first) = queued.recv().await {
+        let (mut channels, mut payloads) = (vec![first.channel], vec![first.payload]);
+        while channels.len() < MAX_NOTIFY_BATCH
+            && let Ok(next) = queued.try_recv()
+        {
+            channels.push(next.channel);
+            payloads.push(next.payload);
+        }
+        let sent = client
+            .execute(
+                "SELECT pg_notify(channel, payload)
+                 FROM unnest($1::text[], $2::text[]) AS queued (channel, payload)",
+                &[&channels, &payloads],
+            )
+            .await;
+        if let Err(e) = sent {
+            // The session is failing; its loop notices and fails whoever waits.
+            tracing::warn!(error = %e, lost = channels.len(), "cannot send notifications");
         }
     }
 }

@@ -197,7 +197,7 @@ impl Pushes {
                     ..
                 } = &verdict
                 {
-                    cluster.announce_held(id, &subject, &registration).await;
+                    cluster.announce_held(id, &subject, &registration);
                 }
                 verdict
             }
@@ -272,7 +272,7 @@ pub async fn serve_handed(
                     Ok(_slot) => pushes.deliver_here(claims, request).await,
                 },
             };
-            cluster.answer(&reply_to, ticket, answer_of(verdict)).await;
+            cluster.answer(&reply_to, ticket, answer_of(verdict));
         });
     }
 }
