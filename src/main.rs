@@ -52,6 +52,14 @@ enum Command {
         /// The Java `up`'s config.json.
         up_config: PathBuf,
     },
+    /// Copy everything the configured store keeps (revocations, held messages, VAPID keys, the
+    /// app server's nodes) into another store, e.g. from SQLite to PostgreSQL before pointing
+    /// `store.url` at it. Stop xup first.
+    CopyStore {
+        /// The target: a PostgreSQL URL (`postgres://…`) or a directory for a SQLite store.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,8 +84,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Check { connect }) = cli.command {
-        return check(&cli.config, &config, connect);
+    match cli.command {
+        Some(Command::Check { connect }) => return check(&cli.config, &config, connect),
+        Some(Command::CopyStore { to }) => return copy_store(&config, &to),
+        _ => {}
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +153,54 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `xup copy-store`: what was copied on stdout; the target is named without its password.
+fn copy_store(config: &Config, to: &str) -> ExitCode {
+    let target = match to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        true => xup::config::StoreConfig::Postgres {
+            url: to.to_owned(),
+            pool_size: 2,
+        },
+        false => xup::config::StoreConfig::Sqlite { path: to.into() },
+    };
+    let (from, into) = (config.store.describe(), target.describe());
+    match copy_between(&config.store, &target) {
+        Ok(copied) => {
+            println!(
+                "copied from {from} to {into}: {} revocations, {} held messages ({} there \
+                 already), {} VAPID keys, {} app-server nodes",
+                copied.revocations,
+                copied.held,
+                copied.held_already,
+                copied.vapid_keys,
+                copied.nodes
+            );
+            if copied.vapid_conflicts.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "xup: {into} already has a different VAPID key for generation(s) {:?} and kept \
+                 it; the subscriptions made with {from}'s key would not verify with it: copy \
+                 into a store that has no key of that generation",
+                copied.vapid_conflicts
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("xup: copying from {from} to {into}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn copy_between(
+    from: &xup::config::StoreConfig,
+    to: &xup::config::StoreConfig,
+) -> Result<xup::store::copy::Copied, xup::store::StoreError> {
+    let (from, to) = (xup::store::open(from).await?, xup::store::open(to).await?);
+    xup::store::copy::copy(from.as_ref(), to.as_ref()).await
 }
 
 /// `xup import-up-config`: the new config on stdout, what the operator must know on stderr.

@@ -36,6 +36,7 @@ use crate::{
     token::Claims,
 };
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 
@@ -192,6 +193,10 @@ pub trait Engine: Send + Sync {
 
     /// The VAPID secret of `generation`: the one kept, or `fresh`, kept now, if there is none.
     async fn vapid_key(&self, generation: u32, fresh: Vec<u8>) -> Result<Vec<u8>, StoreError>;
+    /// Every VAPID secret kept, by generation: for copying a store.
+    async fn vapid_keys(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
+    /// Every account's nodes that live past `now_us`: for copying a store.
+    async fn all_nodes(&self, now_us: i64) -> Result<Vec<(String, PushNode)>, StoreError>;
 
     /// Held messages, counted per client and registration.
     async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError>;

@@ -271,3 +271,116 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
         Err(xup::store::StoreError::Newer { found, .. }) if found == newer
     ));
 }
+
+#[tokio::test]
+async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
+    use std::time::{Duration, SystemTime};
+    use xup::{
+        held::{HeldMessages, Message},
+        protocol::Urgency,
+        store::{PushNode, Store, postgres::Postgres, sqlite::Sqlite},
+        token::claims_for,
+    };
+    const DAY: Duration = Duration::from_secs(86400);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let now = SystemTime::now();
+    let revoked = claims_for("juliet@localhost/phone", "app", "ins", now, DAY);
+    {
+        let engine = std::sync::Arc::new(Sqlite::open(&store_dir).expect("sqlite"));
+        let store = Store::new(engine.clone()).await.expect("store");
+        store.revoke(&revoked, now, DAY).await.expect("revoke");
+        store.vapid_key(1, || vec![7; 32]).await.expect("vapid");
+        let node = PushNode {
+            node_id: "node".into(),
+            device_id: Some("phone".into()),
+            device_name: None,
+            expires_at: now + DAY,
+        };
+        store
+            .index_node("juliet@localhost", node)
+            .await
+            .expect("node");
+        let held = HeldMessages::open(engine, 10, 10).await.expect("held");
+        for id in ["m1", "m2"] {
+            let message = Message {
+                id: id.into(),
+                subject: "romeo@localhost/laptop".into(),
+                application: "app".into(),
+                instance: "ins".into(),
+                body: id.as_bytes().to_vec(),
+                topic: None,
+                urgency: Urgency::Normal,
+                expires_at: now + DAY,
+            };
+            held.hold(message).await.expect("hold");
+        }
+    }
+    let config = dir.path().join("config.json");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
+    let example = example.replace(
+        "\"/var/lib/xup\"",
+        &format!("{:?}", store_dir.display().to_string()),
+    );
+    std::fs::write(&config, example).expect("write");
+    let postgres = xup_testbed::Postgres::start().await;
+    let copy = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+            .args(["copy-store", "--to"])
+            .arg(postgres.url())
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("xup runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, first) = copy();
+    assert!(ok, "{first}");
+    assert!(
+        first.contains(
+            "1 revocations, 2 held messages (0 there already), 1 VAPID keys, 1 app-server nodes"
+        ),
+        "{first}"
+    );
+    let (ok, again) = copy();
+    assert!(ok, "{again}");
+    assert!(
+        again.contains("0 held messages (2 there already)"),
+        "{again}"
+    );
+    assert_eq!(postgres.psql("SELECT count(*) FROM held"), "2");
+
+    // What xup on PostgreSQL now reads.
+    let engine = std::sync::Arc::new(Postgres::connect(&postgres.url(), 2).await.expect("pg"));
+    let store = Store::new(engine.clone()).await.expect("store");
+    assert!(
+        store.is_revoked(&revoked),
+        "the revoked endpoint stays dead"
+    );
+    assert_eq!(
+        store.vapid_key(1, || vec![9; 32]).await.expect("vapid"),
+        vec![7; 32]
+    );
+    assert_eq!(
+        store
+            .nodes_of("juliet@localhost")
+            .await
+            .expect("nodes")
+            .len(),
+        1
+    );
+    let held = HeldMessages::open(engine, 10, 10).await.expect("held");
+    assert_eq!(held.total(), 2);
+
+    // A target with another key of the same generation keeps it, and says so.
+    postgres.psql("UPDATE vapid_keys SET secret = '\\x09'");
+    let (ok, conflict) = copy();
+    assert!(
+        !ok && conflict.contains("different VAPID key for generation(s) [1]"),
+        "{conflict}"
+    );
+}

@@ -344,6 +344,40 @@ impl Engine for Postgres {
         Ok(row.get(0))
     }
 
+    async fn vapid_keys(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT generation, secret FROM vapid_keys", &[])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (u32::try_from(row.get::<_, i32>(0)).unwrap_or(0), row.get(1)))
+            .collect())
+    }
+
+    async fn all_nodes(&self, now_us: i64) -> Result<Vec<(String, PushNode)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT account, node_id, device_id, device_name, expires_at_us FROM push_nodes
+                 WHERE expires_at_us > $1 ORDER BY seq",
+                &[&now_us],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let node = PushNode {
+                    node_id: row.get(1),
+                    device_id: row.get(2),
+                    device_name: row.get(3),
+                    expires_at: from_micros(row.get(4)),
+                };
+                (row.get(0), node)
+            })
+            .collect())
+    }
+
     async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError> {
         let client = self.client().await?;
         let rows = client

@@ -265,6 +265,35 @@ impl Engine for Sqlite {
         .await
     }
 
+    async fn vapid_keys(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.run(|db| {
+            let mut query = db.prepare("SELECT generation, secret FROM vapid_keys")?;
+            let rows = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn all_nodes(&self, now_us: i64) -> Result<Vec<(String, PushNode)>, StoreError> {
+        self.run(move |db| {
+            let mut query = db.prepare(
+                "SELECT account, node_id, device_id, device_name, expires_at_us FROM push_nodes
+                 WHERE expires_at_us > ?1 ORDER BY rowid",
+            )?;
+            let rows = query.query_map(params![now_us], |row| {
+                let node = PushNode {
+                    node_id: row.get(1)?,
+                    device_id: row.get(2)?,
+                    device_name: row.get(3)?,
+                    expires_at: from_micros(row.get(4)?),
+                };
+                Ok((row.get(0)?, node))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn held_counts(&self) -> Result<Vec<HeldCount>, StoreError> {
         self.run(|db| {
             let mut query = db.prepare(
