@@ -409,35 +409,40 @@ impl Cluster {
                     Some((channel, payload)) => self.hear(&channel, &payload, parts).await,
                 },
                 _ = tick.tick() => {
-                    let checked = tokio::time::timeout(SESSION_CHECK, self.check(client, parts)).await;
-                    match checked {
+                    // Only the question is bounded: taking over reads the whole store, which may
+                    // take longer on a big one.
+                    match tokio::time::timeout(SESSION_CHECK, self.ask(client)).await {
                         Err(_) => return Err("the session did not answer".into()),
-                        Ok(Err(e)) => return Err(e),
-                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => self.take_over(client, parts).await?,
                     }
                 }
             }
         }
     }
 
-    /// A standby asks for the lock; a leader proves its session still answers.
-    async fn check(&self, client: &tokio_postgres::Client, parts: &Parts) -> Result<(), String> {
+    /// A leader proves its session still answers; a standby asks for the lock, and says whether
+    /// it got it.
+    async fn ask(&self, client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
         if self.leads() {
-            client
-                .execute("SELECT 1", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(());
+            client.execute("SELECT 1", &[]).await?;
+            return Ok(false);
         }
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-            .await
-            .map_err(|e| e.to_string())?;
-        if !row.get::<_, bool>(0) {
-            self.other_leads.store(true, Ordering::Relaxed);
-            return Ok(());
-        }
-        self.other_leads.store(false, Ordering::Relaxed);
+            .await?;
+        let got = row.get::<_, bool>(0);
+        self.other_leads.store(!got, Ordering::Relaxed);
+        Ok(got)
+    }
+
+    /// The lock is this instance's: read what it must know, then take the link.
+    async fn take_over(
+        &self,
+        client: &tokio_postgres::Client,
+        parts: &Parts,
+    ) -> Result<(), String> {
         client
             .batch_execute(&format!("LISTEN {PUSH_CHANNEL}; LISTEN {HELD_CHANNEL};"))
             .await

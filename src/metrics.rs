@@ -180,6 +180,7 @@ pub struct Metrics {
     push_iqs: Counter,
     link_connects: Counter,
     link_up: Gauge,
+    leads: Gauge,
     in_flight: Gauge,
     held: Gauge,
     offline: Gauge,
@@ -189,6 +190,8 @@ pub struct Metrics {
 /// The state the gauges report, read at the moment of a scrape.
 pub struct Readings {
     pub link_up: bool,
+    /// Whether this instance may hold the link: always alone, while it leads among several.
+    pub leads: bool,
     pub in_flight: usize,
     pub held: usize,
     pub offline: usize,
@@ -243,6 +246,13 @@ impl Metrics {
             "1 while the component link to the XMPP server is up",
             link_up.clone(),
         );
+        let leads = Gauge::default();
+        registry.register(
+            "leading",
+            "1 while this instance may hold the component link: always when it runs alone, while it \
+             leads when several share PostgreSQL (0: a standby that hands its pushes over)",
+            leads.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "pushes_in_flight",
@@ -277,6 +287,7 @@ impl Metrics {
             push_iqs,
             link_connects,
             link_up,
+            leads,
             in_flight,
             held,
             offline,
@@ -327,6 +338,7 @@ impl Metrics {
     pub fn encode(&self, readings: Readings) -> String {
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.link_up.set(i64::from(readings.link_up));
+        self.leads.set(i64::from(readings.leads));
         self.in_flight.set(as_gauge(readings.in_flight));
         self.held.set(as_gauge(readings.held));
         self.offline.set(as_gauge(readings.offline));

@@ -76,6 +76,10 @@ async fn health(State(status): State<Arc<Status>>) -> Response {
 async fn metrics(State(status): State<Arc<Status>>) -> Response {
     let readings = Readings {
         link_up: *status.link_up.borrow(),
+        leads: status
+            .cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.leads()),
         in_flight: status
             .max_in_flight
             .saturating_sub(status.in_flight.available_permits()),

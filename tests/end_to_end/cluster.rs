@@ -67,6 +67,13 @@ async fn health(xup: &Xup) -> (u16, Value) {
     (status, serde_json::from_str(&body).expect("health is JSON"))
 }
 
+/// `xup_leading` on `xup`'s `/metrics`.
+async fn leading(xup: &Xup) -> f64 {
+    let (status, page) = get(&format!("{}/metrics", xup.base_url)).await;
+    assert_eq!(status, 200, "{page}");
+    sample(&page, "xup_leading")
+}
+
 #[tokio::test]
 async fn pushes_to_either_instance_arrive_and_a_revocation_holds_on_both_at_once() {
     let pair = Pair::start().await;
@@ -82,6 +89,8 @@ async fn pushes_to_either_instance_arrive_and_a_revocation_holds_on_both_at_once
         (200, Some("standby"), Some("down")),
         "a standby serves HTTP without the link"
     );
+    assert_eq!(leading(&pair.first).await, 1.0);
+    assert_eq!(leading(&pair.second).await, 0.0);
 
     let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
     let one = phone.register(APP, INSTANCE).await.endpoint;
@@ -247,6 +256,7 @@ async fn the_standby_takes_the_link_when_the_leader_is_killed_and_nothing_accept
     );
     let (status, health) = health(&pair.second).await;
     assert_eq!((status, health["role"].as_str()), (200, Some("leader")));
+    assert_eq!(leading(&pair.second).await, 1.0);
 
     // Load goes on through the new leader for a while, then stops.
     let resumed = answered(&ledger);
