@@ -331,3 +331,31 @@ async fn pushes_are_held_or_refused_while_postgres_restarts_and_the_pair_recover
         ledger.received.values().filter(|n| **n > 1).count()
     );
 }
+
+#[tokio::test]
+async fn what_either_instance_held_is_delivered_once_by_whoever_leads_next() {
+    let mut pair = Pair::start().await;
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    phone.quit().await;
+    let doors = [endpoint.clone(), via(&endpoint, &pair.first, &pair.second)];
+    let bodies: Vec<String> = (0..6).map(|i| format!("held {i}")).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let response = post_with(&doors[i % 2], &[("TTL", "600")], body.clone()).await;
+        assert_eq!(response.status(), 201, "{body}");
+        assert_eq!(response.headers()["ttl"], "600", "{body}: held");
+    }
+    assert_eq!(pair.postgres.psql("SELECT count(*) FROM held"), "6");
+
+    pair.first.kill().await;
+    pair.second.wait_log("component link up").await;
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    phone.announce().await;
+    for body in &bodies {
+        let push = phone.next_push().await;
+        assert_eq!(String::from_utf8(push.data).expect("utf-8"), *body);
+    }
+    let survivor = via(&endpoint, &pair.first, &pair.second);
+    assert_delivered(&survivor, &mut phone, b"and nothing else").await;
+    assert_eq!(pair.postgres.psql("SELECT count(*) FROM held"), "0");
+}
