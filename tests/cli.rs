@@ -1,7 +1,25 @@
 //! The command line: the shipped example config and `xup check` stay in step with the code, and
 //! `xup --version` says which source it was built from.
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// The example config with its `store` section replaced by `store` (JSON), written into `dir`.
+fn example_config_with_store(dir: &Path, store: &serde_json::Value) -> PathBuf {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
+    let shipped = "{ \"path\": \"/var/lib/xup\" }";
+    assert!(
+        example.contains(shipped),
+        "the example's store section moved"
+    );
+    let config = dir.join("config.json");
+    std::fs::write(&config, example.replace(shipped, &store.to_string())).expect("write");
+    config
+}
 
 #[test]
 fn the_example_config_passes_xup_check() {
@@ -181,15 +199,7 @@ fn import_up_config_names_what_is_missing() {
 fn xup_check_says_where_the_store_stands_and_refuses_a_newer_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
-    let config = dir.path().join("config.json");
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
-            .expect("example");
-    let example = example.replace(
-        "\"/var/lib/xup\"",
-        &format!("{:?}", store.display().to_string()),
-    );
-    std::fs::write(&config, example).expect("write");
+    let config = example_config_with_store(dir.path(), &serde_json::json!({ "path": store }));
     let check = || {
         Command::new(env!("CARGO_BIN_EXE_xup"))
             .arg("check")
@@ -218,15 +228,7 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
     let postgres = xup_testbed::Postgres::start().await;
     let url = postgres.url().replace("://xup@", "://xup:not-to-be-shown@");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.json");
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
-            .expect("example");
-    let example = example.replace(
-        "{ \"path\": \"/var/lib/xup\" }",
-        &format!("{{ \"url\": {url:?} }}"),
-    );
-    std::fs::write(&config, example).expect("write");
+    let config = example_config_with_store(dir.path(), &serde_json::json!({ "url": url }));
     let check = || {
         let output = Command::new(env!("CARGO_BIN_EXE_xup"))
             .arg("check")
@@ -316,15 +318,7 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             held.hold(message).await.expect("hold");
         }
     }
-    let config = dir.path().join("config.json");
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
-            .expect("example");
-    let example = example.replace(
-        "\"/var/lib/xup\"",
-        &format!("{:?}", store_dir.display().to_string()),
-    );
-    std::fs::write(&config, example).expect("write");
+    let config = example_config_with_store(dir.path(), &serde_json::json!({ "path": store_dir }));
     let postgres = xup_testbed::Postgres::start().await;
     let copy = || {
         let output = Command::new(env!("CARGO_BIN_EXE_xup"))

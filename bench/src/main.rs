@@ -39,7 +39,7 @@ use futures::future::{join_all, try_join_all};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use xmpp_parsers::jid::Jid;
-use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Prosody, Xup, XupSettings, wait_for_port};
+use xup_testbed::{COMPONENT, Prosody, Xup, XupSettings, wait_for_port};
 
 use crate::{
     ledger::Ledger,
@@ -199,13 +199,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let epoch = Instant::now();
     let (ledgers, ledger) = watch::channel(Arc::new(Ledger::new(0, 0, epoch)));
-    let sessions = try_join_all((0..args.clients).map(|i| {
-        let user = format!("bench{i}");
-        prosody.add_user(&user, DOMAIN);
-        let (port, ledger) = (prosody.c2s_port, ledger.clone());
-        async move { Session::connect(port, &user, DOMAIN, PASSWORD, ledger).await }
-    }))
-    .await?;
+    let sessions = Session::connect_many(&prosody, "bench", args.clients, &ledger).await?;
 
     let mut providers = Vec::new();
     for name in &args.providers {

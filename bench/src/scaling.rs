@@ -14,10 +14,9 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use futures::future::try_join_all;
 use serde_json::json;
 use tokio::sync::watch;
-use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Postgres, Prosody, Xup, XupSettings};
+use xup_testbed::{COMPONENT, Postgres, Prosody, Xup, XupSettings};
 
 use crate::{
     ARRIVAL_GRACE, Provider, cpu_seconds,
@@ -85,13 +84,7 @@ pub async fn run(args: ScalingArgs, xup_binary: std::path::PathBuf) -> anyhow::R
     let postgres_process = Proc::Tree(postgres.pid().context("PostgreSQL's pid")?);
     let epoch = Instant::now();
     let (ledgers, ledger) = watch::channel(Arc::new(Ledger::new(0, 0, epoch)));
-    let sessions = try_join_all((0..args.clients).map(|i| {
-        let user = format!("scale{i}");
-        prosody.add_user(&user, DOMAIN);
-        let (port, ledger) = (prosody.c2s_port, ledger.clone());
-        async move { Session::connect(port, &user, DOMAIN, PASSWORD, ledger).await }
-    }))
-    .await?;
+    let sessions = Session::connect_many(&prosody, "scale", args.clients, &ledger).await?;
     let stores: Vec<tempfile::TempDir> = (0..2)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;

@@ -67,6 +67,32 @@ pub struct Session {
 }
 
 impl Session {
+    /// `count` users named `{prefix}{i}`, made on `prosody` and logged in at once, each answering
+    /// pushes into `ledger`.
+    pub async fn connect_many(
+        prosody: &xup_testbed::Prosody,
+        prefix: &str,
+        count: usize,
+        ledger: &watch::Receiver<Arc<Ledger>>,
+    ) -> anyhow::Result<Vec<Session>> {
+        futures::future::try_join_all((0..count).map(|i| {
+            let user = format!("{prefix}{i}");
+            prosody.add_user(&user, xup_testbed::DOMAIN);
+            let (port, ledger) = (prosody.c2s_port, ledger.clone());
+            async move {
+                Session::connect(
+                    port,
+                    &user,
+                    xup_testbed::DOMAIN,
+                    xup_testbed::PASSWORD,
+                    ledger,
+                )
+                .await
+            }
+        }))
+        .await
+    }
+
     /// Log in as `user@domain` on the c2s port and start answering pushes into `ledger`.
     pub async fn connect(
         port: u16,

@@ -231,21 +231,56 @@ async fn settle(phone: &mut Peer, ledger: &Mutex<Ledger>) {
     }
 }
 
+/// A phone, and the load of [`load`] on its endpoint through both instances.
+struct UnderLoad {
+    phone: Peer,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: watch::Sender<bool>,
+    senders: JoinSet<()>,
+}
+
+impl UnderLoad {
+    /// Register a phone through the leader and load both instances until 100 pushes are answered.
+    async fn start(pair: &Pair) -> UnderLoad {
+        let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+        let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+        let endpoints = [endpoint.clone(), via(&endpoint, &pair.first, &pair.second)];
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (stop, stopped) = watch::channel(false);
+        let senders = load(endpoints, ledger.clone(), stopped);
+        let mut loaded = UnderLoad {
+            phone,
+            ledger,
+            stop,
+            senders,
+        };
+        loaded.answer_more(100).await;
+        loaded
+    }
+
+    /// Take pushes until `more` requests than now have been answered.
+    async fn answer_more(&mut self, more: usize) {
+        let answered = |ledger: &Mutex<Ledger>| ledger.lock().expect("ledger").answered.len();
+        let target = answered(&self.ledger) + more;
+        while answered(&self.ledger) < target {
+            take(&mut self.phone, &self.ledger).await;
+        }
+    }
+
+    /// Stop the load, take every accepted message, check the ledger, and return it.
+    async fn finish(mut self) -> Arc<Mutex<Ledger>> {
+        self.stop.send_replace(true);
+        while self.senders.join_next().await.is_some() {}
+        settle(&mut self.phone, &self.ledger).await;
+        self.ledger
+    }
+}
+
 #[tokio::test]
 async fn the_standby_takes_the_link_when_the_leader_is_killed_and_nothing_accepted_is_lost() {
     let mut pair = Pair::start().await;
-    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
-    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
-    let endpoints = [endpoint.clone(), via(&endpoint, &pair.first, &pair.second)];
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (stop, stopped) = watch::channel(false);
-    let mut senders = load(endpoints.clone(), ledger.clone(), stopped);
-
-    let answered = |ledger: &Mutex<Ledger>| ledger.lock().expect("ledger").answered.len();
     // Load is flowing through both instances before the kill.
-    while answered(&ledger) < 100 {
-        take(&mut phone, &ledger).await;
-    }
+    let mut loaded = UnderLoad::start(&pair).await;
     pair.first.kill().await;
     let killed = Instant::now();
     pair.second.wait_log("component link up").await;
@@ -259,13 +294,8 @@ async fn the_standby_takes_the_link_when_the_leader_is_killed_and_nothing_accept
     assert_eq!(leading(&pair.second).await, 1.0);
 
     // Load goes on through the new leader for a while, then stops.
-    let resumed = answered(&ledger);
-    while answered(&ledger) < resumed + 100 {
-        take(&mut phone, &ledger).await;
-    }
-    stop.send_replace(true);
-    while senders.join_next().await.is_some() {}
-    settle(&mut phone, &ledger).await;
+    loaded.answer_more(100).await;
+    let ledger = loaded.finish().await;
     let ledger = ledger.lock().expect("ledger");
     let refused: Vec<_> = ledger.answered.values().filter(|s| **s != 201).collect();
     assert!(refused.is_empty(), "every push was accepted: {refused:?}");
@@ -279,17 +309,7 @@ async fn the_standby_takes_the_link_when_the_leader_is_killed_and_nothing_accept
 #[tokio::test]
 async fn pushes_are_held_or_refused_while_postgres_restarts_and_the_pair_recovers_by_itself() {
     let mut pair = Pair::start().await;
-    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
-    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
-    let endpoints = [endpoint.clone(), via(&endpoint, &pair.first, &pair.second)];
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (stop, stopped) = watch::channel(false);
-    let mut senders = load(endpoints.clone(), ledger.clone(), stopped);
-    let answered = |ledger: &Mutex<Ledger>| ledger.lock().expect("ledger").answered.len();
-    while answered(&ledger) < 100 {
-        take(&mut phone, &ledger).await;
-    }
-
+    let mut loaded = UnderLoad::start(&pair).await;
     pair.postgres.restart().await;
     // Some instance leads again, without being restarted, and pushes flow through both.
     let recovered = Instant::now();
@@ -307,13 +327,8 @@ async fn pushes_are_held_or_refused_while_postgres_restarts_and_the_pair_recover
         // Polled: leadership is only visible through /health.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resumed = answered(&ledger);
-    while answered(&ledger) < resumed + 100 {
-        take(&mut phone, &ledger).await;
-    }
-    stop.send_replace(true);
-    while senders.join_next().await.is_some() {}
-    settle(&mut phone, &ledger).await;
+    loaded.answer_more(100).await;
+    let ledger = loaded.finish().await;
     let ledger = ledger.lock().expect("ledger");
     let other: Vec<_> = ledger
         .answered
