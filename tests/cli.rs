@@ -6,6 +6,19 @@ use std::{
     process::Command,
 };
 
+/// Run xup with `args` and `--config config`: whether it succeeded, and all it printed.
+fn xup_with_config(args: &[&str], config: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("xup runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// The example config with its `store` section replaced by `store` (JSON), written into `dir`.
 fn example_config_with_store(dir: &Path, store: &serde_json::Value) -> PathBuf {
     let example =
@@ -230,16 +243,9 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
     let dir = tempfile::tempdir().expect("tempdir");
     let config = example_config_with_store(dir.path(), &serde_json::json!({ "url": url }));
     let check = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("xup runs");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
+        let (ok, text) = xup_with_config(&["check"], &config);
         assert!(!text.contains("not-to-be-shown"), "{text}");
-        (output.status.success(), text)
+        (ok, text)
     };
     let (ok, fresh) = check();
     assert!(ok, "{fresh}");
@@ -320,18 +326,8 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     }
     let config = example_config_with_store(dir.path(), &serde_json::json!({ "path": store_dir }));
     let postgres = xup_testbed::Postgres::start().await;
-    let copy = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
-            .args(["copy-store", "--to"])
-            .arg(postgres.url())
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("xup runs");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    };
+    let url = postgres.url();
+    let copy = || xup_with_config(&["copy-store", "--to", &url], &config);
     let (ok, first) = copy();
     assert!(ok, "{first}");
     assert!(
