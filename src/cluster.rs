@@ -35,7 +35,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,7 +44,7 @@ use crate::{
     relay::{Notice, Request},
     store::{
         RegistrationKey, Store, from_micros, key_from_hex, key_to_hex, micros,
-        postgres::{REVOKED_CHANNEL, parse_revocation_notice},
+        postgres::{REVOKED_CHANNEL, Target, parse_revocation_notice},
     },
     token::{Claims, Dialect},
 };
@@ -174,7 +174,7 @@ pub enum HandOverError {
 /// This instance's part in the cluster. Cheap to share behind an `Arc`.
 pub struct Cluster {
     id: String,
-    url: String,
+    database: Target,
     leads: watch::Sender<bool>,
     /// Whether another instance held the lock when this one last asked.
     other_leads: AtomicBool,
@@ -197,10 +197,10 @@ pub struct Parts {
 
 impl Cluster {
     /// This instance, not yet leading; [`Cluster::run`] makes it a member.
-    pub fn new(url: &str, answer_within: Duration) -> Cluster {
+    pub fn new(database: Target, answer_within: Duration) -> Cluster {
         Cluster {
             id: format!("{:016x}", rand::random::<u64>()),
-            url: url.to_owned(),
+            database,
             leads: watch::channel(false).0,
             other_leads: AtomicBool::new(false),
             outbox: Mutex::new(None),
@@ -347,11 +347,11 @@ impl Cluster {
         parts: &Parts,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let connect = tokio_postgres::connect(&self.url, NoTls);
-        let (client, mut connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| "no answer from PostgreSQL".to_owned())?
-            .map_err(|e| e.to_string())?;
+        let (client, mut connection) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.database.connect())
+                .await
+                .map_err(|_| "no answer from PostgreSQL".to_owned())?
+                .map_err(|e| e.to_string())?;
         let (heard, mut hearing) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

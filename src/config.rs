@@ -157,13 +157,25 @@ pub struct Rate {
     pub every: Duration,
 }
 
-/// Where xup keeps what it remembers (`store.rs`).
-#[derive(Debug, Clone)]
+/// Where xup keeps what it remembers (`store.rs`). Its `Debug` never shows the URL, which may
+/// hold a password.
+#[derive(Clone)]
 pub enum StoreConfig {
     /// `store.path`: a directory; xup keeps its SQLite file inside. One instance.
     Sqlite { path: PathBuf },
-    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster.rs`).
-    Postgres { url: String, pool_size: usize },
+    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster.rs`);
+    /// `ca_file` is trusted besides the system's roots when the URL asks for TLS.
+    Postgres {
+        url: String,
+        pool_size: usize,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl StoreConfig {
@@ -345,6 +357,7 @@ struct RawStore {
     url: Option<String>,
     url_file: Option<PathBuf>,
     pool_size: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 /// Secrets shorter than this are too easy to guess offline from one captured token.
@@ -789,11 +802,16 @@ fn store(raw: RawStore, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreCon
     let from_env = env(STORE_URL_ENV);
     let url_given = raw.url.is_some() || raw.url_file.is_some() || from_env.is_some();
     if !url_given {
-        if raw.pool_size.is_some() {
-            return Err(invalid(
-                "store.pool_size",
-                "is for PostgreSQL: give store.url with it, or leave it out",
-            ));
+        for (field, given) in [
+            ("store.pool_size", raw.pool_size.is_some()),
+            ("store.ca_file", raw.ca_file.is_some()),
+        ] {
+            if given {
+                return Err(invalid(
+                    field,
+                    "is for PostgreSQL: give store.url with it, or leave it out",
+                ));
+            }
         }
         return match raw.path {
             Some(path) if !path.as_os_str().is_empty() => Ok(StoreConfig::Sqlite { path }),
@@ -819,19 +837,38 @@ fn store(raw: RawStore, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreCon
         from_env,
         STORE_URL_ENV,
     )?;
-    if let Err(e) = url.parse::<tokio_postgres::Config>() {
-        return Err(invalid(
+    let parsed = url.parse::<tokio_postgres::Config>().map_err(|e| {
+        invalid(
             "store.url",
             format!(
-                "is not a PostgreSQL connection URL ({e}); write postgres://user:password@host/database"
+                "is not a PostgreSQL connection URL ({e}); write \
+                 postgres://user:password@host/database"
             ),
-        ));
+        )
+    })?;
+    if let Some(file) = &raw.ca_file {
+        if parsed.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            return Err(invalid(
+                "store.ca_file",
+                "is used only with TLS: add ?sslmode=require to store.url, or leave it out",
+            ));
+        }
+        if let Err(e) = std::fs::File::open(file) {
+            return Err(invalid(
+                "store.ca_file",
+                format!("cannot read {}: {e}", file.display()),
+            ));
+        }
     }
     let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
     if pool_size == 0 {
         return Err(invalid("store.pool_size", "must be at least 1"));
     }
-    Ok(StoreConfig::Postgres { url, pool_size })
+    Ok(StoreConfig::Postgres {
+        url,
+        pool_size,
+        ca_file: raw.ca_file,
+    })
 }
 
 /// The Java `up`'s `registration.sharedSecret`: 32 bytes in standard base64, as its config holds it.
@@ -1083,6 +1120,45 @@ mod tests {
         assert!(allow[0].admits(&romeo));
         assert!(!allow[1].admits(&romeo) && allow[1].admits(&juliet));
         assert!(allow[2].admits(&juliet));
+    }
+
+    #[test]
+    fn the_store_is_sqlite_or_postgresql_and_each_refuses_the_others_settings() {
+        let with_store = |store: &str| GOOD.replace(r#"{ "path": "/var/lib/xup" }"#, store);
+        let postgres = Config::parse(&with_store(r#"{ "url": "postgres://xup:pw@db/xup" }"#));
+        assert!(matches!(
+            postgres.expect("valid").store,
+            StoreConfig::Postgres {
+                pool_size: 16,
+                ca_file: None,
+                ..
+            }
+        ));
+        for (store, field) in [
+            (r#"{ "path": "/x", "url": "postgres://db/xup" }"#, "store:"),
+            (r#"{ "path": "/x", "pool_size": 4 }"#, "store.pool_size:"),
+            (
+                r#"{ "path": "/x", "ca_file": "/etc/ssl/ca.pem" }"#,
+                "store.ca_file:",
+            ),
+            (
+                r#"{ "url": "postgres://db/xup", "pool_size": 0 }"#,
+                "store.pool_size:",
+            ),
+            (r#"{ "url": "mysql://db/xup" }"#, "store.url:"),
+            (
+                r#"{ "url": "postgres://db/xup", "ca_file": "/etc/hostname" }"#,
+                "store.ca_file: is used only with TLS",
+            ),
+            (
+                r#"{ "url": "postgres://db/xup?sslmode=require", "ca_file": "/nonexistent" }"#,
+                "store.ca_file: cannot read",
+            ),
+            (r#"{}"#, "store.path:"),
+        ] {
+            let e = error_of(&with_store(store));
+            assert!(e.starts_with(field), "{store}: {e}");
+        }
     }
 
     #[test]

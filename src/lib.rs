@@ -164,8 +164,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     // it leads.
     let cluster = match &config.store {
         StoreConfig::Sqlite { .. } => None,
-        StoreConfig::Postgres { url, .. } => Some(Arc::new(cluster::Cluster::new(
-            url,
+        StoreConfig::Postgres { url, ca_file, .. } => Some(Arc::new(cluster::Cluster::new(
+            store::postgres::Target::new(url, ca_file.as_deref())?,
             config.delivery.answer_within,
         ))),
     };

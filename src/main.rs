@@ -161,6 +161,7 @@ fn copy_store(config: &Config, to: &str) -> ExitCode {
         true => xup::config::StoreConfig::Postgres {
             url: to.to_owned(),
             pool_size: 2,
+            ca_file: None,
         },
         false => xup::config::StoreConfig::Sqlite { path: to.into() },
     };

@@ -96,6 +96,8 @@ pub enum StoreError {
     /// No connection to PostgreSQL within the pool's wait.
     #[error("store database unreachable: {0}")]
     Unreachable(String),
+    #[error("TLS to the store database: {0}")]
+    Tls(String),
     #[error("store task failed: {0}")]
     Task(String),
     #[error(
@@ -136,7 +138,9 @@ impl Schema {
 pub async fn schema_of(config: &StoreConfig) -> Result<Schema, StoreError> {
     match config {
         StoreConfig::Sqlite { path } => sqlite::schema_at(path),
-        StoreConfig::Postgres { url, .. } => postgres::schema_at(url).await,
+        StoreConfig::Postgres { url, ca_file, .. } => {
+            postgres::schema_at(&postgres::Target::new(url, ca_file.as_deref())?).await
+        }
     }
 }
 
@@ -234,8 +238,13 @@ pub trait Engine: Send + Sync {
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Engine>, StoreError> {
     Ok(match config {
         StoreConfig::Sqlite { path } => Arc::new(sqlite::Sqlite::open(path)?),
-        StoreConfig::Postgres { url, pool_size } => {
-            Arc::new(postgres::Postgres::connect(url, *pool_size).await?)
+        StoreConfig::Postgres {
+            url,
+            pool_size,
+            ca_file,
+        } => {
+            let target = postgres::Target::new(url, ca_file.as_deref())?;
+            Arc::new(postgres::Postgres::connect(&target, *pool_size).await?)
         }
     })
 }

@@ -258,6 +258,7 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
     let store = xup::config::StoreConfig::Postgres {
         url: postgres.url(),
         pool_size: 1,
+        ca_file: None,
     };
     drop(xup::store::open(&store).await.expect("migrated"));
     let (ok, current) = check();
@@ -286,7 +287,11 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     use xup::{
         held::{HeldMessages, Message},
         protocol::Urgency,
-        store::{PushNode, Store, postgres::Postgres, sqlite::Sqlite},
+        store::{
+            PushNode, Store,
+            postgres::{Postgres, Target},
+            sqlite::Sqlite,
+        },
         token::claims_for,
     };
     const DAY: Duration = Duration::from_secs(86400);
@@ -345,7 +350,11 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     assert_eq!(postgres.psql("SELECT count(*) FROM held"), "2");
 
     // What xup on PostgreSQL now reads.
-    let engine = std::sync::Arc::new(Postgres::connect(&postgres.url(), 2).await.expect("pg"));
+    let engine = std::sync::Arc::new(
+        Postgres::connect(&Target::new(&postgres.url(), None).expect("target"), 2)
+            .await
+            .expect("pg"),
+    );
     let store = Store::new(engine.clone()).await.expect("store");
     assert!(
         store.is_revoked(&revoked),

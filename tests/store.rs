@@ -9,7 +9,11 @@ use std::{
 use xup::{
     held::{Held, HeldMessages, HoldError, Message},
     protocol::Urgency,
-    store::{Engine, PushNode, Store, postgres::Postgres, sqlite::Sqlite},
+    store::{
+        Engine, PushNode, Store,
+        postgres::{Postgres, Target},
+        sqlite::Sqlite,
+    },
     token::claims_for,
 };
 
@@ -176,7 +180,7 @@ async fn sqlite_keeps_the_store_promises() {
 #[tokio::test]
 async fn postgresql_keeps_the_store_promises() {
     let postgres = xup_testbed::Postgres::start().await;
-    let engine = Postgres::connect(&postgres.url(), 4)
+    let engine = Postgres::connect(&Target::new(&postgres.url(), None).expect("target"), 4)
         .await
         .expect("postgres");
     keeps_its_promises(Arc::new(engine)).await;

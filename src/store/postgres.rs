@@ -7,14 +7,24 @@
 //! future returns. A revocation is announced on [`REVOKED_CHANNEL`] in the same transaction, so
 //! every instance's mirror learns of it the moment it commits.
 //!
+//! TLS is used when the URL says `sslmode=require`, and then the server's certificate is always
+//! verified, against the system's roots and `store.ca_file` (a private CA, or the server's own
+//! self-signed certificate). Any other `sslmode` connects in clear, as libpq's `prefer` does with a
+//! server that has no TLS: a leader's session and its pool must reach the same server the same way.
+//!
 //! Migrations run at start in one transaction under an advisory lock, so instances started
 //! together neither race nor half-apply a step; `xup_schema` holds the version, numbered as the
 //! SQLite engine's.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, StoreError,
@@ -72,6 +82,65 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      );",
 ];
 
+/// How xup reaches PostgreSQL: the parsed URL, and TLS for when it asks for it. Cheap to clone.
+#[derive(Clone)]
+pub struct Target {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// What one connection made by [`Target::connect`] is driven by.
+pub type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+impl Target {
+    /// The database at `url`; with `sslmode=require`, over TLS, trusting the system's roots and
+    /// the certificates in `ca_file`.
+    pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Target, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let mut roots = RootCertStore::empty();
+        if config.get_ssl_mode() == SslMode::Require {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if let Some(file) = ca_file {
+                let tls_error = |e: &dyn std::fmt::Display| {
+                    StoreError::Tls(format!("store.ca_file: {}: {e}", file.display()))
+                };
+                let mut found = 0;
+                for cert in CertificateDer::pem_file_iter(file).map_err(|e| tls_error(&e))? {
+                    roots
+                        .add(cert.map_err(|e| tls_error(&e))?)
+                        .map_err(|e| tls_error(&e))?;
+                    found += 1;
+                }
+                if found == 0 {
+                    return Err(tls_error(&"holds no PEM certificate"));
+                }
+            }
+        } else {
+            config.ssl_mode(SslMode::Disable);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Target {
+            config,
+            tls: MakeRustlsConnect::new(tls),
+        })
+    }
+
+    /// One connection of its own, outside any pool: the cluster's session, `xup check`.
+    pub async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
 /// The PostgreSQL engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Postgres {
@@ -79,13 +148,12 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connect to `url` with a pool of at most `pool_size` connections, and bring the schema up to
-    /// date.
-    pub async fn connect(url: &str, pool_size: usize) -> Result<Postgres, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
+    /// Connect to `target` with a pool of at most `pool_size` connections, and bring the schema
+    /// up to date.
+    pub async fn connect(target: &Target, pool_size: usize) -> Result<Postgres, StoreError> {
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -97,7 +165,7 @@ impl Postgres {
             .recycle_timeout(Some(POOL_WAIT))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Unreachable(e.to_string()))?;
+            .map_err(|e| StoreError::Unreachable(with_causes(&e)))?;
         let engine = Postgres { pool };
         engine.migrate().await?;
         Ok(engine)
@@ -107,7 +175,7 @@ impl Postgres {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Unreachable(e.to_string()))
+            .map_err(|e| StoreError::Unreachable(with_causes(&e)))
     }
 
     /// Bring the database to [`SCHEMA_VERSION`]; refuse one from a newer xup.
@@ -149,9 +217,25 @@ impl Postgres {
     }
 }
 
-/// Read the schema version of the database at `url` without changing anything.
-pub async fn schema_at(url: &str) -> Result<Schema, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+/// An error with every cause under it: "error performing TLS handshake" alone does not say that
+/// the certificate was not trusted.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        // Some errors repeat their cause's words in their own.
+        if !text.ends_with(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// Read the schema version of the database at `target` without changing anything.
+pub async fn schema_at(target: &Target) -> Result<Schema, StoreError> {
+    let (client, connection) = target.connect().await?;
     let connection = tokio::spawn(connection);
     let found = match client
         .query_one("SELECT to_regclass('xup_schema') IS NOT NULL", &[])

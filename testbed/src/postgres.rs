@@ -137,6 +137,86 @@ impl Postgres {
         pid_file.lines().next()?.trim().parse().ok()
     }
 
+    /// Serve TLS from now on (a restart), with a certificate for 127.0.0.1 signed by a CA of
+    /// its own, both made by `openssl`; returns the CA's certificate, for a client to trust.
+    pub async fn enable_tls(&mut self) -> PathBuf {
+        let data = self.data();
+        std::fs::write(
+            data.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n",
+        )
+        .expect("write the certificate's extensions");
+        let openssl = |args: &[&str]| {
+            let mut openssl = Command::new("openssl");
+            openssl.args(args).current_dir(&data);
+            // The server reads its key as its own user, and refuses one others can read.
+            if let Some((uid, gid)) = self.user {
+                openssl.uid(uid).gid(gid);
+            }
+            let made = openssl
+                .output()
+                .expect("openssl runs (scripts/setup installs it)");
+            assert!(
+                made.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=xup test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("the key is the server's alone");
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.stop("fast");
+        self.launch().await;
+        data.join("ca.crt")
+    }
+
     /// Stop the server at once, as a crash would, and start it again on the same data.
     pub async fn restart(&mut self) {
         self.stop("immediate");

@@ -28,6 +28,8 @@ pub struct XupSettings {
     pub store: PathBuf,
     /// `store.url`: PostgreSQL instead of the SQLite file in `store`.
     pub store_url: Option<String>,
+    /// `store.ca_file`, with `store_url`.
+    pub store_ca_file: Option<PathBuf>,
     /// `RUST_LOG` for the process: tests want every debug line, the benchmark only info.
     pub log_filter: &'static str,
     /// More `registration` settings, e.g. `("legacy_up_secret", json!("…"))`.
@@ -52,6 +54,7 @@ impl XupSettings {
             http_port: free_port(),
             store: store.to_owned(),
             store_url: None,
+            store_ca_file: None,
             log_filter: "xup=debug",
             registration: Vec::new(),
             delivery: Vec::new(),
@@ -111,7 +114,10 @@ impl XupSettings {
             "limits": section(json!({}), &self.limits),
             "metrics": section(json!({}), &self.metrics),
             "store": match &self.store_url {
-                Some(url) => json!({ "url": url }),
+                Some(url) => match &self.store_ca_file {
+                    Some(ca_file) => json!({ "url": url, "ca_file": ca_file }),
+                    None => json!({ "url": url }),
+                },
                 None => json!({ "path": self.store }),
             },
         })

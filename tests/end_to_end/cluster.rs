@@ -374,3 +374,37 @@ async fn what_either_instance_held_is_delivered_once_by_whoever_leads_next() {
     assert_delivered(&survivor, &mut phone, b"and nothing else").await;
     assert_eq!(pair.postgres.psql("SELECT count(*) FROM held"), "0");
 }
+
+#[tokio::test]
+async fn the_store_can_be_reached_over_tls_and_an_untrusted_certificate_is_refused() {
+    let server = Server::start().await;
+    let mut postgres = Postgres::start().await;
+    let certificate = postgres.enable_tls().await;
+    let store = tempfile::tempdir().expect("store dir");
+    let mut settings = XupSettings::new(store.path());
+    settings.store_url = Some(format!("{}?sslmode=require", postgres.url()));
+
+    // The server's certificate is self-signed: without it trusted, xup does not start.
+    let mut untrusting = Xup::spawn(xup_binary(), server.component_port(), &settings);
+    let refused = untrusting.wait_log("certificate").await;
+    assert!(refused.contains("TLS"), "{refused}");
+    assert!(!untrusting.stop().await.success());
+
+    settings.store_ca_file = Some(certificate);
+    let xup = Xup::start(xup_binary(), server.component_port(), &settings).await;
+    let encrypted = postgres.psql(
+        "SELECT count(*) FILTER (WHERE ssl) || '/' || count(*) FROM pg_stat_ssl
+         JOIN pg_stat_activity USING (pid)
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+           AND client_addr IS NOT NULL AND usename = 'xup' AND application_name = ''",
+    );
+    let (tls, all) = encrypted.split_once('/').expect("two counts");
+    assert!(
+        all != "0" && tls == all,
+        "xup's connections over TLS: {encrypted}"
+    );
+    let mut phone = Peer::connect(&server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    assert_delivered(&endpoint, &mut phone, b"through a store over TLS").await;
+    drop(xup);
+}
