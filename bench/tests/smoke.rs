@@ -6,8 +6,15 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
+/// Each test runs an `xup-bench`, which picks its own loopback ports: one at a time, so two never
+/// pick the same one (see `xup_testbed::free_port`).
+static ONE_BENCH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
+    let _turn = ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
     // `cargo test --workspace` builds xup's binary for xup's own tests, into the same directory.
     let xup = bench.with_file_name("xup");
@@ -96,6 +103,9 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
 
 #[test]
 fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
+    let _turn = ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
     let xup = bench.with_file_name("xup");
     let out = tempfile::tempdir().expect("tempdir");

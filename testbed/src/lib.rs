@@ -59,12 +59,20 @@ fn fill_template(template: &str, more: &[(&str, String)]) -> String {
 /// other test get their local ports), so no client can take it in the moment between this check
 /// and the server binding it. ejabberd takes a second or so to bind, long enough for that to
 /// happen under the load of the other tests. Ports are handed out in turn, starting from a point
-/// set by the process id, so concurrent tests in one process never get the same one.
+/// set by the process id, so concurrent tests in one process never get the same one. The point is
+/// a hash of the id, not the id: processes started together have ids a few apart, and counting
+/// on from neighbouring points they would soon try the same ports, each before the other's server
+/// had bound them. (Two processes can still meet; the benchmark's smoke tests, the one place that
+/// runs two port-choosing processes, take turns.)
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (low, high) = (10_000, ephemeral_start().max(10_001));
     let span = high - low;
-    let offset = std::process::id() % span;
+    // SplitMix64's finalizer spreads neighbouring ids across the range.
+    let mut x = u64::from(std::process::id()).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let offset = ((x ^ (x >> 31)) % u64::from(span)) as u32;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = low + (offset + n) % span;
