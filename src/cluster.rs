@@ -91,8 +91,8 @@ pub enum Answer {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handoff {
     /// The standby's instance id, whose channel the answer goes to, and its number for the push.
-    reply_to: String,
-    ticket: u64,
+    pub reply_to: String,
+    pub ticket: u64,
     claims: WireClaims,
     /// Base64.
     body: String,
@@ -143,13 +143,6 @@ impl Handoff {
     }
 }
 
-/// A handed push and where its answer goes, for the leader to deliver.
-pub struct Handed {
-    pub reply_to: String,
-    pub ticket: u64,
-    pub push: Handoff,
-}
-
 /// A message a standby kept, announced on [`HELD_CHANNEL`].
 #[derive(Serialize, Deserialize)]
 struct HeldNotice {
@@ -192,7 +185,7 @@ pub struct Parts {
     /// To tell the deliverer of messages a standby kept.
     pub notices: mpsc::UnboundedSender<Notice>,
     /// Pushes handed to this instance while it leads.
-    pub handed: mpsc::UnboundedSender<Handed>,
+    pub handed: mpsc::UnboundedSender<Handoff>,
 }
 
 impl Cluster {
@@ -465,11 +458,7 @@ impl Cluster {
         } else if channel == PUSH_CHANNEL {
             match serde_json::from_str::<Handoff>(payload) {
                 Ok(push) if self.leads() => {
-                    let _ = parts.handed.send(Handed {
-                        reply_to: push.reply_to.clone(),
-                        ticket: push.ticket,
-                        push,
-                    });
+                    let _ = parts.handed.send(push);
                 }
                 Ok(_) => {} // a standby since; the sender keeps the message itself
                 Err(e) => tracing::warn!(error = %e, "a handed push that does not parse"),

@@ -21,7 +21,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    cluster::{Answer, Cluster, Handed},
+    cluster::{Answer, Cluster, Handoff},
     limits::{Limits, RetryAfter, address_key},
     metrics::PushOutcome,
     relay::{self, Outcome, Relay},
@@ -254,14 +254,10 @@ impl Pushes {
 pub async fn serve_handed(
     pushes: Arc<Pushes>,
     cluster: Arc<Cluster>,
-    mut handed: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
 ) {
-    while let Some(Handed {
-        reply_to,
-        ticket,
-        push,
-    }) = handed.recv().await
-    {
+    while let Some(push) = handed.recv().await {
+        let (reply_to, ticket) = (push.reply_to.clone(), push.ticket);
         let (pushes, cluster) = (pushes.clone(), cluster.clone());
         tokio::spawn(async move {
             let verdict = match push.into_push() {
