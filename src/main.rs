@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use xup::{config::Config, store::Schema};
@@ -16,8 +16,26 @@ const VERSION: &str = concat!(
 );
 
 /// A UnifiedPush push provider for XMPP, run as an external component (XEP-0114) of your XMPP server.
+///
+/// XMPP clients (Conversations and other distributors) register app instances with the component
+/// and get an HTTP endpoint; application servers POST messages there (RFC 8030), and xup relays
+/// each to its client over XMPP and answers with the client's verdict, holding messages for
+/// clients that are away. It also speaks sum7's `unifiedpush.org` dialect, serves the Java `up`'s
+/// endpoints, is a Matrix push gateway, and is a XEP-0357 app server.
 #[derive(Parser)]
-#[command(version = VERSION, about)]
+#[command(
+    version = VERSION,
+    about,
+    long_about,
+    after_long_help = "Secrets can stay out of the config file: XUP_COMPONENT_SECRET, \
+        XUP_REGISTRATION_SECRETS (whitespace-separated, the first encrypts new endpoints), \
+        XUP_LEGACY_UP_SECRET and XUP_STORE_URL stand for component.secret, \
+        registration.secrets, registration.legacy_up_secret and store.url. RUST_LOG sets what \
+        is logged (e.g. xup=debug).\n\n\
+        Files: the configuration (config.json unless --config says otherwise), and the store \
+        in store.path unless store.url names a PostgreSQL database.\n\n\
+        Every key of the configuration is described in docs/CONFIGURE.md."
+)]
 struct Cli {
     /// Path of the JSON configuration file (see config.example.json).
     #[arg(short, long, global = true, default_value = "config.json")]
@@ -60,6 +78,13 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Write the manual pages (`xup.1`, one per subcommand) and the shell completions (bash,
+    /// zsh, fish) into a directory, generated from this very command line; for packaging.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write them; made if missing.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,8 +99,10 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
-    if let Some(Command::ImportUpConfig { up_config }) = &cli.command {
-        return import_up_config(up_config);
+    match &cli.command {
+        Some(Command::ImportUpConfig { up_config }) => return import_up_config(up_config),
+        Some(Command::GenerateDocs { dir }) => return generate_docs(dir),
+        _ => {}
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -150,6 +177,28 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("xup: {}: {e}", config.component.server);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xup generate-docs`: the manual pages and completions, from the same definition as `--help`.
+fn generate_docs(dir: &std::path::Path) -> ExitCode {
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        clap_mangen::generate_to(Cli::command(), dir)?;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            clap_complete::generate_to(shell, &mut Cli::command(), "xup", dir)?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xup: {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }

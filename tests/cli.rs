@@ -383,3 +383,55 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
         "{conflict}"
     );
 }
+
+#[test]
+fn the_manual_and_completions_are_made_from_the_command_line_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("generate-docs")
+        .arg(dir.path())
+        .status()
+        .expect("xup runs");
+    assert!(made.success());
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let help = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .arg("--help")
+        .output()
+        .expect("xup runs");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    // Every subcommand `--help` lists has its page and its completion, and nothing else does.
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    assert!(subcommands.contains(&"copy-store"), "{help}");
+    let manual = read("xup.1");
+    assert!(manual.contains(".TH xup 1"), "{manual}");
+    for subcommand in &subcommands {
+        assert!(
+            manual.contains(&subcommand.replace('-', "\\-")),
+            "{subcommand}"
+        );
+        read(&format!("xup-{subcommand}.1"));
+        for completion in ["xup.bash", "_xup", "xup.fish"] {
+            assert!(
+                read(completion).contains(subcommand),
+                "{completion}: {subcommand}"
+            );
+        }
+    }
+    assert!(
+        !manual.contains("generate\\-docs"),
+        "the packaging helper stays out of sight"
+    );
+    assert!(
+        manual.contains("XUP_STORE_URL"),
+        "the environment is in the manual"
+    );
+}
