@@ -18,6 +18,7 @@ pub mod limits;
 pub mod listener;
 pub mod matrix;
 pub mod metrics;
+pub mod overview;
 pub mod pending;
 pub mod presence;
 pub mod protocol;

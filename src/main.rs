@@ -78,6 +78,14 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Say what the store holds: held messages (in all, the oldest, how many registrations hold
+    /// how many), revocations kept, the endpoint keys and the store's size. Reads only; safe
+    /// while xup runs.
+    Status {
+        /// One JSON object instead of lines of text, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the manual pages (`xup.1`, one per subcommand) and the shell completions (bash,
     /// zsh, fish) into a directory, generated from this very command line; for packaging.
     #[command(hide = true)]
@@ -114,6 +122,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { connect }) => return check(&cli.config, &config, connect),
         Some(Command::CopyStore { to }) => return copy_store(&config, &to),
+        Some(Command::Status { json }) => return status(&config, json),
         _ => {}
     }
     match run(config) {
@@ -180,6 +189,37 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `xup status`: the overview on stdout.
+fn status(config: &Config, json: bool) -> ExitCode {
+    match gather_overview(config) {
+        Ok(overview) if json => match serde_json::to_string_pretty(&overview) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xup: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(overview) => {
+            print!("{}", overview.text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xup: {}: {e}", config.store.describe());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn gather_overview(
+    config: &Config,
+) -> Result<xup::overview::Overview, xup::overview::OverviewError> {
+    xup::overview::gather(config).await
 }
 
 /// `xup generate-docs`: the manual pages and completions, from the same definition as `--help`.

@@ -105,10 +105,15 @@ pub enum StoreError {
          xup that wrote it, or restore a backup"
     )]
     Newer { found: u32, known: u32 },
+    #[error(
+        "the store is not at this xup's schema ({0:?}): start this xup once to create or \
+         upgrade it"
+    )]
+    NotCurrent(Schema),
 }
 
 /// The schema version this xup writes: the number of steps in either engine's migrations.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Where a store stands against this xup, as `xup check` says it.
 #[derive(Debug, PartialEq)]
@@ -232,6 +237,28 @@ pub trait Engine: Send + Sync {
     /// Drop what is held for every resource of `account`, a bare JID.
     async fn drop_account(&self, account: &str) -> Result<usize, StoreError>;
     async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError>;
+
+    /// When the oldest message still held was held (`None`: none, or only messages held before
+    /// the schema kept the time): for `xup status`.
+    async fn oldest_held_at(&self) -> Result<Option<i64>, StoreError>;
+    /// The space the store takes, in bytes: for `xup status`.
+    async fn size(&self) -> Result<u64, StoreError>;
+}
+
+/// The engine `config` names, to read only: nothing is created or changed, which makes it safe
+/// beside a running xup. The schema must be this xup's.
+pub async fn open_to_read(config: &StoreConfig) -> Result<Arc<dyn Engine>, StoreError> {
+    match schema_of(config).await? {
+        Schema::Current => {}
+        other => return Err(StoreError::NotCurrent(other)),
+    }
+    Ok(match config {
+        StoreConfig::Sqlite { path } => Arc::new(sqlite::Sqlite::open_to_read(path)?),
+        StoreConfig::Postgres { url, ca_file, .. } => {
+            let target = postgres::Target::new(url, ca_file.as_deref())?;
+            Arc::new(postgres::Postgres::connect_to_read(&target).await?)
+        }
+    })
 }
 
 /// The engine `config` names, its schema brought up to date.

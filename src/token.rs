@@ -136,6 +136,12 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
+    /// The ids of the keys, as tokens' footers name them; the first issues new tokens. An id is
+    /// derived from its secret and tells nothing about it.
+    pub fn key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|key| key.id.as_str()).collect()
+    }
+
     /// Derive one key per secret; the first one issues new tokens. `secrets` must not be empty.
     pub fn new(secrets: &[String], audience: &str) -> Result<KeyRing, TokenError> {
         if secrets.is_empty() {

@@ -80,6 +80,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          seq BIGSERIAL,
          PRIMARY KEY (account, node_id)
      );",
+    // 3: when each message was held, for `xup status`.
+    "ALTER TABLE held ADD COLUMN held_at_us BIGINT;",
 ];
 
 /// How xup reaches PostgreSQL: the parsed URL, and TLS for when it asks for it. Cheap to clone.
@@ -169,6 +171,25 @@ impl Postgres {
         let engine = Postgres { pool };
         engine.migrate().await?;
         Ok(engine)
+    }
+
+    /// A pool of one, and no migration: for `xup status` beside running instances.
+    pub async fn connect_to_read(target: &Target) -> Result<Postgres, StoreError> {
+        let manager = Manager::from_config(
+            target.config.clone(),
+            target.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unreachable(with_causes(&e)))?;
+        Ok(Postgres { pool })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -601,6 +622,28 @@ impl Engine for Postgres {
         Ok(count(dropped))
     }
 
+    async fn oldest_held_at(&self) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT MIN(held_at_us) FROM held", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        // xup's own tables with their indexes, not the whole database it may share.
+        let row = client
+            .query_one(
+                "SELECT COALESCE(SUM(pg_total_relation_size(to_regclass(name))), 0)::BIGINT
+                 FROM unnest(ARRAY['revocations', 'held', 'vapid_keys', 'push_nodes',
+                                   'xup_schema']) AS tables (name)",
+                &[],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
     async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let pruned = client
@@ -657,8 +700,8 @@ async fn hold_one(
     let insert = transaction
         .prepare_cached(
             "INSERT INTO held (id, registration, subject, application, instance, topic,
-                               urgency, body, expires_at_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                               urgency, body, expires_at_us, held_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .await?;
     transaction
@@ -674,6 +717,7 @@ async fn hold_one(
                 &message.urgency.as_str(),
                 &message.body,
                 &micros(message.expires_at),
+                &micros(std::time::SystemTime::now()),
             ],
         )
         .await?;

@@ -61,6 +61,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          expires_at_us INTEGER NOT NULL,
          PRIMARY KEY (account, node_id)
      );",
+    // 3: when each message was held, for `xup status`.
+    "ALTER TABLE held ADD COLUMN held_at_us INTEGER;",
 ];
 
 /// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
@@ -114,6 +116,15 @@ impl Sqlite {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut db)?;
+        Ok(Sqlite(Arc::new(Mutex::new(db))))
+    }
+
+    /// Open the database in `dir` to read only, as it is: for `xup status` beside a running xup.
+    pub fn open_to_read(dir: &Path) -> Result<Sqlite, StoreError> {
+        let db = Connection::open_with_flags(
+            dir.join(DATABASE_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
         Ok(Sqlite(Arc::new(Mutex::new(db))))
     }
 
@@ -422,6 +433,21 @@ impl Engine for Sqlite {
         .await
     }
 
+    async fn oldest_held_at(&self) -> Result<Option<i64>, StoreError> {
+        self.run(|db| db.query_row("SELECT MIN(held_at_us) FROM held", [], |row| row.get(0)))
+            .await
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        self.run(|db| {
+            // The database file, and the write-ahead log beside it.
+            let file: String = db.query_row("PRAGMA database_list", [], |row| row.get(2))?;
+            let length = |path: &str| std::fs::metadata(path).map_or(0, |m| m.len());
+            Ok(length(&file) + length(&format!("{file}-wal")))
+        })
+        .await
+    }
+
     async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
         self.run(move |db| {
             db.execute(
@@ -504,8 +530,8 @@ fn hold_one(
     }
     db.execute(
         "INSERT INTO held (id, registration, subject, application, instance, topic,
-                           urgency, body, expires_at_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                           urgency, body, expires_at_us, held_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             message.id,
             registration.as_slice(),
@@ -516,6 +542,7 @@ fn hold_one(
             message.urgency.as_str(),
             message.body,
             micros(message.expires_at),
+            micros(std::time::SystemTime::now()),
         ],
     )?;
     Ok(Some(held))

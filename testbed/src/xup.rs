@@ -207,6 +207,11 @@ impl Xup {
         }
     }
 
+    /// The config file xup runs with, for running its other commands (`xup status`) beside it.
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
     /// The process id, for reading xup's CPU time and memory from `/proc`.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -135,3 +135,80 @@ async fn check_connect_says_plainly_what_is_wrong() {
     let (ok, text) = check_connect(&server, |c| c["component"]["server"] = json!(nobody)).await;
     assert!(!ok && text.contains("cannot reach"), "{text}");
 }
+
+/// `xup status` with `args`, beside the running xup of `stack`: whether it succeeded, and stdout.
+async fn status(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(xup_binary())
+        .arg("status")
+        .args(args)
+        .arg("--config")
+        .arg(stack.xup.config_path())
+        .output()
+        .await
+        .expect("xup runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty() || !output.status.success(), "{stderr}");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned() + &stderr,
+    )
+}
+
+#[tokio::test]
+async fn status_counts_what_a_running_xup_holds_without_naming_anyone() {
+    let stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let one = phone.register(APP, INSTANCE).await.endpoint;
+    let three = phone.register(&other_app(), INSTANCE).await.endpoint;
+    let gone_app = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+    };
+    let gone = phone.register(&gone_app, INSTANCE).await.endpoint;
+    phone.answer_for(&gone_app, "item-not-found").await;
+    assert_eq!(post(&gone, "gone?").await.status(), 404);
+    phone.quit().await;
+    for (endpoint, count) in [(&one, 1), (&three, 3)] {
+        for i in 0..count {
+            let response = post_with(endpoint, &[("TTL", "600")], format!("m{i}")).await;
+            assert_eq!(response.status(), 201);
+        }
+    }
+
+    let (ok, json) = status(&stack, &["--json"]).await;
+    assert!(ok, "{json}");
+    let overview: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(overview["held"]["total"], 4, "{overview}");
+    assert!(
+        overview["held"]["oldest_seconds"].as_u64().is_some(),
+        "{overview}"
+    );
+    let holding = |range: &str| {
+        overview["held"]["registrations_holding"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .find(|bucket| bucket["messages"] == range)
+            .map(|bucket| bucket["registrations"].clone())
+    };
+    assert_eq!(holding("1"), Some(json!(1)), "{overview}");
+    assert_eq!(holding("2-5"), Some(json!(1)), "{overview}");
+    assert_eq!(overview["revocations"], 1, "{overview}");
+    let ids = overview["keys"]["ids"].as_array().expect("key ids");
+    assert_eq!(ids.len(), 1, "one secret, one key: {overview}");
+    assert_eq!(ids[0], overview["keys"]["issuing"], "{overview}");
+    assert!(overview["store"]["size_bytes"].as_u64().expect("size") > 0);
+
+    let (ok, text) = status(&stack, &[]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("held messages: 4, the oldest for"), "{text}");
+    assert!(text.contains("1 holding 1, 1 holding 2-5"), "{text}");
+    assert!(text.contains("revocations kept: 1"), "{text}");
+    // Counted, never named.
+    assert!(
+        !text.contains("juliet") && !json.contains("juliet"),
+        "{text}{json}"
+    );
+    // xup went on running all along.
+    assert_eq!(get(&format!("{}/health", stack.xup.base_url)).await.0, 200);
+}
