@@ -390,12 +390,23 @@ impl Config {
         Config::parse_with_env(text, |name| std::env::var(name).ok())
     }
 
-    /// [`Config::parse`], with `env` standing in for the process environment.
+    /// [`Config::parse`], with `env` standing in for the process environment. The text is JSON
+    /// with comments (`//`, `/* */` and `#`, outside strings), so a shipped config can explain
+    /// itself; comments become spaces, so an error's line and column stay true.
     pub fn parse_with_env(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let mut json = String::with_capacity(text.len());
+        std::io::Read::read_to_string(
+            &mut json_comments::StripComments::new(text.as_bytes()),
+            &mut json,
+        )
+        .map_err(|e| ConfigError::Syntax {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        let deserializer = &mut serde_json::Deserializer::from_str(&json);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let message = if path == "." {
@@ -1120,6 +1131,22 @@ mod tests {
         assert!(allow[0].admits(&romeo));
         assert!(!allow[1].admits(&romeo) && allow[1].admits(&juliet));
         assert!(allow[2].admits(&juliet));
+    }
+
+    #[test]
+    fn comments_are_allowed_and_errors_keep_their_place() {
+        let commented = GOOD
+            .replacen('{', "{ // what xup is\n  /* the XMPP side: */", 1)
+            .replace(r#""delivery""#, "# how long to wait\n      \"delivery\"");
+        let config = Config::parse(&commented).expect("comments are not content");
+        assert_eq!(config.delivery.timeout, Duration::from_secs(15));
+        assert_eq!(
+            config.http.public_url, "https://up.example.org",
+            "// inside a string is not a comment"
+        );
+        // The line of a mistake below the comments is the line in the file.
+        let e = error_of(&commented.replace(r#""15s" }"#, r#""15s" "#));
+        assert!(e.contains("line 8"), "{e}");
     }
 
     #[test]
