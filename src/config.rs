@@ -376,7 +376,8 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        Config::parse_at(&text, dir, |name| std::env::var(name).ok()).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_owned(),
                 message,
@@ -390,11 +391,25 @@ impl Config {
         Config::parse_with_env(text, |name| std::env::var(name).ok())
     }
 
-    /// [`Config::parse`], with `env` standing in for the process environment. The text is JSON
-    /// with comments (`//`, `/* */` and `#`, outside strings), so a shipped config can explain
-    /// itself; comments become spaces, so an error's line and column stay true.
+    /// [`Config::parse`], with `env` standing in for the process environment.
     pub fn parse_with_env(
         text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_at(text, std::path::Path::new("."), env)
+    }
+
+    /// Parse and validate the text of a config file in `dir`. The text is JSON with comments
+    /// (`//`, `/* */` and `#`, outside strings), so a shipped config can explain itself; comments
+    /// become spaces, so an error's line and column stay true.
+    ///
+    /// A relative `*_file` path names a file in systemd's `$CREDENTIALS_DIRECTORY` when xup runs
+    /// with credentials (`LoadCredential=`), and in `dir` otherwise: the packaged config's
+    /// `"secret_file": "component.secret"` is the credential under systemd, and
+    /// `/etc/xup/component.secret` when an operator runs `xup check` by hand.
+    pub fn parse_at(
+        text: &str,
+        dir: &std::path::Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut json = String::with_capacity(text.len());
@@ -407,7 +422,7 @@ impl Config {
             message: e.to_string(),
         })?;
         let deserializer = &mut serde_json::Deserializer::from_str(&json);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let mut raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let message = if path == "." {
                 e.inner().to_string()
@@ -419,6 +434,16 @@ impl Config {
                 message,
             }
         })?;
+        let base = env("CREDENTIALS_DIRECTORY").map_or_else(|| dir.to_owned(), PathBuf::from);
+        for file in [
+            &mut raw.component.secret_file,
+            &mut raw.registration.secrets_file,
+            &mut raw.registration.legacy_up_secret_file,
+            &mut raw.store.url_file,
+        ] {
+            // Joining an absolute path gives that path.
+            *file = file.take().map(|file| base.join(file));
+        }
         Config::validate(raw, &env)
     }
 
@@ -1131,6 +1156,24 @@ mod tests {
         assert!(allow[0].admits(&romeo));
         assert!(!allow[1].admits(&romeo) && allow[1].admits(&juliet));
         assert!(allow[2].admits(&juliet));
+    }
+
+    #[test]
+    fn a_relative_secret_file_is_a_credential_under_systemd_and_beside_the_config_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (etc, credentials) = (dir.path().join("etc"), dir.path().join("credentials"));
+        for (place, secret) in [(&etc, "from etc"), (&credentials, "from systemd")] {
+            std::fs::create_dir(place).expect("mkdir");
+            std::fs::write(place.join("component.secret"), secret).expect("write");
+        }
+        let text = GOOD.replace(r#""secret": "s""#, r#""secret_file": "component.secret""#);
+        let by_hand = Config::parse_at(&text, &etc, no_env).expect("valid");
+        assert_eq!(by_hand.component.secret, "from etc");
+        let credentials_env = |name: &str| {
+            (name == "CREDENTIALS_DIRECTORY").then(|| credentials.display().to_string())
+        };
+        let under_systemd = Config::parse_at(&text, &etc, credentials_env).expect("valid");
+        assert_eq!(under_systemd.component.secret, "from systemd");
     }
 
     #[test]

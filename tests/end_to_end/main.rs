@@ -9,4 +9,5 @@ mod fairness;
 mod harness;
 mod holding;
 mod operations;
+mod package;
 mod protection;
