@@ -101,6 +101,16 @@ pub async fn first_matching<T>(
     what: &str,
     matches: impl Fn(&T) -> bool,
 ) -> T {
+    first_matching_within(items, what, matches, WAIT).await
+}
+
+/// [`first_matching`], within `deadline`.
+pub async fn first_matching_within<T>(
+    items: &mut mpsc::UnboundedReceiver<T>,
+    what: &str,
+    matches: impl Fn(&T) -> bool,
+    deadline: Duration,
+) -> T {
     let found = async {
         while let Some(item) = items.recv().await {
             if matches(&item) {
@@ -109,10 +119,10 @@ pub async fn first_matching<T>(
         }
         None
     };
-    match timeout(WAIT, found).await {
+    match timeout(deadline, found).await {
         Ok(Some(item)) => item,
         Ok(None) => panic!("the process ended before {what}"),
-        Err(_) => panic!("no {what} within {WAIT:?}"),
+        Err(_) => panic!("no {what} within {deadline:?}"),
     }
 }
 

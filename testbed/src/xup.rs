@@ -15,7 +15,12 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{COMPONENT, COMPONENT_SECRET, SECRET_A, WAIT, first_matching, free_port};
+use crate::{
+    COMPONENT, COMPONENT_SECRET, SECRET_A, WAIT, first_matching, first_matching_within, free_port,
+};
+
+/// The longest xup waits between two attempts to connect to the XMPP server.
+const RECONNECT_CAP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Settings for one xup run; `store` outlives the process so restarts can be tested.
 #[derive(Clone)]
@@ -221,6 +226,19 @@ impl Xup {
     pub async fn wait_log(&mut self, needle: &str) -> String {
         let what = format!("xup logging {needle:?}");
         first_matching(&mut self.logs, &what, |line| line.contains(needle)).await
+    }
+
+    /// Wait until xup has its component link again after the XMPP server came back. Its
+    /// reconnect backoff is capped at 30 s (`component.rs`), so after a slow restart the next
+    /// attempt may be that far off: the bound is the cap and [`WAIT`] more.
+    pub async fn wait_reconnected(&mut self) -> String {
+        first_matching_within(
+            &mut self.logs,
+            "xup logging \"component link up\" again",
+            |line| line.contains("component link up"),
+            RECONNECT_CAP + WAIT,
+        )
+        .await
     }
 
     /// Every log line xup has written so far, awaited or not.

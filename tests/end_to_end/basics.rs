@@ -241,7 +241,7 @@ async fn xup_reconnects_when_the_server_restarts() {
     );
 
     stack.server.restart().await;
-    stack.xup.wait_log("component link up").await;
+    stack.xup.wait_reconnected().await;
     let mut phone = stack.juliet("phone").await;
     phone.announce().await;
     assert_eq!(phone.next_push().await.data, b"during");

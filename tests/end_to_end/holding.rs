@@ -325,7 +325,7 @@ async fn the_server_killed_mid_load_loses_nothing_that_was_answered_201() {
     stack.server.kill().await;
     stack.xup.wait_log("component link down").await;
     stack.server.restart().await;
-    stack.xup.wait_log("component link up").await;
+    stack.xup.wait_reconnected().await;
     let mut phone_again = stack.juliet("phone").await;
     phone_again.announce().await;
     let results = firing.await.expect("load finished");

@@ -25,7 +25,7 @@ async fn health_follows_the_component_link() {
     );
 
     stack.server.restart().await;
-    stack.xup.wait_log("component link up").await;
+    stack.xup.wait_reconnected().await;
     assert_eq!(get(&health).await.0, 200);
     let (_, page) = get(&format!("{}/metrics", stack.xup.base_url)).await;
     assert_eq!(sample(&page, "xup_component_connects_total"), 2.0);
