@@ -191,19 +191,24 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     }
 }
 
+/// `value` on stdout as indented JSON.
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `xup status`: the overview on stdout.
 fn status(config: &Config, json: bool) -> ExitCode {
     match gather_overview(config) {
-        Ok(overview) if json => match serde_json::to_string_pretty(&overview) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("xup: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Ok(overview) if json => print_json(&overview),
         Ok(overview) => {
             print!("{}", overview.text());
             ExitCode::SUCCESS
@@ -303,16 +308,7 @@ fn import_up_config(path: &std::path::Path) -> ExitCode {
             for note in &imported.notes {
                 eprintln!("xup: {note}");
             }
-            match serde_json::to_string_pretty(&imported.config) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("xup: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_json(&imported.config)
         }
         Err(e) => {
             eprintln!("xup: {}: {e}", path.display());

@@ -153,43 +153,18 @@ impl Postgres {
     /// Connect to `target` with a pool of at most `pool_size` connections, and bring the schema
     /// up to date.
     pub async fn connect(target: &Target, pool_size: usize) -> Result<Postgres, StoreError> {
-        let manager = Manager::from_config(
-            target.config.clone(),
-            target.tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(POOL_WAIT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unreachable(with_causes(&e)))?;
-        let engine = Postgres { pool };
+        let engine = Postgres {
+            pool: pool(target, pool_size)?,
+        };
         engine.migrate().await?;
         Ok(engine)
     }
 
     /// A pool of one, and no migration: for `xup status` beside running instances.
     pub async fn connect_to_read(target: &Target) -> Result<Postgres, StoreError> {
-        let manager = Manager::from_config(
-            target.config.clone(),
-            target.tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unreachable(with_causes(&e)))?;
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool: pool(target, 1)?,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -236,6 +211,26 @@ impl Postgres {
         }
         Ok(())
     }
+}
+
+/// A pool of at most `size` connections to `target`, each made or waited for within
+/// [`POOL_WAIT`].
+fn pool(target: &Target, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        target.config.clone(),
+        target.tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(POOL_WAIT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unreachable(with_causes(&e)))
 }
 
 /// An error with every cause under it: "error performing TLS handshake" alone does not say that
