@@ -135,14 +135,13 @@ fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
         assert_eq!(run["accepted"], 60, "{run}");
         assert_eq!(run["lost"], 0, "{run}");
         assert_eq!(run["duplicated"], 0, "{run}");
-        assert!(run["cpu_us_per_push"]["xup"].as_f64().expect("xup's CPU") > 0.0);
+        // Reported for every part; not compared with anything: 60 pushes may cost a part less
+        // than one clock tick (10 ms), which /proc reports as 0.
+        for part in ["xup", "prosody", "postgres", "tool"] {
+            assert!(
+                run["cpu_us_per_push"][part].as_f64().is_some(),
+                "{part}: {run}"
+            );
+        }
     }
-    let handed_over = &runs[2];
-    assert!(
-        handed_over["cpu_us_per_push"]["postgres"]
-            .as_f64()
-            .expect("PostgreSQL's CPU")
-            > 0.0,
-        "the standby's pushes go through PostgreSQL: {handed_over}"
-    );
 }
