@@ -146,6 +146,16 @@ pub async fn listening(port: u16) -> bool {
     timeout(WAIT, ready).await.is_ok()
 }
 
+/// A failing test shows what the server logged last, beside xup's own lines: the server's side
+/// of a stanza that never arrived is often the half of the story that explains it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the XMPP server's log, last lines:\n{}", self.log_tail(60));
+        }
+    }
+}
+
 /// The XMPP server a test runs against: Prosody, or ejabberd when the environment variable
 /// `XUP_TEST_SERVER` is `ejabberd`, so one suite proves xup against both.
 pub enum Server {
@@ -205,6 +215,13 @@ impl Server {
             Server::Prosody(p) => p.log_path(),
             Server::Ejabberd(e) => e.log_path(),
         }
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Wait until the server's own log says `needle` (a server's own signal that it acted on

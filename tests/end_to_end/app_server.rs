@@ -164,7 +164,7 @@ async fn a_server_wakes_a_client_that_is_away_through_its_web_push_endpoint() {
     assert_eq!(node.jid, COMPONENT);
     assert!(node.node.len() < 1000, "{}", node.node.len());
     juliet.enable_push(&node).await;
-    juliet.quit().await;
+    juliet.leave(&stack.server).await;
 
     let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
     romeo
@@ -489,14 +489,14 @@ async fn a_wait_error_keeps_the_registration_and_item_not_found_ends_it() {
         .await
         .expect("registered");
     kate.enable_push(&kates).await;
-    kate.quit().await;
+    kate.leave(&stack.server).await;
     let mut juliet = stack.juliet("phone").await;
     let node = juliet
         .register_web_push(&service.endpoint("juliet"), None)
         .await
         .expect("registered");
     juliet.enable_push(&node).await;
-    juliet.quit().await;
+    juliet.leave(&stack.server).await;
     let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
     let to_juliet = format!("juliet@{DOMAIN}");
 

@@ -112,7 +112,7 @@ async fn a_sum7_push_for_a_client_that_is_away_is_the_servers_to_keep() {
     let stack = Stack::start().await;
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.sum7_register(PUBLIC).await.expect("registered");
-    phone.quit().await;
+    phone.leave(&stack.server).await;
     let response = post(&endpoint, "while away").await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["ttl"], "0");

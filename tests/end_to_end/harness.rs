@@ -13,7 +13,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin, Command},
     sync::mpsc,
-    time::timeout,
+    time::{Instant, timeout},
 };
 pub use xup_testbed::*;
 
@@ -521,6 +521,30 @@ impl Peer {
     pub async fn quit(mut self) {
         let _ = self.command(json!({ "cmd": "quit" })).await;
         let _ = timeout(WAIT, self.child.wait()).await;
+    }
+
+    /// Quit, and wait until `server` has ended this session too, for a test about what the server
+    /// does for an account that is away. A quit is over when the client's side is closed, which
+    /// the server may not have acted on yet; once it has, it answers an IQ to this full JID itself,
+    /// with `service-unavailable` (RFC 6121 §8.5.3.2.3), instead of passing it on.
+    pub async fn leave(self, server: &Server) {
+        let jid = self.jid.clone();
+        self.quit().await;
+        let mut watcher = Peer::connect(server, "watcher", DOMAIN, "watcher").await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = watcher
+                .iq("get", &jid, "<ping xmlns='urn:xmpp:ping'/>")
+                .await;
+            if answer["type"] == "error" && answer["condition"] == "service-unavailable" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still has a session for {jid}: {answer}"
+            );
+        }
+        watcher.quit().await;
     }
 }
 
