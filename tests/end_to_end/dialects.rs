@@ -110,12 +110,19 @@ async fn sum7_unregister_revokes_every_endpoint_of_that_token() {
 #[tokio::test]
 async fn a_sum7_push_for_a_client_that_is_away_is_the_servers_to_keep() {
     let stack = Stack::start().await;
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    let romeos = romeo.sum7_register(PUBLIC).await.expect("registered");
     let mut phone = stack.juliet("phone").await;
     let endpoint = phone.sum7_register(PUBLIC).await.expect("registered");
     phone.leave(&stack.server).await;
     let response = post(&endpoint, "while away").await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["ttl"], "0");
+    // The server routes what comes over xup's link in order, so once Romeo has the push sent
+    // after Juliet's, hers is in the server's offline store. Otherwise it could still be on its
+    // way when her next session is between binding and its first presence, and ejabberd would
+    // store it after that presence has fetched what was stored: kept for the session after.
+    assert_message_sent(&romeos, &mut romeo, "after juliet's").await;
     let mut back = stack.juliet("phone-again").await;
     let message = back.next_message().await;
     assert_eq!(
