@@ -21,6 +21,13 @@
 //!
 //! A new leader reads the revocations and the held messages again before it connects, so what
 //! was kept while nobody led is delivered, once, by whoever holds the link.
+//!
+//! Whoever can connect to the database can listen and speak on these channels too, so nothing
+//! heard is taken on its word: pushes, verdicts and held messages cross sealed under a key only
+//! the instances hold, and each is taken once ([`notice`]); a revocation notice only says which
+//! revocation to read from the table, which only xup's role can write.
+
+mod notice;
 
 use std::{
     collections::HashMap,
@@ -28,7 +35,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -40,14 +47,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     held::HeldMessages,
+    metrics::ClusterRejection,
     protocol::Urgency,
     relay::{Notice, Request},
     store::{
         RegistrationKey, Store, from_micros, key_from_hex, key_to_hex, micros,
         postgres::{REVOKED_CHANNEL, Target, parse_revocation_notice},
     },
-    token::{Claims, Dialect},
+    token::{Claims, Dialect, KeyRing},
 };
+use notice::{Opener, Sealer};
 
 /// Where standbys hand pushes to the leader.
 const PUSH_CHANNEL: &str = "xup_push";
@@ -67,7 +76,9 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How much longer than `delivery.answer_within` a standby waits for the leader's verdict: the
 /// leader may have had to hold the message first.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
-/// PostgreSQL refuses a `NOTIFY` payload of 8000 bytes or more.
+/// PostgreSQL refuses a `NOTIFY` payload of 8000 bytes or more. A sealed push takes its body
+/// base64 twice (in the message, then in the token), so a 4 KiB body fits with a JID of a few
+/// hundred bytes; a larger one is kept by the standby and delivered from the store.
 const MAX_PAYLOAD: usize = 7_900;
 
 /// What the leader said of a handed push: the verdict, in the words that cross the database.
@@ -143,6 +154,13 @@ impl Handoff {
     }
 }
 
+/// The leader's verdict on one handed push, on the standby's own channel.
+#[derive(Serialize, Deserialize)]
+struct AnswerNotice {
+    ticket: u64,
+    answer: Answer,
+}
+
 /// A message a standby kept, announced on [`HELD_CHANNEL`].
 #[derive(Serialize, Deserialize)]
 struct HeldNotice {
@@ -164,10 +182,19 @@ pub enum HandOverError {
     NoAnswer,
 }
 
+/// Why a notice could not be sent.
+enum NotifyError {
+    NoSession,
+    TooLarge,
+}
+
 /// This instance's part in the cluster. Cheap to share behind an `Arc`.
 pub struct Cluster {
     id: String,
     database: Target,
+    /// Opens what other instances sealed; the sealer seals what this one says.
+    keys: Arc<KeyRing>,
+    sealer: Sealer,
     leads: watch::Sender<bool>,
     /// Whether another instance held the lock when this one last asked.
     other_leads: AtomicBool,
@@ -189,10 +216,14 @@ pub struct Parts {
 }
 
 impl Cluster {
-    /// This instance, not yet leading; [`Cluster::run`] makes it a member.
-    pub fn new(database: Target, answer_within: Duration) -> Cluster {
+    /// This instance, not yet leading; [`Cluster::run`] makes it a member. Its notices are
+    /// sealed under `keys`, which every instance shares (`registration.secrets`).
+    pub fn new(database: Target, answer_within: Duration, keys: Arc<KeyRing>) -> Cluster {
+        let id = format!("{:016x}", rand::random::<u64>());
         Cluster {
-            id: format!("{:016x}", rand::random::<u64>()),
+            sealer: Sealer::new(keys.clone(), id.clone()),
+            keys,
+            id,
             database,
             leads: watch::channel(false).0,
             other_leads: AtomicBool::new(false),
@@ -225,10 +256,17 @@ impl Cluster {
             .clone()
     }
 
-    /// Queue `payload` for `channel`; false when there is no session to send it on.
-    fn notify(&self, channel: String, payload: String) -> bool {
-        self.outbox()
-            .is_some_and(|outbox| outbox.send(Notification { channel, payload }).is_ok())
+    /// Seal `message` for `channel` and queue it.
+    fn notify<T: Serialize>(&self, channel: String, message: &T) -> Result<(), NotifyError> {
+        let payload = self
+            .sealer
+            .seal(&channel, message)
+            .filter(|payload| payload.len() <= MAX_PAYLOAD)
+            .ok_or(NotifyError::TooLarge)?;
+        let outbox = self.outbox().ok_or(NotifyError::NoSession)?;
+        outbox
+            .send(Notification { channel, payload })
+            .map_err(|_| NotifyError::NoSession)
     }
 
     fn answer_channel(id: &str) -> String {
@@ -263,17 +301,14 @@ impl Cluster {
             urgency: request.urgency.as_str().to_owned(),
             waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
         };
-        let payload = serde_json::to_string(&handoff).map_err(|_| HandOverError::TooLarge)?;
-        if payload.len() > MAX_PAYLOAD {
-            return Err(HandOverError::TooLarge);
-        }
         let (answer, answered) = oneshot::channel();
         self.waiting().insert(ticket, answer);
         let wait = self.answer_within.saturating_sub(waited) + ANSWER_GRACE;
         // A session lost after this fails the waiters at once (`leave`): none waits it out.
-        let outcome = match self.notify(PUSH_CHANNEL.into(), payload) {
-            false => Err(HandOverError::NoSession),
-            true => match tokio::time::timeout(wait, answered).await {
+        let outcome = match self.notify(PUSH_CHANNEL.into(), &handoff) {
+            Err(NotifyError::NoSession) => Err(HandOverError::NoSession),
+            Err(NotifyError::TooLarge) => Err(HandOverError::TooLarge),
+            Ok(()) => match tokio::time::timeout(wait, answered).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(_)) => Err(HandOverError::NoSession),
                 Err(_) => Err(HandOverError::NoAnswer),
@@ -289,9 +324,11 @@ impl Cluster {
 
     /// Send the verdict on a handed push back to the standby that asked.
     pub fn answer(&self, reply_to: &str, ticket: u64, answer: Answer) {
-        let payload = serde_json::json!({ "ticket": ticket, "answer": answer }).to_string();
         // Without a session the standby hears nothing, and keeps the message itself.
-        self.notify(Cluster::answer_channel(reply_to), payload);
+        let _ = self.notify(
+            Cluster::answer_channel(reply_to),
+            &AnswerNotice { ticket, answer },
+        );
     }
 
     /// Tell the leader of a message this standby kept because nobody took it.
@@ -302,9 +339,7 @@ impl Cluster {
             registration: key_to_hex(registration),
         };
         // Without a session, whoever leads next counts it when it takes the link.
-        if let Ok(payload) = serde_json::to_string(&notice) {
-            self.notify(HELD_CHANNEL.into(), payload);
-        }
+        let _ = self.notify(HELD_CHANNEL.into(), &notice);
     }
 
     /// Be a member until `shutdown`: keep a session, stand by or lead, and pass on what the
@@ -373,6 +408,7 @@ impl Cluster {
         hearing: &mut mpsc::UnboundedReceiver<(String, String)>,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
+        let mut opener = Opener::new(self.keys.clone(), SystemTime::now());
         // A leader whose host dies without closing its connection must lose the lock in seconds,
         // not after the kernel's two-hour keepalive: these bound how long PostgreSQL trusts a
         // silent session. A `NOTIFY` commits a transaction; nothing this session writes needs
@@ -399,7 +435,9 @@ impl Cluster {
                 _ = shutdown.cancelled() => return Ok(()),
                 heard = hearing.recv() => match heard {
                     None => return Err("the connection closed".into()),
-                    Some((channel, payload)) => self.hear(&channel, &payload, parts).await,
+                    Some((channel, payload)) => {
+                        self.hear(&channel, &payload, parts, &mut opener).await;
+                    }
                 },
                 _ = tick.tick() => {
                     // Only the question is bounded: taking over reads the whole store, which may
@@ -408,7 +446,13 @@ impl Cluster {
                         Err(_) => return Err("the session did not answer".into()),
                         Ok(Err(e)) => return Err(e.to_string()),
                         Ok(Ok(false)) => {}
-                        Ok(Ok(true)) => self.take_over(client, parts).await?,
+                        Ok(Ok(true)) => {
+                            self.take_over(client, parts).await?;
+                            // What standbys sealed for the last leader was never heard here, so
+                            // this session cannot tell it from a recording: it hears only what
+                            // is sealed from now on.
+                            opener = Opener::new(self.keys.clone(), SystemTime::now());
+                        }
                     }
                 }
             }
@@ -450,21 +494,27 @@ impl Cluster {
         Ok(())
     }
 
-    async fn hear(&self, channel: &str, payload: &str, parts: &Parts) {
+    async fn hear(&self, channel: &str, payload: &str, parts: &Parts, opener: &mut Opener) {
+        let now = SystemTime::now();
         if channel == REVOKED_CHANNEL {
-            if let Some((key, revocation)) = parse_revocation_notice(payload) {
-                parts.store.mirror(key, revocation);
+            let Some(key) = parse_revocation_notice(payload) else {
+                return opener.reject(ClusterRejection::Forged);
+            };
+            match parts.store.take_announced(key).await {
+                Ok(true) => {}
+                Ok(false) => opener.reject(ClusterRejection::Unfounded),
+                Err(e) => tracing::warn!(error = %e, "cannot read an announced revocation"),
             }
         } else if channel == PUSH_CHANNEL {
-            match serde_json::from_str::<Handoff>(payload) {
-                Ok(push) if self.leads() => {
-                    let _ = parts.handed.send(push);
-                }
-                Ok(_) => {} // a standby since; the sender keeps the message itself
-                Err(e) => tracing::warn!(error = %e, "a handed push that does not parse"),
+            let Some(push) = opener.open::<Handoff>(channel, payload, now) else {
+                return;
+            };
+            // A standby since? The sender keeps the message itself.
+            if self.leads() {
+                let _ = parts.handed.send(push);
             }
         } else if channel == HELD_CHANNEL {
-            let Ok(notice) = serde_json::from_str::<HeldNotice>(payload) else {
+            let Some(notice) = opener.open::<HeldNotice>(channel, payload, now) else {
                 return;
             };
             let Some(registration) = key_from_hex(&notice.registration) else {
@@ -480,7 +530,7 @@ impl Cluster {
                 registration,
                 offered: None,
             });
-        } else if let Ok(reply) = serde_json::from_str::<AnswerNotice>(payload)
+        } else if let Some(reply) = opener.open::<AnswerNotice>(channel, payload, now)
             && let Some(waiter) = self.waiting().remove(&reply.ticket)
         {
             let _ = waiter.send(reply.answer);
@@ -524,10 +574,4 @@ async fn send_forever(
             tracing::warn!(error = %e, lost = channels.len(), "cannot send notifications");
         }
     }
-}
-
-#[derive(Deserialize)]
-struct AnswerNotice {
-    ticket: u64,
-    answer: Answer,
 }

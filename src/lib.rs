@@ -168,6 +168,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         StoreConfig::Postgres { url, ca_file, .. } => Some(Arc::new(cluster::Cluster::new(
             store::postgres::Target::new(url, ca_file.as_deref())?,
             config.delivery.answer_within,
+            keys.clone(),
         ))),
     };
     let permit = match &cluster {

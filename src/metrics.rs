@@ -165,6 +165,35 @@ struct PublishLabels {
     outcome: &'static str,
 }
 
+/// Why a notice from the database was not acted on (`cluster/notice.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRejection {
+    /// Not sealed by an xup with these secrets, or for another channel.
+    Forged,
+    /// Sealed too long ago, in the future, or before this session listened.
+    Stale,
+    /// Heard before.
+    Replayed,
+    /// A revocation notice whose revocation is not in the store.
+    Unfounded,
+}
+
+impl ClusterRejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterRejection::Forged => "forged",
+            ClusterRejection::Stale => "stale",
+            ClusterRejection::Replayed => "replayed",
+            ClusterRejection::Unfounded => "unfounded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
@@ -176,6 +205,7 @@ pub struct Metrics {
     registrations: Family<RegisterLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     publishes: Family<PublishLabels, Counter>,
+    cluster_rejected: Family<ReasonLabels, Counter>,
     iq_round_trip: Histogram,
     push_iqs: Counter,
     link_connects: Counter,
@@ -220,6 +250,13 @@ impl Metrics {
             "app_server_publishes",
             "XEP-0357 publishes to the app server, by how they ended",
             publishes.clone(),
+        );
+        let cluster_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cluster_rejected",
+            "Notices heard from PostgreSQL that no instance of this deployment sent, or sent \
+             before, and so were dropped, by reason",
+            cluster_rejected.clone(),
         );
         // 1 ms to about 16 s: a phone on the same network to one that answers at the timeout.
         let iq_round_trip = Histogram::new(exponential_buckets(0.001, 2.0, 15));
@@ -283,6 +320,7 @@ impl Metrics {
             registrations,
             rate_limited,
             publishes,
+            cluster_rejected,
             iq_round_trip,
             push_iqs,
             link_connects,
@@ -319,6 +357,13 @@ impl Metrics {
         let limit = limit.label();
         self.rate_limited
             .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    pub fn cluster_rejected(&self, reason: ClusterRejection) {
+        let reason = reason.label();
+        self.cluster_rejected
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -190,6 +190,8 @@ pub struct HeldCount {
 pub trait Engine: Send + Sync {
     /// Every revocation still kept.
     async fn revocations(&self) -> Result<Vec<(RegistrationKey, Revocation)>, StoreError>;
+    /// The revocation kept for `key`, if any.
+    async fn revocation(&self, key: RegistrationKey) -> Result<Option<Revocation>, StoreError>;
     /// Keep `revocation` of `key`, merged with any earlier one.
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError>;
     /// Forget revocations and nodes that are past mattering at `now_us`.
@@ -369,6 +371,17 @@ impl Store {
         self.engine.revoke(key, revocation).await?;
         self.mirror(key, revocation);
         Ok(())
+    }
+
+    /// Take in the revocation of `key` that another instance announced, as the database has it:
+    /// the announcement only says where to look, since anyone who can connect may announce
+    /// (`cluster.rs`). False when the database keeps no revocation of `key`.
+    pub async fn take_announced(&self, key: RegistrationKey) -> Result<bool, StoreError> {
+        let Some(revocation) = self.engine.revocation(key).await? else {
+            return Ok(false);
+        };
+        self.mirror(key, revocation);
+        Ok(true)
     }
 
     /// Take in a revocation that is already in the database: one this instance just wrote, or

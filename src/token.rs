@@ -42,6 +42,8 @@ pub enum Purpose {
     Endpoint,
     /// A node of the XEP-0357 app server (`app_server.rs`).
     Node,
+    /// A notice one instance sends another through PostgreSQL (`cluster/notice.rs`).
+    Cluster,
 }
 
 /// Longer strings are not tokens xup made; refuse them before any base64 or crypto work. The
@@ -257,6 +259,7 @@ impl KeyRing {
         match purpose {
             Purpose::Endpoint => self.audience.as_bytes().to_vec(),
             Purpose::Node => format!("{} app-server node", self.audience).into_bytes(),
+            Purpose::Cluster => format!("{} cluster notice", self.audience).into_bytes(),
         }
     }
 

@@ -127,6 +127,16 @@ async fn keeps_its_promises(engine: Arc<dyn Engine>) {
     assert!(other.is_revoked(&claims_for(romeo, "any", "thing", t0, DAY)));
     let newer = claims_for(juliet, "app", "ins", t0 + Duration::from_secs(1), DAY);
     assert!(!other.is_revoked(&newer));
+    // An announcement is taken only for a revocation the database keeps.
+    let bob = claims_for("bob@example.org/tablet", "app", "ins", t0, DAY);
+    let third = Store::new(engine.clone()).await.expect("a third instance");
+    let announced = |claims| xup::store::registration_key(claims);
+    assert!(!third.take_announced(announced(&bob)).await.expect("read"));
+    assert!(!third.is_revoked(&bob));
+    store.revoke(&bob, t0, DAY).await.expect("revoke");
+    assert!(!third.is_revoked(&bob), "not yet heard of");
+    assert!(third.take_announced(announced(&bob)).await.expect("read"));
+    assert!(third.is_revoked(&bob));
 
     // The VAPID key is made once, and the node index lists, expires and forgets.
     let key = store.vapid_key(1, || vec![1; 32]).await.expect("key");

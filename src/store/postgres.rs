@@ -35,7 +35,9 @@ use crate::{
     protocol::Urgency,
 };
 
-/// Where revocations are announced, as `<key in hex> <revoked_at_us> <forget_at_us>`.
+/// Where revocations are announced, as `<key in hex> <revoked_at_us> <forget_at_us>`. A listener
+/// takes only the key from it and reads the revocation from the table (`Store::take_announced`):
+/// anyone who can connect can announce, but only xup's role can write the table.
 pub const REVOKED_CHANNEL: &str = "xup_revoked";
 
 /// The advisory lock taken while migrating, apart from the leader's (`cluster.rs`).
@@ -279,15 +281,14 @@ pub fn revocation_notice(key: &RegistrationKey, revocation: Revocation) -> Strin
     )
 }
 
-/// The revocation a notice announces; `None` for anything xup did not write.
-pub fn parse_revocation_notice(notice: &str) -> Option<(RegistrationKey, Revocation)> {
+/// The key whose revocation a notice announces; `None` for anything xup did not write. The
+/// times in it are not taken: the table is the authority.
+pub fn parse_revocation_notice(notice: &str) -> Option<RegistrationKey> {
     let mut parts = notice.split(' ');
     let key = key_from_hex(parts.next()?)?;
-    let revocation = Revocation {
-        revoked_at_us: parts.next()?.parse().ok()?,
-        forget_at_us: parts.next()?.parse().ok()?,
-    };
-    Some((key, revocation))
+    let _revoked_at_us: i64 = parts.next()?.parse().ok()?;
+    let _forget_at_us: i64 = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(key)
 }
 
 fn registration_of(bytes: Vec<u8>) -> Option<RegistrationKey> {
@@ -321,6 +322,20 @@ impl Engine for Postgres {
                 ))
             })
             .collect())
+    }
+
+    async fn revocation(&self, key: RegistrationKey) -> Result<Option<Revocation>, StoreError> {
+        let client = self.client().await?;
+        let query = client
+            .prepare_cached(
+                "SELECT revoked_at_us, forget_at_us FROM revocations WHERE registration = $1",
+            )
+            .await?;
+        let row = client.query_opt(&query, &[&key.as_slice()]).await?;
+        Ok(row.map(|row| Revocation {
+            revoked_at_us: row.get(0),
+            forget_at_us: row.get(1),
+        }))
     }
 
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
@@ -731,7 +746,7 @@ mod tests {
             forget_at_us: 99,
         };
         let notice = revocation_notice(&key, revocation);
-        assert_eq!(parse_revocation_notice(&notice), Some((key, revocation)));
+        assert_eq!(parse_revocation_notice(&notice), Some(key));
         for stranger in ["", "zz 1 2", &notice[2..], "é".repeat(32).as_str()] {
             assert_eq!(parse_revocation_notice(stranger), None, "{stranger:?}");
         }

@@ -172,6 +172,22 @@ impl Engine for Sqlite {
         .await
     }
 
+    async fn revocation(&self, key: RegistrationKey) -> Result<Option<Revocation>, StoreError> {
+        self.run(move |db| {
+            let mut query = db.prepare_cached(
+                "SELECT revoked_at_us, forget_at_us FROM revocations WHERE registration = ?1",
+            )?;
+            let mut rows = query.query_map([key.as_slice()], |row| {
+                Ok(Revocation {
+                    revoked_at_us: row.get(0)?,
+                    forget_at_us: row.get(1)?,
+                })
+            })?;
+            rows.next().transpose()
+        })
+        .await
+    }
+
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
         self.run(move |db| {
             db.execute(

@@ -408,3 +408,124 @@ async fn the_store_can_be_reached_over_tls_and_an_untrusted_certificate_is_refus
     assert_delivered(&endpoint, &mut phone, b"through a store over TLS").await;
     drop(xup);
 }
+
+/// How many notices `xup` dropped for `reason` (`cluster/notice.rs`); 0 before the first.
+async fn rejected(xup: &Xup, reason: &str) -> f64 {
+    let (status, page) = get(&format!("{}/metrics", xup.base_url)).await;
+    assert_eq!(status, 200, "{page}");
+    let name = format!("xup_cluster_rejected_total{{reason=\"{reason}\"}}");
+    match page.contains(&name) {
+        true => sample(&page, &name),
+        false => 0.0,
+    }
+}
+
+/// Wait until `xup` has dropped at least one notice for `reason`.
+async fn await_rejected(xup: &Xup, reason: &str) {
+    let deadline = Instant::now() + WAIT;
+    while rejected(xup, reason).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no notice dropped as {reason} at {} within {WAIT:?}",
+            xup.base_url
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another role of the same database (PostgreSQL grants `CONNECT` to `PUBLIC` by default, and
+/// channels have no privileges) listens on the instances' channels and speaks on them, as an
+/// attacker would: it reads neither a push's body nor whom it is for, and nothing it says is acted
+/// on: not a recorded hand-off played again, not a hand-off of its own, not a revocation.
+#[tokio::test]
+async fn another_database_role_can_neither_read_nor_forge_what_the_instances_say() {
+    let pair = Pair::start().await;
+    pair.postgres.psql("CREATE ROLE mallory LOGIN");
+    let mallory_url = format!("postgres://mallory@127.0.0.1:{}/xup", pair.postgres.port);
+    let (mallory, mut connection) = tokio_postgres::connect(&mallory_url, tokio_postgres::NoTls)
+        .await
+        .expect("any role may connect");
+    let (overheard, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let _listening = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = overheard.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    mallory
+        .batch_execute("LISTEN xup_push; LISTEN xup_held; LISTEN xup_revoked;")
+        .await
+        .expect("any role may listen");
+
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let via_standby = via(&endpoint, &pair.first, &pair.second);
+    assert_delivered(&via_standby, &mut phone, b"meet me at midnight").await;
+    let (_, handed) = first_matching(&mut heard, "the hand-off, overheard", |(channel, _)| {
+        channel == "xup_push"
+    })
+    .await;
+    for secret in ["meet me", "bWVldCBtZSBhdCBtaWRuaWdodA", "juliet", APP] {
+        assert!(
+            !handed.contains(secret),
+            "a listener reads {secret:?} in {handed}"
+        );
+    }
+
+    let notify = |channel: &'static str, payload: String| {
+        let mallory = &mallory;
+        async move {
+            mallory
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                .await
+                .expect("any role may notify");
+        }
+    };
+    // The recording, played again: the leader would relay the push a second time.
+    notify("xup_push", handed).await;
+    await_rejected(&pair.first, "replayed").await;
+    // A hand-off of its own, as the instances' notices looked before they were sealed.
+    let now_us = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros(),
+    )
+    .expect("fits");
+    let forged = serde_json::json!({
+        "reply_to": "0000000000000000",
+        "ticket": 0,
+        "claims": {
+            "subject": phone.jid, "application": APP, "instance": INSTANCE,
+            "issued_at_us": now_us, "expires_at_us": now_us + 86_400_000_000_i64, "sum7": false,
+        },
+        "body": "Zm9yZ2Vk",
+        "ttl": 60,
+        "topic": null,
+        "urgency": "normal",
+        "waited_ms": 0,
+    });
+    notify("xup_push", forged.to_string()).await;
+    await_rejected(&pair.first, "forged").await;
+    // A revocation of the phone's registration, which nobody made.
+    let key = xup::store::registration_key_of(&phone.jid, APP, INSTANCE);
+    let revocation = format!(
+        "{} {} {}",
+        xup::store::key_to_hex(&key),
+        now_us + 60_000_000,
+        now_us + 86_400_000_000_i64
+    );
+    notify("xup_revoked", revocation).await;
+    await_rejected(&pair.first, "unfounded").await;
+    await_rejected(&pair.second, "unfounded").await;
+
+    // Nothing reached the phone meanwhile, and the endpoint lives behind both doors.
+    assert_delivered(&endpoint, &mut phone, b"after the attack").await;
+    assert_delivered(&via_standby, &mut phone, b"and through the standby").await;
+    assert!(
+        phone.pushes_so_far().is_empty(),
+        "nothing else reached the phone"
+    );
+}
