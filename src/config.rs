@@ -242,6 +242,27 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+/// serde's words for a value of the wrong type or form quote the value, and a config holds secrets
+/// (a secret written as a number, a URL with its password in the wrong field): keep what was
+/// expected and where, never what was found.
+fn without_value(error: &serde_json::Error) -> String {
+    let full = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    let message = full.strip_suffix(&position).unwrap_or(&full);
+    let quoted = ["invalid type", "invalid value", "unknown variant"]
+        .into_iter()
+        .find(|kind| message.starts_with(kind));
+    let Some(kind) = quoted else {
+        return full;
+    };
+    // The expectation is serde's own text and comes last; the value, before it, may hold anything,
+    // even these words.
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("{kind}, expected {expected}{position}"),
+        None => format!("{kind}{position}"),
+    }
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -370,6 +391,21 @@ const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Config {
+    /// What an operator must know when `/metrics` shares the public listener: it tells anyone who
+    /// reaches the push doors how busy the provider is and whether its link is up. `None` when
+    /// `metrics.listen` serves it apart.
+    pub fn metrics_exposure(&self) -> Option<String> {
+        self.metrics.listen.is_none().then(|| {
+            format!(
+                "/metrics and /health are served on http.listen ({}), beside the pushes: whoever \
+                 reaches the push endpoints reads them too, unless the reverse proxy forwards \
+                 only /push/ and /_matrix/push/; set metrics.listen (e.g. 127.0.0.1:9090) to \
+                 serve them apart",
+                self.http.listen
+            )
+        })
+    }
+
     /// Read and validate the file at `path`.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -425,9 +461,9 @@ impl Config {
         let mut raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let message = if path == "." {
-                e.inner().to_string()
+                without_value(e.inner())
             } else {
-                format!("{path}: {}", e.inner())
+                format!("{path}: {}", without_value(e.inner()))
             };
             ConfigError::Syntax {
                 path: PathBuf::new(),
@@ -1086,6 +1122,52 @@ mod tests {
         match Config::parse(text) {
             Ok(_) => panic!("config was accepted"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_field_without_echoing_it() {
+        for (from, to, field) in [
+            (
+                r#""secret": "s""#,
+                r#""secret": 9876543210987654321"#,
+                "component.secret",
+            ),
+            (
+                r#""secret": "s""#,
+                r#""secret": 98765.4321"#,
+                "component.secret",
+            ),
+            (
+                r#""secret": "s""#,
+                r#""secret": ["9876543210"]"#,
+                "component.secret",
+            ),
+            (
+                r#""secrets": ["0123456789abcdef"]"#,
+                r#""secrets": "9876543210, expected a wrong thing""#,
+                "registration.secrets",
+            ),
+            (
+                r#""secrets": ["0123456789abcdef"]"#,
+                r#""secrets": [9876543210]"#,
+                "registration.secrets[0]",
+            ),
+            (
+                r#""path": "/var/lib/xup""#,
+                r#""url": 9876543210"#,
+                "store.url",
+            ),
+            (
+                r#""timeout": "15s""#,
+                r#""timeout": false"#,
+                "delivery.timeout",
+            ),
+        ] {
+            let e = error_of(&GOOD.replace(from, to));
+            assert!(e.contains(field), "{to}: {e}");
+            assert!(e.contains("expected"), "{to}: says what was expected: {e}");
+            assert!(!e.contains("98765"), "{to}: echoes the value: {e}");
         }
     }
 

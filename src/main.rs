@@ -73,10 +73,17 @@ enum Command {
     /// Copy everything the configured store keeps (revocations, held messages, VAPID keys, the
     /// app server's nodes) into another store, e.g. from SQLite to PostgreSQL before pointing
     /// `store.url` at it. Stop xup first.
+    ///
+    /// The target is `--to`, or the first line of the file `--to-file`, or else the environment
+    /// variable XUP_COPY_TO. A URL with a password is refused from `--to`: every user of the
+    /// machine can read a command line.
     CopyStore {
-        /// The target: a PostgreSQL URL (`postgres://…`) or a directory for a SQLite store.
+        /// The target: a directory for a SQLite store, or a PostgreSQL URL without a password.
+        #[arg(long, conflicts_with = "to_file")]
+        to: Option<String>,
+        /// A file that holds the target: a PostgreSQL URL with its password.
         #[arg(long)]
-        to: String,
+        to_file: Option<PathBuf>,
     },
     /// Say what the store holds: held messages (in all, the oldest, how many registrations hold
     /// how many), revocations kept, the endpoint keys and the store's size. Reads only; safe
@@ -121,7 +128,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check { connect }) => return check(&cli.config, &config, connect),
-        Some(Command::CopyStore { to }) => return copy_store(&config, &to),
+        Some(Command::CopyStore { to, to_file }) => {
+            return match copy_target(to, to_file, std::env::var("XUP_COPY_TO").ok()) {
+                Ok(target) => copy_store(&config, &target),
+                Err(e) => {
+                    eprintln!("xup: copy-store: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::Status { json }) => return status(&config, json),
         _ => {}
     }
@@ -139,6 +154,9 @@ fn main() -> ExitCode {
 /// woken across cores. Blocking store writes still go to tokio's blocking pool.
 #[tokio::main(flavor = "current_thread")]
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(exposure) = config.metrics_exposure() {
+        tracing::warn!("{exposure}");
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
@@ -151,6 +169,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// try the component handshake once.
 fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     println!("{}: configuration is valid", path.display());
+    if let Some(exposure) = config.metrics_exposure() {
+        println!("note: {exposure}");
+    }
     let store = config.store.describe();
     let known = xup::store::SCHEMA_VERSION;
     match read_schema(&config.store) {
@@ -249,18 +270,56 @@ fn generate_docs(dir: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `xup copy-store`: what was copied on stdout; the target is named without its password.
-fn copy_store(config: &Config, to: &str) -> ExitCode {
-    let target = match to.starts_with("postgres://") || to.starts_with("postgresql://") {
-        true => xup::config::StoreConfig::Postgres {
-            url: to.to_owned(),
-            pool_size: 2,
-            ca_file: None,
-        },
-        false => xup::config::StoreConfig::Sqlite { path: to.into() },
+/// The store `copy-store` copies into: from `--to`, `--to-file` or `from_env`, in that order. A
+/// password is taken only from a file or the environment, never from an argument.
+fn copy_target(
+    to: Option<String>,
+    to_file: Option<PathBuf>,
+    from_env: Option<String>,
+) -> Result<xup::config::StoreConfig, String> {
+    let (target, from_argument) = match (to, to_file, from_env) {
+        (Some(to), _, _) => (to, true),
+        (None, Some(file), _) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let first = text.lines().next().unwrap_or_default().trim().to_owned();
+            (first, false)
+        }
+        (None, None, Some(from_env)) => (from_env.trim().to_owned(), false),
+        (None, None, None) => {
+            return Err("say where to copy to: --to, --to-file or XUP_COPY_TO".into());
+        }
     };
+    if target.is_empty() {
+        return Err("the target is empty".into());
+    }
+    if !(target.starts_with("postgres://") || target.starts_with("postgresql://")) {
+        return Ok(xup::config::StoreConfig::Sqlite {
+            path: target.into(),
+        });
+    }
+    let parsed = target
+        .parse::<tokio_postgres::Config>()
+        .map_err(|_| "the target is not a PostgreSQL URL that xup can read".to_owned())?;
+    if from_argument && parsed.get_password().is_some() {
+        return Err(
+            "the target's URL holds a password, which every user of this machine can \
+                    read on a command line: put the URL in a file for --to-file, or in \
+                    XUP_COPY_TO"
+                .into(),
+        );
+    }
+    Ok(xup::config::StoreConfig::Postgres {
+        url: target,
+        pool_size: 2,
+        ca_file: None,
+    })
+}
+
+/// `xup copy-store`: what was copied on stdout; the target is named without its password.
+fn copy_store(config: &Config, target: &xup::config::StoreConfig) -> ExitCode {
     let (from, into) = (config.store.describe(), target.describe());
-    match copy_between(&config.store, &target) {
+    match copy_between(&config.store, target) {
         Ok(copied) => {
             println!(
                 "copied from {from} to {into}: {} revocations, {} held messages ({} there \

@@ -49,6 +49,33 @@ fn the_example_config_passes_xup_check() {
 }
 
 #[test]
+fn xup_check_says_when_metrics_share_the_public_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
+            .expect("example");
+    let apart = r#""metrics":      { "listen": "127.0.0.1:9090" },"#;
+    assert!(example.contains(apart), "the example's metrics line moved");
+    for (config, public) in [(example.clone(), false), (example.replace(apart, ""), true)] {
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config).expect("write");
+        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("xup runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert_eq!(
+            stdout.contains("/metrics and /health are served on http.listen"),
+            public,
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
 fn xup_check_names_the_field_at_fault_and_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.json");
@@ -331,8 +358,23 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     }
     let config = example_config_with_store(dir.path(), &serde_json::json!({ "path": store_dir }));
     let postgres = xup_testbed::Postgres::start().await;
-    let url = postgres.url();
-    let copy = || xup_with_config(&["copy-store", "--to", &url], &config);
+    // A URL with a password is taken from a file or the environment, never from an argument.
+    let with_password = postgres.url().replacen("xup@", "xup:hunter2hunter2@", 1);
+    let (ok, refused) = xup_with_config(&["copy-store", "--to", &with_password], &config);
+    assert!(!ok, "{refused}");
+    assert!(
+        refused.contains("--to-file") && !refused.contains("hunter2"),
+        "{refused}"
+    );
+    assert_eq!(
+        postgres.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'held'"),
+        "0",
+        "nothing was copied"
+    );
+    let url_file = dir.path().join("target.url");
+    std::fs::write(&url_file, format!("{with_password}\n")).expect("write");
+    let url_file = url_file.to_str().expect("utf-8");
+    let copy = || xup_with_config(&["copy-store", "--to-file", url_file], &config);
     let (ok, first) = copy();
     assert!(ok, "{first}");
     assert!(
@@ -341,8 +383,19 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
         ),
         "{first}"
     );
-    let (ok, again) = copy();
+    let again = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .args(["copy-store", "--config"])
+        .arg(&config)
+        .env("XUP_COPY_TO", &with_password)
+        .output()
+        .expect("xup runs");
+    let (ok, again) = (
+        again.status.success(),
+        String::from_utf8_lossy(&again.stdout).into_owned()
+            + &String::from_utf8_lossy(&again.stderr),
+    );
     assert!(ok, "{again}");
+    assert!(!again.contains("hunter2"), "{again}");
     assert!(
         again.contains("0 held messages (2 there already)"),
         "{again}"
