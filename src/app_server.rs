@@ -10,7 +10,8 @@
 //! the commands themselves are parsed and dispatched in `adhoc.rs`.
 //!
 //! A publish is checked (the node opens, is not revoked or expired, comes from the registrant's
-//! domain with the right secret, within its rate limit), then forwarded (`webpush.rs`). Its answer
+//! account or its server with the right secret, within its rate limit), then forwarded
+//! (`webpush.rs`). Its answer
 //! decides what the XMPP server does, so it follows the push service's: `result` when it took the
 //! message; `item-not-found` when the endpoint is gone (the node is then revoked, and the server
 //! disables push: ejabberd at once, Prosody after a few); a `wait` error for anything temporary,
@@ -23,6 +24,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::{FutureExt, future::Shared};
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::{
@@ -75,11 +77,36 @@ struct NodeClaims {
     k: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     a: Option<String>,
-    /// The registrant's domain: only its server may publish.
+    /// The registrant's domain: its server may publish.
     dom: String,
+    /// The registrant's account (bare JID), hashed ([`account_tag`]): it may publish too, and
+    /// no other account of its domain. Nodes issued before it was kept lack it, and take any
+    /// publisher of the domain until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acct: Option<String>,
     /// Seconds since the epoch.
     iat: u64,
     exp: u64,
+}
+
+impl NodeClaims {
+    /// Whether `publisher` may publish to this node: the registrant's server (Prosody and
+    /// ejabberd publish as the account's bare JID or as the server), or the registrant.
+    fn may_publish(&self, publisher: &Jid) -> bool {
+        let domain = publisher.domain().as_str() == self.dom;
+        let server = domain && publisher.node().is_none() && publisher.resource().is_none();
+        let registrant = match &self.acct {
+            Some(acct) => account_tag(publisher.to_bare().as_str()) == *acct,
+            None => domain,
+        };
+        server || registrant
+    }
+}
+
+/// An account as a node keeps it: 16 bytes of its SHA-256, so a long JID does not make a long node.
+fn account_tag(account: &str) -> String {
+    use sha2::Digest;
+    URL_SAFE_NO_PAD.encode(&sha2::Sha256::digest(account.as_bytes())[..16])
 }
 
 type SharedSend = Shared<futures::future::BoxFuture<'static, Arc<Sent>>>;
@@ -157,6 +184,7 @@ impl AppServer {
             k: value("p256dh").map(str::to_owned),
             a: value("auth").map(str::to_owned),
             dom: from.domain().to_string(),
+            acct: Some(account_tag(from.to_bare().as_str())),
             iat: seconds(now),
             exp: seconds(now + self.parts.node_lifetime),
         };
@@ -334,18 +362,25 @@ impl AppServer {
                 item_not_found("no such node, or it expired or was unregistered"),
             )
         })?;
-        let publisher = from.as_ref().map(|j| j.domain().as_str());
-        if publisher != Some(claims.dom.as_str()) {
+        if !from.as_ref().is_some_and(|from| claims.may_publish(from)) {
             return Err((
                 O::Forbidden,
-                forbidden("only the registrant's server may publish to this node"),
+                forbidden("only the registrant or its server may publish to this node"),
             ));
         }
         let secret = options
             .and_then(|o| o.form)
             .and_then(|form| field(&form, "secret").map(str::to_owned));
         let expected = self.parts.keys.secret_of(&publish.node.0).ok();
-        if secret.is_none() || secret != expected {
+        // In constant time: how long a wrong guess takes must not say how much of it was right.
+        let proven = match (secret, expected) {
+            (Some(secret), Some(expected)) => bool::from(subtle::ConstantTimeEq::ct_eq(
+                secret.as_bytes(),
+                expected.as_bytes(),
+            )),
+            _ => false,
+        };
+        if !proven {
             return Err((
                 O::Forbidden,
                 forbidden("wrong or missing secret in publish-options"),
@@ -477,7 +512,6 @@ fn node_key(id: &str) -> crate::store::RegistrationKey {
 }
 
 fn base64_id() -> String {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
 
@@ -550,6 +584,39 @@ mod tests {
         );
         form.type_ = DataFormType::Submit;
         form
+    }
+
+    #[test]
+    fn only_the_registrant_and_its_server_may_publish() {
+        let node = |acct: Option<&str>| NodeClaims {
+            id: "n".into(),
+            ep: "https://push.example.net/x".into(),
+            k: None,
+            a: None,
+            dom: "example.org".into(),
+            acct: acct.map(account_tag),
+            iat: 0,
+            exp: 1,
+        };
+        let jid = |text: &str| Jid::new(text).expect(text);
+        let node = node(Some("juliet@example.org"));
+        for allowed in [
+            "example.org",
+            "juliet@example.org",
+            "juliet@example.org/phone",
+        ] {
+            assert!(node.may_publish(&jid(allowed)), "{allowed}");
+        }
+        for refused in [
+            "romeo@example.org",
+            "romeo@example.org/juliet@example.org",
+            "example.org/resource",
+            "juliet@example.net",
+            "example.net",
+            "juliet.example.org",
+        ] {
+            assert!(!node.may_publish(&jid(refused)), "{refused}");
+        }
     }
 
     #[test]

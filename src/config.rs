@@ -132,6 +132,9 @@ pub struct AppServerConfig {
     pub node_lifetime: Duration,
     /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or `https:`).
     pub vapid_contact: String,
+    /// The one proxy the outbound client may use (`app_server.proxy`); the environment's
+    /// `HTTPS_PROXY` and the like are ignored, since a proxy connects behind the address check.
+    pub proxy: Option<reqwest::Url>,
     /// Which VAPID key signs; a new number makes (and keeps) a new key in the store.
     pub vapid_key_generation: u32,
 }
@@ -340,6 +343,7 @@ struct RawAppServer {
     node_lifetime: Option<String>,
     vapid_contact: Option<String>,
     vapid_key_generation: Option<u32>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -786,6 +790,18 @@ impl Config {
                 None => public_url.clone(),
             },
             vapid_key_generation: raw_app.vapid_key_generation.unwrap_or(1),
+            proxy: raw_app
+                .proxy
+                .map(|text| match reqwest::Url::parse(&text) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                        Ok(url)
+                    }
+                    _ => Err(invalid(
+                        "app_server.proxy",
+                        "expected an http:// or https:// URL of a proxy, e.g. http://127.0.0.1:3128",
+                    )),
+                })
+                .transpose()?,
         };
 
         let metrics = MetricsConfig {

@@ -5,6 +5,7 @@
 //! to that endpoint, and xup relays each one to the registering client as an IQ and answers the HTTP
 //! request from the client's verdict. See `docs/DESIGN.md` for the flow and who owns each step.
 
+pub mod address;
 pub mod adhoc;
 pub mod app_server;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod protocol;
 pub mod push;
 pub mod register;
 pub mod relay;
+pub mod resolve;
 pub mod status;
 pub mod store;
 pub mod sum7;
@@ -149,6 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
                 &vapid,
                 config.app_server.vapid_contact.clone(),
                 config.app_server.allow_private_endpoints.clone(),
+                config.app_server.proxy.as_ref(),
             )?;
             Some(Arc::new(app_server::AppServer::new(app_server::Parts {
                 component: config.component.jid.clone(),

@@ -2,11 +2,16 @@
 //! out (`app_server.rs`).
 //!
 //! The endpoint is a URL a client gave us, so it is treated as hostile: it must be `https` (plain
-//! `http` only into a network listed in `app_server.allow_private_endpoints`), it must not lead to
-//! a loopback, private or link-local address unless that network is listed (checked for the
+//! `http` only into a network listed in `app_server.allow_private_endpoints`), it must lead only to
+//! globally reachable addresses unless the network is listed (`address.rs`; checked for the
 //! literal address, and again for every address its name resolves to, at the moment of connecting,
 //! so a name that changes its answer gains nothing), redirects are not followed, and the whole
 //! exchange is bounded in time. Nothing of the answer but its status is read.
+//!
+//! Names are looked up by xup itself (`resolve.rs`: bounded, off the store's threads), and never
+//! by a proxy from the environment: a proxy resolves and connects behind the address check, so
+//! one is used only when `app_server.proxy` names it. What goes back to the XMPP server or into a
+//! log says what failed, never the endpoint: it is the user's, and may carry a secret.
 //!
 //! A message is encrypted per RFC 8291 (`aes128gcm`) when the subscription gave its keys, and
 //! always carries a VAPID (RFC 8292) signature under xup's key, so the push service can tell who
@@ -34,7 +39,7 @@ use web_push_native::{
     p256,
 };
 
-use crate::protocol::Urgency;
+use crate::{address::is_global, protocol::Urgency, resolve::Resolver};
 
 /// The whole exchange with an endpoint, connecting included: the XMPP server waits for our answer,
 /// and ejabberd and Prosody give up on an IQ after about 10 s.
@@ -85,9 +90,9 @@ pub enum EndpointError {
     TooLong,
     #[error("endpoint: must be https")]
     NotHttps,
-    #[error("endpoint: leads to a loopback, private or link-local address")]
+    #[error("endpoint: leads to an address that is not globally reachable")]
     Private,
-    #[error("endpoint: its host does not resolve")]
+    #[error("endpoint: its host does not resolve, or not in time")]
     Unresolvable,
     #[error("p256dh: not an uncompressed P-256 public key in base64url")]
     P256dh,
@@ -118,24 +123,35 @@ pub struct WebPush {
     vapid: ES256KeyPair,
     contact: String,
     allow_private: Arc<Vec<IpNet>>,
+    resolver: Arc<Resolver>,
 }
 
 impl WebPush {
-    /// `vapid_secret` is the P-256 private key (32 bytes) that signs; `contact` is VAPID's `sub`.
+    /// `vapid_secret` is the P-256 private key (32 bytes) that signs; `contact` is VAPID's `sub`;
+    /// `proxy` is `app_server.proxy`, the only proxy ever used.
     pub fn new(
         vapid_secret: &[u8],
         contact: String,
         allow_private: Vec<IpNet>,
+        proxy: Option<&Url>,
     ) -> anyhow::Result<WebPush> {
         let allow_private = Arc::new(allow_private);
+        let resolver = Arc::new(Resolver::system());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(SEND_TIMEOUT)
             .dns_resolver(Arc::new(Guarded {
                 allow: allow_private.clone(),
+                resolver: resolver.clone(),
             }))
-            .user_agent(concat!("xup/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("xup/", env!("CARGO_PKG_VERSION")));
+        let client = match proxy {
+            // `HTTPS_PROXY` and the like are for the operator's shell, not for a daemon that
+            // must check where it connects.
+            None => client.no_proxy(),
+            Some(proxy) => client.proxy(reqwest::Proxy::all(proxy.clone())?),
+        }
+        .build()?;
         let vapid = ES256KeyPair::from_bytes(vapid_secret)
             .map_err(|e| anyhow::anyhow!("the stored VAPID key is not a P-256 key: {e}"))?;
         Ok(WebPush {
@@ -143,6 +159,7 @@ impl WebPush {
             vapid,
             contact,
             allow_private,
+            resolver,
         })
     }
 
@@ -176,9 +193,12 @@ impl WebPush {
         let port = url.port_or_known_default().ok_or(EndpointError::NotUrl)?;
         let addresses: Vec<IpAddr> = match literal_address(&url) {
             Some(ip) => vec![ip],
-            None => tokio::net::lookup_host((host, port))
+            None => self
+                .resolver
+                .resolve(host, port)
                 .await
                 .map_err(|_| EndpointError::Unresolvable)?
+                .into_iter()
                 .map(|a| a.ip())
                 .collect(),
         };
@@ -187,7 +207,7 @@ impl WebPush {
         }
         let listed = |ip: &IpAddr| self.allow_private.iter().any(|net| net.contains(ip));
         match url.scheme() {
-            "https" if addresses.iter().all(|ip| is_public(ip) || listed(ip)) => {}
+            "https" if addresses.iter().all(|ip| is_global(ip) || listed(ip)) => {}
             "https" => return Err(EndpointError::Private),
             "http" if addresses.iter().all(listed) => {}
             _ => return Err(EndpointError::NotHttps),
@@ -213,7 +233,7 @@ impl WebPush {
     ) -> Sent {
         let url = &subscription.endpoint;
         if let Some(ip) = literal_address(url)
-            && !is_public(&ip)
+            && !is_global(&ip)
             && !self.allow_private.iter().any(|net| net.contains(&ip))
         {
             return Sent::Refused(StatusCode::FORBIDDEN);
@@ -249,7 +269,7 @@ impl WebPush {
                 status => Sent::Refused(status),
             },
             Err(e) if e.is_timeout() => Sent::Failed("no answer in time".into()),
-            Err(e) => Sent::Failed(e.to_string()),
+            Err(e) => Sent::Failed(without_endpoint(e)),
         }
     }
 
@@ -268,32 +288,17 @@ fn literal_address(url: &Url) -> Option<IpAddr> {
     url.host_str()?.trim_matches(['[', ']']).parse().ok()
 }
 
-/// Whether `ip` is an address on the public internet: not loopback, private, link-local, shared,
-/// unspecified, multicast or documentation space.
-pub fn is_public(ip: &IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
-        }
+/// What went wrong in a send, in words that may go back to the XMPP server and into logs: the
+/// chain of causes, without the URL that reqwest's own text puts first.
+fn without_endpoint(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(next) = cause {
+        text = format!("{text}: {next}");
+        cause = next.source();
     }
+    text
 }
 
 /// The resolver the HTTP client connects through: a name's private addresses are dropped unless
@@ -301,22 +306,22 @@ pub fn is_public(ip: &IpAddr) -> bool {
 /// registration.
 struct Guarded {
     allow: Arc<Vec<IpNet>>,
+    resolver: Arc<Resolver>,
 }
 
 impl Resolve for Guarded {
     fn resolve(&self, name: Name) -> Resolving {
-        let allow = self.allow.clone();
+        let (allow, resolver) = (self.allow.clone(), self.resolver.clone());
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+            let found: Vec<SocketAddr> = resolver
+                .resolve(name.as_str(), 0)
                 .await?
-                .filter(|a| is_public(&a.ip()) || allow.iter().any(|net| net.contains(&a.ip())))
+                .into_iter()
+                .filter(|a| is_global(&a.ip()) || allow.iter().any(|net| net.contains(&a.ip())))
                 .collect();
             if found.is_empty() {
-                return Err(format!(
-                    "{} resolves to no address xup may connect to",
-                    name.as_str()
-                )
-                .into());
+                // Not the name: it is part of the endpoint.
+                return Err("the endpoint's host resolves to no address xup may connect to".into());
             }
             let addresses: Addrs = Box::new(found.into_iter());
             Ok(addresses)
@@ -334,30 +339,9 @@ mod tests {
             &WebPush::new_vapid_secret(),
             "mailto:ops@example.org".into(),
             allow,
+            None,
         )
         .expect("web push")
-    }
-
-    #[test]
-    fn public_means_routable_on_the_internet() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(&private.parse().expect("ip")), "{private}");
-        }
-        for public in ["93.184.216.34", "2a00:1450:4001:82b::200e"] {
-            assert!(is_public(&public.parse().expect("ip")), "{public}");
-        }
     }
 
     #[tokio::test]
@@ -367,6 +351,18 @@ mod tests {
             ("https://127.0.0.1/push", EndpointError::Private),
             ("https://[::1]:8443/push", EndpointError::Private),
             ("https://169.254.169.254/latest", EndpointError::Private),
+            (
+                "https://[::ffff:169.254.169.254]/latest",
+                EndpointError::Private,
+            ),
+            (
+                "https://[64:ff9b::a9fe:a9fe]/latest",
+                EndpointError::Private,
+            ),
+            ("https://[2002:7f00:1::1]/push", EndpointError::Private),
+            ("https://2130706433/push", EndpointError::Private),
+            ("https://0x7f.1/push", EndpointError::Private),
+            ("https://198.18.0.1/push", EndpointError::Private),
             ("http://127.0.0.1/push", EndpointError::NotHttps),
             ("ftp://example.org/x", EndpointError::NotHttps),
             ("not a url", EndpointError::NotUrl),

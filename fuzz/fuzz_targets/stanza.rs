@@ -74,6 +74,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         &WebPush::new_vapid_secret(),
         "mailto:fuzz@localhost".into(),
         vec![],
+        None,
     )
     .expect("web push");
     let app_server = Arc::new(AppServer::new(app_server::Parts {

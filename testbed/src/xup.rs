@@ -47,6 +47,8 @@ pub struct XupSettings {
     pub limits: Vec<(&'static str, Value)>,
     /// The `metrics` section, e.g. `("listen", json!("127.0.0.1:9090"))`.
     pub metrics: Vec<(&'static str, Value)>,
+    /// More environment for the process, e.g. `("HTTPS_PROXY", "http://127.0.0.1:1".into())`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl XupSettings {
@@ -66,6 +68,7 @@ impl XupSettings {
             http: Vec::new(),
             limits: Vec::new(),
             metrics: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Xup {
             .arg("--config")
             .arg(config.path())
             .env("RUST_LOG", settings.log_filter)
+            .envs(settings.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -236,6 +236,12 @@ async fn registrations_are_checked_and_publishes_must_prove_themselves() {
     let mut juliet = stack.juliet("phone").await;
     for (endpoint, why) in [
         ("https://10.0.0.1/push", "private"),
+        ("https://[::ffff:10.0.0.1]/push", "private, inside IPv6"),
+        (
+            "https://[64:ff9b::a9fe:a9fe]/latest",
+            "link local, through NAT64",
+        ),
+        ("https://[2002:c0a8:101::1]/push", "private, through 6to4"),
         ("http://push.example.org/x", "https"),
         ("not a url", "URL"),
     ] {
@@ -286,6 +292,13 @@ async fn registrations_are_checked_and_publishes_must_prove_themselves() {
         .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
         .await;
     assert_eq!(foreign["condition"], "forbidden", "{foreign}");
+    // Another account of the registrant's own domain, with the node and its secret, is no more
+    // the registrant than eve is.
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    let neighbour = romeo
+        .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
+        .await;
+    assert_eq!(neighbour["condition"], "forbidden", "{neighbour}");
     let unknown = juliet
         .iq(
             "set",
@@ -546,4 +559,82 @@ async fn a_wait_error_keeps_the_registration_and_item_not_found_ends_it() {
     assert_eq!(publishes(&stack, "gone").await, 1.0);
     assert_eq!(publishes(&stack, "failed").await, 1.0);
     assert_eq!(publishes(&stack, "delivered").await, 2.0);
+}
+
+/// A proxy in xup's environment, as a shell or a unit file may leave one, is not used: it would
+/// resolve and connect behind xup's address check. The publish goes straight to the push service.
+#[tokio::test]
+async fn a_proxy_in_the_environment_is_never_used() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("address"));
+    let (connected, mut connections) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            let _ = connected.send(());
+            drop(socket);
+        }
+    });
+    let stack = Stack::start_with(|settings| {
+        for name in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            settings.env.push((name, proxy_url.clone()));
+        }
+    })
+    .await;
+    let mut service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    let node = juliet
+        .register_web_push(&service.endpoint("juliet"), None)
+        .await
+        .expect("registered");
+    let answer = juliet
+        .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
+        .await;
+    assert_eq!(answer["type"], "result", "{answer}");
+    assert_eq!(service.next().await.path, "/push/juliet");
+    assert!(
+        connections.try_recv().is_err(),
+        "xup connected to the proxy from its environment"
+    );
+}
+
+/// A push service that cannot be reached gets a `wait` error whose text, and xup's log, say what
+/// failed but never the endpoint: it is the user's, and its path may be a secret.
+#[tokio::test]
+async fn a_failed_send_never_shows_the_endpoint() {
+    let stack = Stack::start().await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let secret_path = "capability-0123456789abcdef";
+    let endpoint = format!("http://127.0.0.1:{port}/push/{secret_path}");
+    let mut juliet = stack.juliet("phone").await;
+    let node = juliet
+        .register_web_push(&endpoint, None)
+        .await
+        .expect("registered");
+    let answer = juliet
+        .iq("set", COMPONENT, &publish(&node.node, &node.secret, 1))
+        .await;
+    assert_eq!(
+        (answer["condition"].as_str(), answer["error_type"].as_str()),
+        (Some("remote-server-timeout"), Some("wait")),
+        "{answer}"
+    );
+    let text = answer["text"].as_str().unwrap_or_default();
+    assert!(text.contains("connect"), "says what failed: {text}");
+    for shown in [text.to_owned(), stack.xup.logs_so_far().join("\n")] {
+        assert!(!shown.contains(secret_path), "{shown}");
+        assert!(!shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+    }
 }
