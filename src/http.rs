@@ -7,8 +7,10 @@
 //! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing and
 //! for too many pushes in flight, and `429` with `Retry-After` for a sender over a rate limit.
 //!
-//! A request is checked cheapest first (`push.rs`), and only then is the body read, within
-//! `http.body_timeout`. Endpoints the Java `up` issued are served on the route its URI template
+//! A request is checked cheapest first (`push.rs`), then its body is read, within
+//! `http.body_timeout`, and only a push whose body has come takes one of the `http.max_in_flight`
+//! slots: a sender who trickles bodies ties up connections (bounded per address by the listener),
+//! never the slots everyone else's pushes need. Endpoints the Java `up` issued are served on the route its URI template
 //! gave them, when `registration.legacy_up_secret` is set; the Matrix gateway (`matrix.rs`) shares
 //! the listener.
 //!
@@ -228,27 +230,19 @@ async fn accept_push(
             Err(reason) => return Verdict::BadHeader(reason),
         }
     };
-    let admitted = match pushes.admit(claims) {
-        Ok(admitted) => admitted,
-        Err(verdict) => return verdict,
-    };
-    // A declared length (Content-Length, as hyper reports it in the body's size hint) over the
-    // limit is refused before a byte of it is read.
-    if HttpBody::size_hint(&body).lower() > protocol::MAX_BODY as u64 {
-        return Verdict::TooLarge;
-    }
-    let read = Limited::new(body, protocol::MAX_BODY).collect();
-    let body = match tokio::time::timeout(state.body_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Verdict::TooLarge;
-        }
-        Ok(Err(_)) => return Verdict::Unreadable,
-        Err(_) => return Verdict::SlowBody,
+    let body = match read_body(body, protocol::MAX_BODY, state.body_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return Verdict::TooLarge,
+        Err(BodyError::Unreadable) => return Verdict::Unreadable,
+        Err(BodyError::Slow) => return Verdict::SlowBody,
     };
     if body.is_empty() {
         return Verdict::Empty;
     }
+    let admitted = match pushes.admit(claims) {
+        Ok(admitted) => admitted,
+        Err(verdict) => return verdict,
+    };
     let request = relay::Request {
         body: Vec::from(body),
         ttl,
@@ -257,6 +251,38 @@ async fn accept_push(
         received,
     };
     pushes.deliver(admitted, request).await
+}
+
+/// Why a request's body could not be had.
+#[derive(Debug, PartialEq)]
+pub enum BodyError {
+    /// Over the door's limit, declared or sent.
+    TooLarge,
+    Unreadable,
+    /// Not all there within `http.body_timeout`.
+    Slow,
+}
+
+/// A request's whole body, at most `limit` bytes, within `timeout`: how both doors read one. A
+/// declared length (Content-Length, as hyper reports it in the body's size hint) over the limit is
+/// refused before a byte of it is read. While it is read, it counts in
+/// `xup_request_bodies_being_read`.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, BodyError> {
+    if HttpBody::size_hint(&body).lower() > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let _reading = METRICS.reading_body();
+    let read = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+        Err(_) => Err(BodyError::Slow),
+    }
 }
 
 /// RFC 8030's request headers: `TTL` (seconds, `None` if absent), `Topic`, `Urgency`.

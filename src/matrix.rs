@@ -16,18 +16,17 @@ use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     Router,
-    body::HttpBody,
     extract::{ConnectInfo, Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 
 use crate::{
     config::{LegacyRoute, LegacyUp},
+    http::{BodyError, read_body},
     limits::sender_address,
     metrics::METRICS,
     protocol::{self, Urgency},
@@ -227,17 +226,11 @@ async fn read_notification(
     body: axum::body::Body,
     body_timeout: Duration,
 ) -> Result<Notification, BadNotify> {
-    if HttpBody::size_hint(&body).lower() > MAX_NOTIFY_BODY as u64 {
-        return Err(BadNotify::TooLarge);
-    }
-    let read = Limited::new(body, MAX_NOTIFY_BODY).collect();
-    let bytes = match tokio::time::timeout(body_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(BadNotify::TooLarge);
-        }
-        Ok(Err(_)) => return Err(BadNotify::Unreadable),
-        Err(_) => return Err(BadNotify::Slow),
+    let bytes = match read_body(body, MAX_NOTIFY_BODY, body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => return Err(BadNotify::TooLarge),
+        Err(BodyError::Unreadable) => return Err(BadNotify::Unreadable),
+        Err(BodyError::Slow) => return Err(BadNotify::Slow),
     };
     parse_notification(&bytes)
 }

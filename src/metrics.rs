@@ -215,6 +215,16 @@ pub struct Metrics {
     held: Gauge,
     offline: Gauge,
     awaiting: Gauge,
+    bodies: Gauge,
+}
+
+/// A request body being read, counted until dropped ([`Metrics::reading_body`]).
+pub struct ReadingBody(Gauge);
+
+impl Drop for ReadingBody {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The state the gauges report, read at the moment of a scrape.
@@ -314,6 +324,14 @@ impl Metrics {
             "<push> IQs sent and not yet answered, including those whose sender was already answered",
             awaiting.clone(),
         );
+        // Counted as it happens, by a guard that cannot forget to count down: no owner holds the
+        // bodies being read, so there is nothing to read at a scrape.
+        let bodies = Gauge::default();
+        registry.register(
+            "request_bodies_being_read",
+            "Request bodies being read, before a push takes a slot among those in flight",
+            bodies.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -330,7 +348,14 @@ impl Metrics {
             held,
             offline,
             awaiting,
+            bodies,
         }
+    }
+
+    /// Count a request body as being read until the guard drops.
+    pub fn reading_body(&self) -> ReadingBody {
+        self.bodies.inc();
+        ReadingBody(self.bodies.clone())
     }
 
     pub fn push(&self, outcome: PushOutcome) {

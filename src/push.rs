@@ -4,8 +4,9 @@
 //!
 //! Checks run cheapest first, so a flood costs as little as it can: the sender's address against
 //! its rate limit, then the token (decrypted in memory; a forgery is counted against its sender
-//! and never reaches the store), then revocation, the endpoint's own rate limit, and a slot among
-//! the pushes in flight. The door reads the body only after all that. Then the endpoint's dialect
+//! and never reaches the store), then revocation. The door then reads the body, and only a push
+//! whose body has come passes the endpoint's own rate limit and takes a slot among the pushes in
+//! flight ([`Pushes::admit`]): a slow body holds no slot. Then the endpoint's dialect
 //! decides: a Conversations client gets the relay (`relay.rs`: an IQ, its answer, holding), a
 //! sum7 client a `<message>` (`sum7.rs`).
 //!

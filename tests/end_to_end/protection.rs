@@ -456,3 +456,52 @@ async fn info_logs_name_no_account_and_no_token() {
         );
     }
 }
+
+/// A sender that opens pushes and trickles their bodies, 200 of them over HTTP/2, ties up its own
+/// streams and nothing else: no slot among the pushes in flight, so a normal push still gets `201`
+/// (with the slots taken first, as before, the 150 slots were all theirs and it got `503`).
+#[tokio::test]
+async fn two_hundred_trickled_bodies_take_no_slot_from_a_normal_push() {
+    let stack = Stack::start_with(|s| {
+        s.http = vec![
+            ("max_in_flight", json!(150)),
+            ("body_timeout", json!("60s")),
+        ];
+    })
+    .await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let mut trickles = tokio::task::JoinSet::new();
+    // HTTP/2 allows 128 streams a connection (`listener.rs`): two connections, 100 each.
+    for _ in 0..2 {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        for _ in 0..100 {
+            let (client, endpoint) = (client.clone(), endpoint.clone());
+            trickles.spawn(async move {
+                // One byte of the hundred announced, and then nothing.
+                let body = futures::stream::once(async { Ok::<_, std::io::Error>(vec![b'x']) })
+                    .chain(futures::stream::pending());
+                let _ = client
+                    .post(&endpoint)
+                    .header("content-length", "100")
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await;
+            });
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while stack.metric("xup_request_bodies_being_read").await < 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "xup never read 200 bodies at once"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.metric("xup_pushes_in_flight").await, 0.0);
+    assert_delivered(&endpoint, &mut phone, b"a normal push among trickles").await;
+    trickles.abort_all();
+}
