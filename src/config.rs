@@ -116,6 +116,10 @@ pub struct DeliveryConfig {
     pub max_held_per_registration: usize,
     /// Held messages in all; past it new ones are refused (`503`) rather than held.
     pub max_held: usize,
+    /// Held messages for one account (bare JID), over all its resources and apps; past it, `503`.
+    pub max_held_per_account: usize,
+    /// Held messages for one domain's accounts; past it, `503`.
+    pub max_held_per_domain: usize,
     /// The longest wait before a held message that was not taken is offered again (the wait
     /// starts at 30 s and doubles), and how often every registration that is due is looked at.
     pub retry_interval: Duration,
@@ -355,6 +359,8 @@ struct RawDelivery {
     max_ttl: Option<String>,
     max_held_per_registration: Option<usize>,
     max_held: Option<usize>,
+    max_held_per_account: Option<usize>,
+    max_held_per_domain: Option<usize>,
     retry_interval: Option<String>,
 }
 
@@ -683,6 +689,24 @@ impl Config {
             ));
         }
         let max_held = raw.delivery.max_held.unwrap_or(protocol::DEFAULT_MAX_HELD);
+        let share = |field: &str, given: Option<usize>, divisor: usize| match given {
+            None => Ok((max_held / divisor).max(1)),
+            Some(n) if (1..=max_held).contains(&n) => Ok(n),
+            Some(_) => Err(invalid(
+                field,
+                "must be at least 1 and at most delivery.max_held",
+            )),
+        };
+        let max_held_per_account = share(
+            "delivery.max_held_per_account",
+            raw.delivery.max_held_per_account,
+            protocol::HELD_SHARE_OF_ACCOUNT,
+        )?;
+        let max_held_per_domain = share(
+            "delivery.max_held_per_domain",
+            raw.delivery.max_held_per_domain,
+            protocol::HELD_SHARE_OF_DOMAIN,
+        )?;
         let retry_interval = match &raw.delivery.retry_interval {
             Some(text) => duration("delivery.retry_interval", text)?,
             None => protocol::DEFAULT_RETRY_INTERVAL,
@@ -856,6 +880,8 @@ impl Config {
                 max_ttl,
                 max_held_per_registration,
                 max_held,
+                max_held_per_account,
+                max_held_per_domain,
                 retry_interval,
             },
             limits,

@@ -8,9 +8,12 @@
 //! across registrations, so one app's stuck message never holds back another app of the same phone
 //! (`deliver.rs` offers them).
 //!
-//! Bounds: per registration (the oldest is dropped for the newest), and in total (past it, new
-//! messages are refused with `503`, so the sender keeps them instead). A newer message with the same
-//! `Topic` replaces the held one. Expired messages are never sent and are pruned.
+//! Bounds: per registration (the oldest is dropped for the newest); per account and per domain, so
+//! that one user, or one server's users, cannot take the room everyone else's messages need; and
+//! in total. Past any of the last three, new messages are refused with `503`, so the sender keeps
+//! them instead. A newer message with the same `Topic` replaces the held one. Expired messages are
+//! never sent and are pruned. The account and domain bounds are checked against the counts in
+//! memory before a message reaches the writer, so refusing costs no store work.
 //!
 //! The rows live in the store's database (`store.rs`, either engine); an in-memory count per
 //! registration keeps the push path from asking the database whether a registration has anything
@@ -61,6 +64,9 @@ impl Message {
 pub enum HoldError {
     #[error("the store holds delivery.max_held messages already")]
     Full,
+    /// The client's account or its domain holds all it may; names the setting.
+    #[error("the client's account or domain holds {0} messages already")]
+    OwnerFull(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -89,35 +95,54 @@ type Hold = (Message, oneshot::Sender<Result<Held, HoldError>>);
 /// the HTTP side can bring (`http.max_in_flight`).
 const MAX_BATCH: usize = 16_384;
 
-/// The bounds a hold is checked against.
+/// The bounds a hold is checked against. The engine keeps the per-registration and total ones in
+/// its transaction; the writer checks the account's and domain's first, in memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
     pub per_registration: usize,
+    pub per_account: usize,
+    pub per_domain: usize,
     pub total: usize,
 }
 
-/// Held messages per client (full JID) and, within it, per registration.
+impl Bounds {
+    /// Bounds with no account or domain bound of their own: for copying a store, and for tests.
+    pub fn only(per_registration: usize, total: usize) -> Bounds {
+        Bounds {
+            per_registration,
+            per_account: usize::MAX,
+            per_domain: usize::MAX,
+            total,
+        }
+    }
+}
+
+/// Held messages per client (full JID) and, within it, per registration; and per account (bare
+/// JID) and domain, for their bounds.
 #[derive(Default)]
 struct Counts {
     by_subject: HashMap<String, HashMap<RegistrationKey, usize>>,
+    by_account: HashMap<String, usize>,
+    by_domain: HashMap<String, usize>,
     total: usize,
+}
+
+/// The account (bare JID) and the domain of a full JID.
+fn owners_of(subject: &str) -> (&str, &str) {
+    let account = subject.split('/').next().unwrap_or(subject);
+    let domain = account
+        .rsplit_once('@')
+        .map_or(account, |(_, domain)| domain);
+    (account, domain)
 }
 
 impl HeldMessages {
     /// Forget what expired while xup was stopped, and count the rest (the table is the store's
     /// schema's, `store.rs`). Starts the writer task, so it must be called within a Tokio runtime.
-    pub async fn open(
-        engine: Arc<dyn Engine>,
-        per_registration: usize,
-        max_total: usize,
-    ) -> Result<HeldMessages, StoreError> {
+    pub async fn open(engine: Arc<dyn Engine>, bounds: Bounds) -> Result<HeldMessages, StoreError> {
         engine.prune_held(micros(SystemTime::now())).await?;
         let counts = Arc::new(Mutex::new(Counts::of(engine.held_counts().await?)));
         let (writer, queue) = mpsc::unbounded_channel();
-        let bounds = Bounds {
-            per_registration,
-            total: max_total,
-        };
         tokio::spawn(write_forever(engine.clone(), counts.clone(), bounds, queue));
         Ok(HeldMessages {
             engine,
@@ -250,9 +275,8 @@ impl Counts {
     fn of(rows: Vec<crate::store::HeldCount>) -> Counts {
         let mut counts = Counts::default();
         for row in rows {
-            counts.total += row.count;
-            let registrations = counts.by_subject.entry(row.subject).or_default();
-            registrations.insert(row.registration, row.count);
+            let count = isize::try_from(row.count).unwrap_or(isize::MAX);
+            counts.add(&row.subject, row.registration, count);
         }
         counts
     }
@@ -270,6 +294,38 @@ impl Counts {
         if registrations.is_empty() {
             self.by_subject.remove(subject);
         }
+        let (account, domain) = owners_of(subject);
+        add_to(&mut self.by_account, account, delta);
+        add_to(&mut self.by_domain, domain, delta);
+    }
+
+    /// Why a message for `subject` may not be held now, `queued` more being on their way for the
+    /// same account and domain: the setting its account or domain is at.
+    fn owner_full(
+        &self,
+        subject: &str,
+        queued: &(HashMap<String, usize>, HashMap<String, usize>),
+        bounds: Bounds,
+    ) -> Option<&'static str> {
+        let (account, domain) = owners_of(subject);
+        let count = |counts: &HashMap<String, usize>, queued: &HashMap<String, usize>, key| {
+            counts.get(key).copied().unwrap_or(0) + queued.get(key).copied().unwrap_or(0)
+        };
+        if count(&self.by_account, &queued.0, account) >= bounds.per_account {
+            Some("delivery.max_held_per_account")
+        } else if count(&self.by_domain, &queued.1, domain) >= bounds.per_domain {
+            Some("delivery.max_held_per_domain")
+        } else {
+            None
+        }
+    }
+}
+
+fn add_to(counts: &mut HashMap<String, usize>, key: &str, delta: isize) {
+    let count = counts.entry(key.to_owned()).or_default();
+    *count = count.saturating_add_signed(delta);
+    if *count == 0 {
+        counts.remove(key);
     }
 }
 
@@ -291,6 +347,27 @@ async fn write_forever(
             && let Ok(next) = queue.try_recv()
         {
             batch.push(next);
+        }
+        // The account and domain bounds, from memory: a message over them never reaches the store.
+        let batch: Vec<Hold> = {
+            let counts = lock(&counts);
+            let mut queued = (HashMap::new(), HashMap::new());
+            batch
+                .into_iter()
+                .filter_map(|(message, reply)| {
+                    if let Some(setting) = counts.owner_full(&message.subject, &queued, bounds) {
+                        let _ = reply.send(Err(HoldError::OwnerFull(setting)));
+                        return None;
+                    }
+                    let (account, domain) = owners_of(&message.subject);
+                    *queued.0.entry(account.to_owned()).or_default() += 1;
+                    *queued.1.entry(domain.to_owned()).or_default() += 1;
+                    Some((message, reply))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            continue;
         }
         let (messages, replies): (Vec<Message>, Vec<_>) = batch.into_iter().unzip();
         let owners: Vec<(String, RegistrationKey)> = messages
@@ -347,7 +424,7 @@ mod tests {
 
     async fn open(dir: &std::path::Path, per_registration: usize, max: usize) -> HeldMessages {
         let engine = Sqlite::open(dir).expect("store");
-        HeldMessages::open(Arc::new(engine), per_registration, max)
+        HeldMessages::open(Arc::new(engine), Bounds::only(per_registration, max))
             .await
             .expect("held")
     }
@@ -459,6 +536,52 @@ mod tests {
         ));
         assert!(!held.contains("c").await.expect("query"));
         assert_eq!(held.total(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_account_and_a_domain_hold_their_share_even_when_their_holds_come_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Sqlite::open(dir.path()).expect("store"));
+        let bounds = Bounds {
+            per_registration: 100,
+            per_account: 3,
+            per_domain: 5,
+            total: 100,
+        };
+        let held = HeldMessages::open(engine, bounds).await.expect("held");
+        let for_whom = |subject: &str, id: usize| Message {
+            subject: subject.into(),
+            ..message(&format!("{subject} {id}"), &format!("app {id}"), None)
+        };
+        // Ten for juliet's two resources at once: three are hers to keep.
+        let outcomes = futures::future::join_all((0..10).map(|i| {
+            let resource = ["phone", "laptop"][i % 2];
+            held.hold(for_whom(&format!("juliet@example.org/{resource}"), i))
+        }))
+        .await;
+        let kept = outcomes.iter().filter(|o| o.is_ok()).count();
+        let refused = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Err(HoldError::OwnerFull("delivery.max_held_per_account"))
+                )
+            })
+            .count();
+        assert_eq!((kept, refused), (3, 7));
+        // Romeo shares her domain's five; eve's domain is another.
+        let romeo: Vec<_> = futures::future::join_all(
+            (0..3).map(|i| held.hold(for_whom("romeo@example.org/x", i))),
+        )
+        .await;
+        assert_eq!(romeo.iter().filter(|o| o.is_ok()).count(), 2);
+        assert!(matches!(
+            held.hold(for_whom("romeo@example.org/x", 9)).await,
+            Err(HoldError::OwnerFull("delivery.max_held_per_domain"))
+        ));
+        assert!(held.hold(for_whom("eve@example.net/x", 0)).await.is_ok());
+        assert_eq!(held.total(), 6);
     }
 
     #[tokio::test]

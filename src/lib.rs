@@ -113,8 +113,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let held = Arc::new(
         HeldMessages::open(
             store.engine(),
-            config.delivery.max_held_per_registration,
-            config.delivery.max_held,
+            held::Bounds {
+                per_registration: config.delivery.max_held_per_registration,
+                per_account: config.delivery.max_held_per_account,
+                per_domain: config.delivery.max_held_per_domain,
+                total: config.delivery.max_held,
+            },
         )
         .await?,
     );

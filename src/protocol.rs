@@ -58,6 +58,15 @@ pub const DEFAULT_MAX_HELD_PER_REGISTRATION: usize = 100;
 /// Held messages in all, so a flood for phones that never come back cannot fill the disk.
 pub const DEFAULT_MAX_HELD: usize = 100_000;
 
+/// One account may hold at most this fraction (1/25: 4 %) of `delivery.max_held` unless told
+/// otherwise: a flood for one user never fills what every other user's messages need.
+pub const HELD_SHARE_OF_ACCOUNT: usize = 25;
+
+/// One domain may hold at most half of `delivery.max_held` unless told otherwise, so a server
+/// whose users all stay away (or one that registers for a domain it invents, under `allow: ["*"]`)
+/// leaves room for the others. A provider for one domain alone raises it to `max_held`.
+pub const HELD_SHARE_OF_DOMAIN: usize = 2;
+
 /// The longest a held message that was not taken waits before it is offered again, and how often
 /// every registration that is due is looked at.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(300);

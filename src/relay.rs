@@ -280,6 +280,13 @@ impl Relay {
                 tracing::warn!("not holding a push: delivery.max_held messages are held already");
                 Ok(Outcome::Full)
             }
+            Err(HoldError::OwnerFull(setting)) => {
+                tracing::debug!(
+                    setting,
+                    "not holding a push: the client's account or domain is full"
+                );
+                Ok(Outcome::Full)
+            }
             Err(HoldError::Store(e)) => Err(e.into()),
         }
     }

@@ -312,7 +312,7 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
 async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     use std::time::{Duration, SystemTime};
     use xup::{
-        held::{HeldMessages, Message},
+        held::{Bounds, HeldMessages, Message},
         protocol::Urgency,
         store::{
             PushNode, Store,
@@ -341,7 +341,9 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             .index_node("juliet@localhost", node)
             .await
             .expect("node");
-        let held = HeldMessages::open(engine, 10, 10).await.expect("held");
+        let held = HeldMessages::open(engine, Bounds::only(10, 10))
+            .await
+            .expect("held");
         for id in ["m1", "m2"] {
             let message = Message {
                 id: id.into(),
@@ -425,7 +427,9 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             .len(),
         1
     );
-    let held = HeldMessages::open(engine, 10, 10).await.expect("held");
+    let held = xup::held::HeldMessages::open(engine, xup::held::Bounds::only(10, 10))
+        .await
+        .expect("held");
     assert_eq!(held.total(), 2);
 
     // A target with another key of the same generation keeps it, and says so.

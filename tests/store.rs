@@ -7,7 +7,7 @@ use std::{
 };
 
 use xup::{
-    held::{Held, HeldMessages, HoldError, Message},
+    held::{Bounds, Held, HeldMessages, HoldError, Message},
     protocol::Urgency,
     store::{
         Engine, PushNode, Store,
@@ -48,7 +48,7 @@ async fn keeps_its_promises(engine: Arc<dyn Engine>) {
     let romeo = "romeo@example.org/laptop";
 
     // Held messages: order, topics, the per-registration bound, the total bound.
-    let held = HeldMessages::open(engine.clone(), 3, 5)
+    let held = HeldMessages::open(engine.clone(), Bounds::only(3, 5))
         .await
         .expect("held");
     held.hold(message("a", juliet, Some("t")))
@@ -101,7 +101,7 @@ async fn keeps_its_promises(engine: Arc<dyn Engine>) {
     );
     assert_eq!(ids(&held, juliet).await, Vec::<String>::new());
     assert_eq!(held.total(), 2, "romeo's are untouched");
-    let later = HeldMessages::open(engine.clone(), 3, 5)
+    let later = HeldMessages::open(engine.clone(), Bounds::only(3, 5))
         .await
         .expect("reopen");
     assert_eq!(later.total(), 2, "counted again from the database");

@@ -63,12 +63,15 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
     settings.log_filter = "xup=info";
     // Clients that miss their own presence (a kill between reconnect and announce) still get theirs.
     // The load is unthrottled, so an outage holds thousands of messages per registration: the
-    // per-registration bound (which drops the oldest by design) is lifted to test what the soak is
-    // about, that nothing answered 201 is lost to a crash.
+    // per-registration bound (which drops the oldest by design) is lifted, and so are the
+    // account's and domain's (a few accounts on one domain), to test what the soak is about, that
+    // nothing answered 201 is lost to a crash.
     settings.delivery = vec![
         ("retry_interval", json!("10s")),
         ("max_held_per_registration", json!(1_000_000)),
         ("max_held", json!(10_000_000)),
+        ("max_held_per_account", json!(10_000_000)),
+        ("max_held_per_domain", json!(10_000_000)),
     ];
     settings.without_rate_limits();
     let xup = Xup::start(&xup_binary, prosody.component_port, &settings).await;

@@ -15,7 +15,7 @@ use xup::{
     app_server::{self, AppServer},
     component::{LinkEvent, Reply, Router},
     config::Config,
-    held::HeldMessages,
+    held::{Bounds, HeldMessages},
     limits::Limits,
     pending::InFlight,
     register::Registrar,
@@ -62,7 +62,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let (store, held) = runtime.block_on(async {
         let engine = Sqlite::open(&store).expect("a store in the temporary directory");
         let store = Arc::new(Store::new(Arc::new(engine)).await.expect("store"));
-        let held = HeldMessages::open(store.engine(), 100, 1000)
+        let held = HeldMessages::open(store.engine(), Bounds::only(100, 1000))
             .await
             .expect("held messages");
         (store, Arc::new(held))

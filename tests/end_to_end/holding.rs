@@ -194,7 +194,14 @@ async fn past_its_bound_a_registration_keeps_its_newest_messages() {
 
 #[tokio::test]
 async fn a_full_store_answers_503_and_keeps_what_it_has() {
-    let stack = Stack::start_with(|s| s.delivery = vec![("max_held", json!(2))]).await;
+    let stack = Stack::start_with(|s| {
+        s.delivery = vec![
+            ("max_held", json!(2)),
+            ("max_held_per_account", json!(2)),
+            ("max_held_per_domain", json!(2)),
+        ]
+    })
+    .await;
     let endpoint = offline_phone(&stack).await;
     accepted(&endpoint, &[], "kept", "86400").await;
     accepted(&endpoint, &[], "kept too", "86400").await;
@@ -205,6 +212,58 @@ async fn a_full_store_answers_503_and_keeps_what_it_has() {
     accepted(&endpoint, &[("TTL", "0")], "no room either", "0").await;
     let mut phone = phone_back(&stack).await;
     receives_exactly(&mut phone, &endpoint, &["kept", "kept too"]).await;
+}
+
+/// One account, then one domain, that holds all it may is refused with `503`; everyone else's
+/// messages are still held.
+#[tokio::test]
+async fn a_full_account_or_domain_answers_503_and_others_are_still_held() {
+    let stack = Stack::start_with(|s| {
+        s.allow = Some(vec![DOMAIN.into(), OTHER_DOMAIN.into()]);
+        s.delivery = vec![
+            ("max_held_per_account", json!(3)),
+            ("max_held_per_domain", json!(5)),
+        ];
+    })
+    .await;
+    let away = |user: &'static str, domain: &'static str, app: String| {
+        let stack = &stack;
+        async move {
+            let mut phone = Peer::connect(&stack.server, user, domain, "phone").await;
+            let endpoint = phone.register(&app, INSTANCE).await.endpoint;
+            phone.leave(&stack.server).await;
+            endpoint
+        }
+    };
+    let refused = |endpoint: String| async move {
+        let response = post(&endpoint, "no room").await;
+        assert_eq!(response.status(), 503, "{endpoint}");
+        assert!(response.headers().contains_key("retry-after"));
+    };
+    // Juliet's two apps share her account's three places.
+    let juliet_one = away("juliet", DOMAIN, APP.into()).await;
+    let juliet_two = away("juliet", DOMAIN, other_app()).await;
+    accepted(&juliet_one, &[], "j1", "86400").await;
+    accepted(&juliet_two, &[], "j2", "86400").await;
+    accepted(&juliet_one, &[], "j3", "86400").await;
+    refused(juliet_two.clone()).await;
+    // Romeo, on her domain, has his own account's places, up to the domain's five.
+    let romeo = away("romeo", DOMAIN, APP.into()).await;
+    accepted(&romeo, &[], "r1", "86400").await;
+    accepted(&romeo, &[], "r2", "86400").await;
+    refused(romeo.clone()).await;
+    // Eve's domain is another.
+    let eve = away("eve", OTHER_DOMAIN, APP.into()).await;
+    accepted(&eve, &[], "e1", "86400").await;
+    // What was held is delivered (one app's after the other's, in either order), and nothing else.
+    let mut phone = phone_back(&stack).await;
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        delivered.push(String::from_utf8(phone.next_push().await.data).expect("utf-8"));
+    }
+    delivered.sort();
+    assert_eq!(delivered, ["j1", "j2", "j3"]);
+    assert_delivered(&juliet_two, &mut phone, b"and nothing else").await;
 }
 
 #[tokio::test]
