@@ -187,9 +187,15 @@ pub struct Router {
     /// The ad-hoc commands.
     pub commands: Arc<adhoc::Commands>,
     pub in_flight: InFlight,
-    /// Told of what the link learns about clients.
-    pub events: mpsc::UnboundedSender<LinkEvent>,
+    /// Told of what the link learns about clients; bounded ([`LINK_EVENTS`]).
+    pub events: mpsc::Sender<LinkEvent>,
 }
+
+/// Link events waiting for the deliverer at most. Past it they are dropped and counted
+/// (`xup_link_events_dropped_total`): every one is a hint the deliverer would also get later (the
+/// next presence, the next answer, the retry), so a flood of stanzas costs bounded memory and
+/// at worst a late delivery or a message offered twice.
+pub const LINK_EVENTS: usize = 16_384;
 
 /// Start the task that keeps the link up until `shutdown` is cancelled, while `permit` is true:
 /// always for a single instance, while it leads for one of several (`cluster.rs`).
@@ -711,8 +717,10 @@ impl Router {
     }
 
     fn tell(&self, event: LinkEvent) {
-        // Only a stopped deliverer drops them, at shutdown.
-        let _ = self.events.send(event);
+        // A stopped deliverer (at shutdown) drops them too.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            METRICS.link_event_dropped();
+        }
     }
 
     /// An IQ answer: to the push it belongs to, and what it says about its sender to the deliverer.

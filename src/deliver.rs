@@ -75,7 +75,7 @@ pub struct Parts {
 
 /// What it is told.
 pub struct Inputs {
-    pub link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    pub link_events: mpsc::Receiver<LinkEvent>,
     pub notices: mpsc::UnboundedReceiver<Notice>,
 }
 

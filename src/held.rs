@@ -238,8 +238,12 @@ impl HeldMessages {
     }
 
     /// The client took message `id`: forget it. Only `subject` (who it was for) can have taken it.
-    /// Returns whether there was such a message.
+    /// Returns whether there was such a message. A subject that holds nothing (in memory) costs
+    /// the store nothing: anyone can send the component results with made-up ids.
     pub async fn remove(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
+        if !self.counts().by_subject.contains_key(subject) {
+            return Ok(false);
+        }
         let Some(registration) = self.engine.remove_held(id, subject).await? else {
             return Ok(false);
         };
@@ -536,6 +540,135 @@ mod tests {
         ));
         assert!(!held.contains("c").await.expect("query"));
         assert_eq!(held.total(), 2);
+    }
+
+    /// An engine that counts what reaches the store when a message is removed.
+    struct Counting {
+        inner: Sqlite,
+        removals: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Engine for Counting {
+        async fn remove_held(
+            &self,
+            id: &str,
+            subject: &str,
+        ) -> Result<Option<RegistrationKey>, StoreError> {
+            self.removals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.remove_held(id, subject).await
+        }
+        async fn held_counts(&self) -> Result<Vec<crate::store::HeldCount>, StoreError> {
+            self.inner.held_counts().await
+        }
+        async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
+            self.inner.prune_held(now_us).await
+        }
+        async fn hold_all(
+            &self,
+            messages: Vec<Message>,
+            bounds: Bounds,
+            total: usize,
+        ) -> Result<Vec<Result<Held, HoldError>>, StoreError> {
+            self.inner.hold_all(messages, bounds, total).await
+        }
+        // Nothing else is asked of the store here.
+        async fn revocations(
+            &self,
+        ) -> Result<Vec<(RegistrationKey, crate::store::Revocation)>, StoreError> {
+            unreachable!()
+        }
+        async fn revocation(
+            &self,
+            _: RegistrationKey,
+        ) -> Result<Option<crate::store::Revocation>, StoreError> {
+            unreachable!()
+        }
+        async fn revoke(
+            &self,
+            _: RegistrationKey,
+            _: crate::store::Revocation,
+        ) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn prune(&self, _: i64) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn index_node(&self, _: &str, _: &crate::store::PushNode) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn nodes_of(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<Vec<crate::store::PushNode>, StoreError> {
+            unreachable!()
+        }
+        async fn unindex_node(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn vapid_key(&self, _: u32, _: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+            unreachable!()
+        }
+        async fn vapid_keys(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+            unreachable!()
+        }
+        async fn all_nodes(
+            &self,
+            _: i64,
+        ) -> Result<Vec<(String, crate::store::PushNode)>, StoreError> {
+            unreachable!()
+        }
+        async fn held_in(&self, _: RegistrationKey) -> Result<usize, StoreError> {
+            unreachable!()
+        }
+        async fn waiting_in(&self, _: RegistrationKey, _: i64) -> Result<Vec<Message>, StoreError> {
+            unreachable!()
+        }
+        async fn is_held(&self, _: &str) -> Result<bool, StoreError> {
+            unreachable!()
+        }
+        async fn drop_registration(&self, _: RegistrationKey) -> Result<usize, StoreError> {
+            unreachable!()
+        }
+        async fn drop_account(&self, _: &str) -> Result<usize, StoreError> {
+            unreachable!()
+        }
+        async fn oldest_held_at(&self) -> Result<Option<i64>, StoreError> {
+            unreachable!()
+        }
+        async fn size(&self) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test]
+    async fn results_with_made_up_ids_cost_the_store_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Counting {
+            inner: Sqlite::open(dir.path()).expect("store"),
+            removals: Default::default(),
+        });
+        let held = HeldMessages::open(engine.clone(), Bounds::only(100, 1000))
+            .await
+            .expect("held");
+        held.hold(message("m1", "i", None)).await.expect("hold");
+        let removals = || engine.removals.load(std::sync::atomic::Ordering::Relaxed);
+        // Another account's client, answering pushes it never had: nothing held, no store work.
+        for n in 0..1000 {
+            let removed = held.remove(&format!("p{n}"), "eve@example.org/x").await;
+            assert!(!removed.expect("remove"));
+        }
+        assert_eq!(removals(), 0);
+        // Juliet's result for her held message is taken to the store, and removes it.
+        assert!(
+            held.remove("m1", "juliet@example.org/phone")
+                .await
+                .expect("remove")
+        );
+        assert_eq!(removals(), 1);
+        assert_eq!(held.total(), 0);
     }
 
     #[tokio::test]

@@ -139,7 +139,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         keys.clone(),
         limits.clone(),
     ));
-    let (link_events, link_events_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (link_events, link_events_receiver) = tokio::sync::mpsc::channel(component::LINK_EVENTS);
     let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
 
     let app_server = match config.app_server.enabled {

@@ -208,6 +208,7 @@ pub struct Metrics {
     cluster_rejected: Family<ReasonLabels, Counter>,
     iq_round_trip: Histogram,
     push_iqs: Counter,
+    link_events_dropped: Counter,
     link_connects: Counter,
     link_up: Gauge,
     leads: Gauge,
@@ -281,6 +282,13 @@ impl Metrics {
             "<push> IQs sent to clients, first offers and offers of held messages alike",
             push_iqs.clone(),
         );
+        let link_events_dropped = Counter::default();
+        registry.register(
+            "link_events_dropped",
+            "What the link learnt about clients (presence, answers) that the deliverer had no room \
+             for: above 0, a flood of stanzas outran it",
+            link_events_dropped.clone(),
+        );
         let link_connects = Counter::default();
         registry.register(
             "component_connects",
@@ -341,6 +349,7 @@ impl Metrics {
             cluster_rejected,
             iq_round_trip,
             push_iqs,
+            link_events_dropped,
             link_connects,
             link_up,
             leads,
@@ -398,6 +407,10 @@ impl Metrics {
 
     pub fn push_iq_sent(&self) {
         self.push_iqs.inc();
+    }
+
+    pub fn link_event_dropped(&self) {
+        self.link_events_dropped.inc();
     }
 
     pub fn link_connected(&self) {

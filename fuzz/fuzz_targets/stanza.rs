@@ -31,7 +31,7 @@ struct World {
     /// Runs the answers that wait for the store (sum7's `<unregister>`).
     runtime: tokio::runtime::Runtime,
     /// Kept so link events have somewhere to go; emptied after every input.
-    events: Mutex<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
+    events: Mutex<tokio::sync::mpsc::Receiver<LinkEvent>>,
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
@@ -56,7 +56,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let keys = Arc::new(seeds::key_ring());
     let limits = Arc::new(Limits::new(&config.limits));
     let (keys_for_app_server, limits_for_app_server) = (keys.clone(), limits.clone());
-    let (link_events, events) = tokio::sync::mpsc::unbounded_channel();
+    let (link_events, events) = tokio::sync::mpsc::channel(xup::component::LINK_EVENTS);
     let registrar = Arc::new(Registrar::new(&config, keys, limits));
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
     let (store, held) = runtime.block_on(async {
