@@ -52,6 +52,8 @@ pub struct HttpConfig {
     pub public_url: String,
     /// Connections past this are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Connections one address (an IPv6 /64) may hold of them; trusted proxies are exempt.
+    pub max_connections_per_address: usize,
     /// Pushes waiting for a client's answer; past this a push gets `503`.
     pub max_in_flight: usize,
     /// For a request's head, and for an idle HTTP/1.1 connection between requests.
@@ -321,6 +323,7 @@ struct RawHttp {
     listen: String,
     public_url: String,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     max_in_flight: Option<usize>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
@@ -725,6 +728,16 @@ impl Config {
         if max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
+        let max_connections_per_address = match http.max_connections_per_address {
+            None => (max_connections / protocol::CONNECTION_SHARE_OF_ADDRESS).max(1),
+            Some(n) if (1..=max_connections).contains(&n) => n,
+            Some(_) => {
+                return Err(invalid(
+                    "http.max_connections_per_address",
+                    "must be at least 1 and at most http.max_connections",
+                ));
+            }
+        };
         let max_in_flight = http
             .max_in_flight
             .unwrap_or(protocol::DEFAULT_MAX_IN_FLIGHT);
@@ -861,6 +874,7 @@ impl Config {
                 listen,
                 public_url,
                 max_connections,
+                max_connections_per_address,
                 max_in_flight,
                 header_timeout,
                 body_timeout,

@@ -3,8 +3,11 @@
 //! axum's own `serve` installs no timer, so hyper's header timeout never fires and a socket that
 //! connects and says nothing is kept for ever. xup's port faces the whole internet, so here:
 //!
-//! - at most `http.max_connections` are open at once; one more is closed as soon as it is
-//!   accepted, so a flood of sockets costs a descriptor for an instant, not a queue;
+//! - at most `http.max_connections` are open at once, and at most
+//!   `http.max_connections_per_address` from one address (an IPv6 /64; the trusted proxies, behind
+//!   which many senders share an address, are exempt); one more is closed as soon as it is
+//!   accepted, so a flood of sockets costs a descriptor for an instant, not a queue, and one
+//!   address cannot take every connection;
 //! - a connection has `http.header_timeout` to send the head of its first request, whatever the
 //!   protocol (this also covers HTTP/2's preface and the sniffing that tells the two apart);
 //! - over HTTP/1.1, hyper's own header timeout then bounds every later head, and so the idle time
@@ -14,7 +17,12 @@
 //!
 //! Every request carries its peer's address (axum's `ConnectInfo`) for the per-address limits.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
@@ -22,6 +30,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use ipnet::IpNet;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore},
@@ -29,7 +38,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::config::HttpConfig;
+use crate::{config::HttpConfig, limits::address_key};
 
 /// A request head larger than this is refused; an RFC 8030 request needs a few hundred bytes.
 const MAX_HEAD: usize = 16 * 1024;
@@ -50,6 +59,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_address = Arc::new(PerAddress {
+        open: Mutex::default(),
+        cap: config.max_connections_per_address,
+        exempt: config.trusted_proxies.clone(),
+    });
     let connections = TaskTracker::new();
     let builder = Arc::new(builder(config.header_timeout));
     loop {
@@ -67,6 +81,10 @@ pub async fn serve(
             tracing::debug!("connection closed at once: http.max_connections are open");
             continue;
         };
+        let Some(address_slot) = PerAddress::admit(&per_address, peer.ip()) else {
+            tracing::debug!("connection closed at once: its address holds its share");
+            continue;
+        };
         let connection = serve_connection(
             builder.clone(),
             stream,
@@ -77,12 +95,55 @@ pub async fn serve(
         );
         connections.spawn(async move {
             connection.await;
-            drop(slot);
+            drop((slot, address_slot));
         });
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// The connections open per address, for `http.max_connections_per_address`.
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    cap: usize,
+    exempt: Vec<IpNet>,
+}
+
+/// One connection counted against its address until dropped; `None` for an exempt one.
+struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
+
+impl PerAddress {
+    /// A slot for a connection from `peer`, unless its address holds its share already.
+    fn admit(this: &Arc<PerAddress>, peer: IpAddr) -> Option<AddressSlot> {
+        let peer = peer.to_canonical();
+        if this.exempt.iter().any(|net| net.contains(&peer)) {
+            return Some(AddressSlot(None));
+        }
+        let key = address_key(peer);
+        let mut open = this.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_default();
+        if *count >= this.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(Some((this.clone(), key))))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((per_address, key)) = self.0.take() else {
+            return;
+        };
+        let mut open = per_address.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&key);
+            }
+        }
+    }
 }
 
 fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {

@@ -75,6 +75,11 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(300);
 /// over HTTP/1.1); systemd's default soft limit on descriptors is 1024.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
+/// One address may hold at most this fraction (1/10) of `http.max_connections` unless told
+/// otherwise: a busy homeserver needs a few connections (HTTP/2 multiplexes), and no one address
+/// can take them all.
+pub const CONNECTION_SHARE_OF_ADDRESS: usize = 10;
+
 /// Pushes waiting for a client's answer at once: each keeps its body and a request's state (about
 /// 6 KB over HTTP/2, see docs/BENCHMARKS.md), so this bounds the memory a slow client population
 /// can pin. Past it a push gets `503` with `Retry-After`.

@@ -35,8 +35,9 @@ async fn health_follows_the_component_link() {
 #[tokio::test]
 async fn metrics_count_pushes_registrations_and_limits() {
     let stack = Stack::start_with(|s| {
-        // Three: the delivered push, the oversized one (counted before its body is read), the held one.
-        s.limits = vec![("per_endpoint", json!({ "burst": 3, "every": "1h" }))];
+        // Two: the delivered push and the held one. The oversized one is refused as its body is
+        // read, before the endpoint's limit (and a slot in flight) are taken.
+        s.limits = vec![("per_endpoint", json!({ "burst": 2, "every": "1h" }))];
     })
     .await;
     let mut phone = stack.juliet("phone").await;

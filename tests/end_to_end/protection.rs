@@ -505,3 +505,61 @@ async fn two_hundred_trickled_bodies_take_no_slot_from_a_normal_push() {
     assert_delivered(&endpoint, &mut phone, b"a normal push among trickles").await;
     trickles.abort_all();
 }
+
+/// A connection from `address` to xup.
+async fn connect_from(stack: &Stack, address: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((IpAddr::from(address), 0).into())
+        .expect("bind a loopback address");
+    socket
+        .connect(([127, 0, 0, 1], stack.settings.http_port).into())
+        .await
+        .expect("connect to xup")
+}
+
+/// One address cannot take every connection: past its share the next is closed without a word,
+/// while another address, and a trusted proxy's, are still served.
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_the_connections() {
+    let stack = Stack::start_with(|s| {
+        s.http = vec![
+            ("max_connections", json!(50)),
+            ("max_connections_per_address", json!(5)),
+            ("header_timeout", json!("60s")),
+        ];
+    })
+    .await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    let discover = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        path_of(&endpoint)
+    );
+
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_from(&stack, OTHER_SENDER).await);
+    }
+    // Accepted in the order they arrived, so this is the sixth; it would be answered 200 if
+    // it had been let in.
+    let mut over = connect_from(&stack, OTHER_SENDER).await;
+    let _ = over.write_all(discover.as_bytes()).await;
+    assert_eq!(
+        read_until_closed(&mut over).await,
+        "",
+        "closed without a word"
+    );
+    // Another address, and 127.0.0.1 (a trusted proxy by default), are served meanwhile.
+    let mut other = connect_from(&stack, [127, 0, 0, 3]).await;
+    other.write_all(discover.as_bytes()).await.expect("write");
+    assert_eq!(status_of(&read_until_closed(&mut other).await), 200);
+    assert_delivered(&endpoint, &mut phone, b"from the trusted proxy").await;
+    // The ones it holds are served; once one is closed, its address may connect again.
+    held[0].write_all(discover.as_bytes()).await.expect("write");
+    assert_eq!(status_of(&read_until_closed(&mut held[0]).await), 200);
+    drop(held.remove(0));
+    let mut again = connect_from(&stack, OTHER_SENDER).await;
+    again.write_all(discover.as_bytes()).await.expect("write");
+    assert_eq!(status_of(&read_until_closed(&mut again).await), 200);
+}
