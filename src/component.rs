@@ -36,7 +36,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::{
     io::BufStream,
     net::TcpStream,
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -129,9 +129,26 @@ pub const MAX_STANZA: usize = 1024 * 1024;
 /// The sending half of the component link. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
-    /// Boxed: a stanza is 400 bytes inline, and every push waiting to be queued holds one.
-    outgoing: mpsc::Sender<Box<Stanza>>,
+    outgoing: mpsc::Sender<Outgoing>,
     up: watch::Receiver<bool>,
+}
+
+/// A stanza for the server, and who waits to hear that it was written. Boxed: a stanza is 400
+/// bytes inline, and every push waiting to be queued holds one.
+struct Outgoing {
+    stanza: Box<Stanza>,
+    /// Told once the stanza is flushed to the connection; dropped unsent (so its waiter hears
+    /// the link went down) when the connection breaks first.
+    written: Option<oneshot::Sender<()>>,
+}
+
+impl Outgoing {
+    fn unawaited(stanza: Box<Stanza>) -> Outgoing {
+        Outgoing {
+            stanza,
+            written: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +162,27 @@ impl Link {
         if !*self.up.borrow() {
             return Err(LinkDown);
         }
-        self.outgoing.send(stanza).await.map_err(|_| LinkDown)
+        self.outgoing
+            .send(Outgoing::unawaited(stanza))
+            .await
+            .map_err(|_| LinkDown)
+    }
+
+    /// Queue `stanza` and wait until it is written to the connection: for a stanza that nobody
+    /// answers (sum7's `<message>`), whose sender must not hear "sent" while it could still be
+    /// dropped with the queue when the link breaks. Fails when the link is or goes down first;
+    /// no internal timeout.
+    pub async fn send_written(&self, stanza: Box<Stanza>) -> Result<(), LinkDown> {
+        if !*self.up.borrow() {
+            return Err(LinkDown);
+        }
+        let (written, flushed) = oneshot::channel();
+        let outgoing = Outgoing {
+            stanza,
+            written: Some(written),
+        };
+        self.outgoing.send(outgoing).await.map_err(|_| LinkDown)?;
+        flushed.await.map_err(|_| LinkDown)
     }
 
     /// Whether the handshake has completed and the link has not broken since.
@@ -253,9 +290,9 @@ type Stream = XmppStream<BufStream<Metered>>;
 /// What the link task is given besides its config and router.
 struct Channels {
     /// What the rest of xup sends.
-    queue: mpsc::Receiver<Box<Stanza>>,
+    queue: mpsc::Receiver<Outgoing>,
     /// Where replies that were not ready at once are queued when they are.
-    replies: mpsc::Sender<Box<Stanza>>,
+    replies: mpsc::Sender<Outgoing>,
     /// Where the link's state is told.
     up: watch::Sender<bool>,
     /// Whether this instance may hold the link.
@@ -492,9 +529,9 @@ fn explain_refusal(error: &stream_error::StreamError) -> String {
 struct Session<'a> {
     router: &'a Router,
     /// What the rest of xup sends.
-    queue: &'a mut mpsc::Receiver<Box<Stanza>>,
+    queue: &'a mut mpsc::Receiver<Outgoing>,
     /// Where replies that were not ready at once are queued when they are.
-    replies: &'a mpsc::Sender<Box<Stanza>>,
+    replies: &'a mpsc::Sender<Outgoing>,
     permit: &'a mut watch::Receiver<bool>,
 }
 
@@ -538,7 +575,8 @@ async fn serve(
                             Some(Reply::Later(reply)) => {
                                 let replies = replies.clone();
                                 tokio::spawn(async move {
-                                    let _ = replies.send(Box::new(reply.await)).await;
+                                    let reply = Outgoing::unawaited(Box::new(reply.await));
+                                    let _ = replies.send(reply).await;
                                 });
                                 None
                             }
@@ -580,20 +618,29 @@ async fn serve(
     }
 }
 
-/// Write `first` and whatever else is already queued (up to a batch), then flush once.
+/// Write `first` and whatever else is already queued (up to a batch), flush once, and then tell
+/// whoever waits that theirs was written. On an error, the waiters' senders are dropped untold.
 async fn write_batch(
     stream: &mut Stream,
-    first: Box<Stanza>,
-    queue: &mut mpsc::Receiver<Box<Stanza>>,
+    first: Outgoing,
+    queue: &mut mpsc::Receiver<Outgoing>,
 ) -> std::io::Result<()> {
-    stream.feed(&*first).await?;
-    for _ in 1..WRITE_BATCH {
-        match queue.try_recv() {
-            Ok(stanza) => stream.feed(&*stanza).await?,
-            Err(_) => break,
-        }
+    let mut batch = vec![first];
+    while batch.len() < WRITE_BATCH
+        && let Ok(next) = queue.try_recv()
+    {
+        batch.push(next);
     }
-    SinkExt::<&Stanza>::flush(stream).await
+    let mut waiters = Vec::new();
+    for Outgoing { stanza, written } in batch {
+        stream.feed(&*stanza).await?;
+        waiters.extend(written);
+    }
+    SinkExt::<&Stanza>::flush(stream).await?;
+    for waiter in waiters {
+        let _ = waiter.send(());
+    }
+    Ok(())
 }
 
 /// A ping to ourselves: the server routes it back, so the link carries traffic both ways, and no

@@ -180,7 +180,9 @@ impl Sender {
     }
 
     /// Send `body` to the client `claims` name as a `<message>`; returns the message's id once the
-    /// stanza is queued for the server.
+    /// stanza is written to the link. Nobody answers a `<message>`, so this is all the sender's
+    /// `201` can say: a message still queued when the link breaks is dropped with the queue, and
+    /// its sender hears `503`, not `201`.
     pub async fn send(&self, claims: &Claims, body: &[u8]) -> Result<String, SendError> {
         let text = text_of(body)?;
         // Only a token we issued gets here, and we issued it for a parsed JID.
@@ -200,7 +202,7 @@ impl Sender {
             .insert(Lang::default(), claims.application.clone());
         message.bodies.insert(Lang::default(), text.to_owned());
         self.link
-            .send(Box::new(Stanza::Message(message)))
+            .send_written(Box::new(Stanza::Message(message)))
             .await
             .map_err(|_| SendError::LinkDown)?;
         Ok(id)
