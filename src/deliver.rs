@@ -588,6 +588,17 @@ async fn offer_queue(
                     };
                 }
             }
+            // Dead since it was accepted; newer messages of a registration made since may follow.
+            Offered::Revoked => {
+                tracing::debug!("not offering a message whose registration was revoked since");
+                if let Err(e) = held.remove(&message.id, subject).await {
+                    tracing::warn!(error = %e, "cannot remove a revoked message");
+                    return End::Failed {
+                        offered,
+                        silent: false,
+                    };
+                }
+            }
             Offered::Gone => {
                 if let Err(e) = relay.forget_registration(&message).await {
                     tracing::warn!(error = %e, "cannot revoke a registration");

@@ -51,6 +51,9 @@ pub struct Message {
     pub topic: Option<String>,
     pub urgency: Urgency,
     pub expires_at: SystemTime,
+    /// When xup accepted it from its sender: a revocation made since (`revoke-all`) keeps it
+    /// from being delivered, however it raced the hold (`Relay::offer`).
+    pub accepted_at: SystemTime,
 }
 
 impl Message {
@@ -423,6 +426,7 @@ mod tests {
             topic: topic.map(str::to_owned),
             urgency: Urgency::High,
             expires_at: SystemTime::now() + DAY,
+            accepted_at: SystemTime::now(),
         }
     }
 
@@ -467,6 +471,7 @@ mod tests {
         // Microseconds are what the store keeps.
         let mut expected = first;
         expected.expires_at = from_micros(micros(expected.expires_at));
+        expected.accepted_at = from_micros(micros(expected.accepted_at));
         assert_eq!(waiting[0], expected);
         assert_eq!(ids(&held).await, ["m1", "m2", "m3"]);
 

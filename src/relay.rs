@@ -77,6 +77,8 @@ pub enum Offered {
     Taken,
     /// `item-not-found` or `feature-not-implemented`: the app is gone.
     Gone,
+    /// Not sent: its registration or account was revoked after it was accepted.
+    Revoked,
     NotNow(Unavailable),
 }
 
@@ -188,6 +190,7 @@ impl Relay {
             topic: request.topic,
             urgency: request.urgency,
             expires_at: SystemTime::now() + ttl,
+            accepted_at: SystemTime::now(),
         };
         // No IQ for a client known to be away or with no link to reach it; and a message waits its
         // turn behind older ones of its registration rather than overtake them. (The paths that
@@ -210,6 +213,7 @@ impl Relay {
         let (offered, ticket) = self.offer(&message, wait).await;
         match offered {
             Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
+            Offered::Revoked => Ok(Outcome::Revoked),
             Offered::Gone => {
                 Box::pin(self.forget_registration(&message)).await?;
                 Ok(Outcome::Revoked)
@@ -320,6 +324,17 @@ impl Relay {
     /// returned while the answer may still come (no answer yet), so the caller decides whether to
     /// keep listening; dropping it forgets the push.
     pub async fn offer(&self, message: &Message, wait: Duration) -> (Offered, Option<Ticket>) {
+        // A message accepted before its registration or account was revoked is never delivered
+        // after: a push that raced `revoke-all` (held just after the account's messages were
+        // dropped), or one held since and offered again.
+        let (subject, application, instance) =
+            (&message.subject, &message.application, &message.instance);
+        if self
+            .store
+            .is_revoked_since(subject, application, instance, message.accepted_at)
+        {
+            return (Offered::Revoked, None);
+        }
         let Ok(peer) = message.subject.parse::<Jid>() else {
             // Only a token we issued gets here, and we issued it for a parsed JID.
             return (

@@ -319,9 +319,24 @@ impl Store {
     /// Whether the registration that issued `claims` was revoked after the token was issued.
     /// Memory only; never waits.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        let account = claims.subject.split('/').next().unwrap_or_default();
-        self.is_revoked_key(&registration_key(claims), claims.issued_at)
-            || self.is_revoked_key(&account_key(account), claims.issued_at)
+        let (subject, application, instance) =
+            (&claims.subject, &claims.application, &claims.instance);
+        self.is_revoked_since(subject, application, instance, claims.issued_at)
+    }
+
+    /// Whether the registration of (`subject`, `application`, `instance`), or its account, was
+    /// revoked at or after `at`: a token issued then, or a message accepted then, is dead.
+    /// Memory only.
+    pub fn is_revoked_since(
+        &self,
+        subject: &str,
+        application: &str,
+        instance: &str,
+        at: SystemTime,
+    ) -> bool {
+        let account = subject.split('/').next().unwrap_or_default();
+        self.is_revoked_key(&registration_key_of(subject, application, instance), at)
+            || self.is_revoked_key(&account_key(account), at)
     }
 
     /// Whether whatever `key` names was revoked at or after `issued_at`. Memory only.

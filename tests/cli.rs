@@ -354,6 +354,7 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
                 topic: None,
                 urgency: Urgency::Normal,
                 expires_at: now + DAY,
+                accepted_at: SystemTime::now(),
             };
             held.hold(message).await.expect("hold");
         }

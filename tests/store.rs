@@ -29,6 +29,7 @@ fn message(id: &str, subject: &str, topic: Option<&str>) -> Message {
         topic: topic.map(str::to_owned),
         urgency: Urgency::Normal,
         expires_at: SystemTime::now() + DAY,
+        accepted_at: SystemTime::now(),
     }
 }
 

@@ -564,7 +564,8 @@ impl Engine for Postgres {
         let client = self.client().await?;
         let query = client
             .prepare_cached(
-                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us
+                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us,
+                        held_at_us
                  FROM held WHERE registration = $1 AND expires_at_us > $2 ORDER BY seq",
             )
             .await?;
@@ -582,6 +583,8 @@ impl Engine for Postgres {
                 topic: row.get(5),
                 urgency: Urgency::parse(row.get(6)).unwrap_or_default(),
                 expires_at: from_micros(row.get(7)),
+                // Held before schema 3 kept the time: as old as can be.
+                accepted_at: from_micros(row.get::<_, Option<i64>>(8).unwrap_or(0)),
             })
             .collect())
     }
@@ -727,7 +730,7 @@ async fn hold_one(
                 &message.urgency.as_str(),
                 &message.body,
                 &micros(message.expires_at),
-                &micros(std::time::SystemTime::now()),
+                &micros(message.accepted_at),
             ],
         )
         .await?;

@@ -377,7 +377,8 @@ impl Engine for Sqlite {
     ) -> Result<Vec<Message>, StoreError> {
         self.run(move |db| {
             let mut query = db.prepare(
-                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us
+                "SELECT id, subject, application, instance, body, topic, urgency, expires_at_us,
+                        held_at_us
                  FROM held WHERE registration = ?1 AND expires_at_us > ?2 ORDER BY seq",
             )?;
             let rows = query.query_map(params![registration.as_slice(), now_us], |row| {
@@ -391,6 +392,8 @@ impl Engine for Sqlite {
                     topic: row.get(5)?,
                     urgency: Urgency::parse(&urgency).unwrap_or_default(),
                     expires_at: from_micros(row.get(7)?),
+                    // Held before schema 3 kept the time: as old as can be.
+                    accepted_at: from_micros(row.get::<_, Option<i64>>(8)?.unwrap_or(0)),
                 })
             })?;
             rows.collect()
@@ -558,7 +561,7 @@ fn hold_one(
             message.urgency.as_str(),
             message.body,
             micros(message.expires_at),
-            micros(std::time::SystemTime::now()),
+            micros(message.accepted_at),
         ],
     )?;
     Ok(Some(held))

@@ -630,6 +630,22 @@ impl Stack {
         Peer::connect(&self.server, "juliet", DOMAIN, resource).await
     }
 
+    /// Run `statements` on xup's store, whichever it is, beside the running xup: for a test that
+    /// must make the store say what no request can.
+    pub fn store_sql(&self, statements: &str) {
+        match &self._postgres {
+            Some(postgres) => {
+                postgres.psql(statements);
+            }
+            None => {
+                let file = self.settings.store.join("xup.sqlite3");
+                let db = rusqlite::Connection::open(file).expect("the store");
+                db.busy_timeout(WAIT).expect("busy timeout");
+                db.execute_batch(statements).expect("the statements run");
+            }
+        }
+    }
+
     /// The value of `sample` on xup's `/metrics` page now.
     pub async fn metric(&self, name: &str) -> f64 {
         let (status, page) = get(&format!("{}/metrics", self.xup.base_url)).await;
