@@ -29,7 +29,7 @@ use std::{
     time::SystemTime,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::{
     protocol::Urgency,
@@ -87,6 +87,12 @@ pub struct Held {
 pub struct HeldMessages {
     engine: Arc<dyn Engine>,
     counts: Arc<Mutex<Counts>>,
+    /// Changes to the store that adjust the counts by a difference hold it shared across the
+    /// write and the adjustment; counting again (a read of the store that replaces the counts)
+    /// holds it alone. Otherwise a hold or removal that committed before the read and adjusted
+    /// after it would count twice or not at all, and a registration could be left counted empty
+    /// with a message waiting, and so without its retry.
+    gate: Arc<RwLock<()>>,
     /// To the task that writes holds, in batches.
     writer: mpsc::UnboundedSender<Hold>,
 }
@@ -146,10 +152,18 @@ impl HeldMessages {
         engine.prune_held(micros(SystemTime::now())).await?;
         let counts = Arc::new(Mutex::new(Counts::of(engine.held_counts().await?)));
         let (writer, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_forever(engine.clone(), counts.clone(), bounds, queue));
+        let gate = Arc::new(RwLock::new(()));
+        tokio::spawn(write_forever(
+            engine.clone(),
+            counts.clone(),
+            gate.clone(),
+            bounds,
+            queue,
+        ));
         Ok(HeldMessages {
             engine,
             counts,
+            gate,
             writer,
         })
     }
@@ -157,6 +171,7 @@ impl HeldMessages {
     /// Count everything again: another instance may have held messages while this one was not
     /// listening (`cluster.rs`).
     pub async fn recount(&self) -> Result<(), StoreError> {
+        let _alone = self.gate.write().await;
         let counts = Counts::of(self.engine.held_counts().await?);
         *self.counts() = counts;
         Ok(())
@@ -168,6 +183,7 @@ impl HeldMessages {
         subject: &str,
         registration: RegistrationKey,
     ) -> Result<(), StoreError> {
+        let _alone = self.gate.write().await;
         let count = self.engine.held_in(registration).await?;
         let mut counts = self.counts();
         let known = counts
@@ -247,6 +263,7 @@ impl HeldMessages {
         if !self.counts().by_subject.contains_key(subject) {
             return Ok(false);
         }
+        let _changing = self.gate.read().await;
         let Some(registration) = self.engine.remove_held(id, subject).await? else {
             return Ok(false);
         };
@@ -257,6 +274,7 @@ impl HeldMessages {
     /// The app is gone: drop everything held for its registration.
     pub async fn drop_registration(&self, claims: &Claims) -> Result<usize, StoreError> {
         let registration = registration_key(claims);
+        let _changing = self.gate.read().await;
         let dropped = self.engine.drop_registration(registration).await?;
         let delta = -isize::try_from(dropped).unwrap_or(isize::MAX);
         self.counts().add(&claims.subject, registration, delta);
@@ -345,6 +363,7 @@ fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
 async fn write_forever(
     engine: Arc<dyn Engine>,
     counts: Arc<Mutex<Counts>>,
+    gate: Arc<RwLock<()>>,
     bounds: Bounds,
     mut queue: mpsc::UnboundedReceiver<Hold>,
 ) {
@@ -381,6 +400,7 @@ async fn write_forever(
             .iter()
             .map(|m| (m.subject.clone(), m.registration()))
             .collect();
+        let changing = gate.read().await;
         let total = lock(&counts).total;
         match engine.hold_all(messages, bounds, total).await {
             Ok(outcomes) => {
@@ -393,11 +413,13 @@ async fn write_forever(
                         }
                     }
                 }
+                drop(changing);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
+                drop(changing);
                 let e = e.to_string();
                 for reply in replies {
                     let _ = reply.send(Err(HoldError::Store(StoreError::Task(e.clone()))));
@@ -674,6 +696,76 @@ mod tests {
         );
         assert_eq!(removals(), 1);
         assert_eq!(held.total(), 0);
+    }
+
+    /// What memory says is held, per registration, against what the store holds.
+    async fn counted_and_kept(
+        held: &HeldMessages,
+    ) -> (Vec<(RegistrationKey, usize)>, Vec<(RegistrationKey, usize)>) {
+        let mut counted: Vec<_> = lock(&held.counts)
+            .by_subject
+            .values()
+            .flat_map(|registrations| registrations.iter().map(|(k, n)| (*k, *n)))
+            .collect();
+        let mut kept: Vec<_> = held
+            .engine
+            .held_counts()
+            .await
+            .expect("counts")
+            .into_iter()
+            .map(|row| (row.registration, row.count))
+            .collect();
+        counted.sort();
+        kept.sort();
+        (counted, kept)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counting_again_never_races_holds_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = Arc::new(open(dir.path(), 10_000, 100_000).await);
+        for round in 0..20 {
+            let holding = {
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let holds = (0..200).map(|i| {
+                        held.hold(message(
+                            &format!("{round}-{i}"),
+                            &format!("app {}", i % 8),
+                            None,
+                        ))
+                    });
+                    futures::future::join_all(holds).await
+                })
+            };
+            let removing = {
+                let held = held.clone();
+                tokio::spawn(async move {
+                    for i in (0..200).step_by(3) {
+                        let _ = held
+                            .remove(&format!("{round}-{i}"), "juliet@example.org/phone")
+                            .await;
+                    }
+                })
+            };
+            let recounting = {
+                let held = held.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        held.recount().await.expect("recount");
+                    }
+                })
+            };
+            let (holds, removed, recounted) = tokio::join!(holding, removing, recounting);
+            assert!(holds.expect("holds").iter().all(Result::is_ok));
+            removed.expect("removals");
+            recounted.expect("recounts");
+            let (counted, kept) = counted_and_kept(&held).await;
+            assert_eq!(
+                counted, kept,
+                "round {round}: memory and the store disagree"
+            );
+        }
     }
 
     #[tokio::test]
