@@ -56,6 +56,10 @@ pub const UNREGISTER: &str = "unregister-push-webpush";
 /// every publish.
 const MAX_NODE_LEN: usize = 1000;
 
+/// Nodes one account may have in the index at once: many devices with a few push-capable clients
+/// each, and not a row more, whoever the access list lets in (even `allow: ["*"]`).
+pub const MAX_NODES_PER_ACCOUNT: usize = 64;
+
 /// The longest `device-id` or `device-name` kept in the index.
 const MAX_DEVICE_FIELD: usize = 128;
 
@@ -166,6 +170,21 @@ impl AppServer {
             if value(var).is_some_and(|v| v.len() > MAX_DEVICE_FIELD) {
                 return Err(bad_request(format!("{var}: at most 128 bytes")));
             }
+        }
+        let account = from.to_bare().to_string();
+        let indexed = self.parts.store.nodes_of(&account).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read an account's app-server nodes");
+            internal("cannot register the node now")
+        })?;
+        if indexed.len() >= MAX_NODES_PER_ACCOUNT {
+            return Err(error(
+                ErrorType::Cancel,
+                DefinedCondition::ResourceConstraint,
+                format!(
+                    "this account has {MAX_NODES_PER_ACCOUNT} push registrations already; \
+                     unregister one (unregister-push-webpush) first"
+                ),
+            ));
         }
         let subscription = self
             .parts

@@ -670,3 +670,46 @@ async fn a_failed_send_never_shows_the_endpoint() {
         assert!(!shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
     }
 }
+
+/// One account cannot grow the node index without bound, whoever the access list admits: past
+/// its share the next registration is refused, others' are not, and unregistering makes room.
+#[tokio::test]
+async fn one_account_keeps_at_most_its_share_of_registrations() {
+    let stack = Stack::start_with(|s| {
+        s.allow = Some(vec!["*".into()]);
+        s.without_rate_limits();
+    })
+    .await;
+    let service = PushService::start().await;
+    let mut juliet = stack.juliet("phone").await;
+    let mut first = None;
+    for n in 0..xup::app_server::MAX_NODES_PER_ACCOUNT {
+        let node = juliet
+            .register_web_push(&service.endpoint(&format!("juliet-{n}")), None)
+            .await
+            .expect("within the share");
+        first.get_or_insert(node);
+    }
+    let refused = juliet
+        .register_web_push(&service.endpoint("one too many"), None)
+        .await
+        .expect_err("past the share");
+    assert_eq!(
+        (refused.condition.as_str(), refused.error_type.as_str()),
+        ("resource-constraint", "cancel")
+    );
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    romeo
+        .register_web_push(&service.endpoint("romeo"), None)
+        .await
+        .expect("another account is unaffected");
+    let first = first.expect("a first node");
+    juliet
+        .ad_hoc("unregister-push-webpush", &[("node", &first.node)])
+        .await
+        .expect("unregistered");
+    juliet
+        .register_web_push(&service.endpoint("in its place"), None)
+        .await
+        .expect("room again");
+}
