@@ -619,6 +619,15 @@ mod tests {
         ) -> Result<(), StoreError> {
             unreachable!()
         }
+        async fn revoke_within(
+            &self,
+            _: RegistrationKey,
+            _: crate::store::Revocation,
+            _: &str,
+            _: usize,
+        ) -> Result<bool, StoreError> {
+            unreachable!()
+        }
         async fn prune(&self, _: i64) -> Result<(), StoreError> {
             unreachable!()
         }

@@ -34,6 +34,11 @@ pub enum RegisterError {
     EndpointTooLong,
     #[error("too many registrations from this account; retry in {} s", .0.secs())]
     TooMany(RetryAfter),
+    #[error(
+        "this account has unregistered {0} endpoints that have not expired yet; this one \
+         expires by itself"
+    )]
+    TooManyUnregistered(usize),
     #[error("internal error while issuing the endpoint")]
     Internal,
 }
@@ -47,7 +52,9 @@ impl RegisterError {
                 (ErrorType::Auth, DefinedCondition::Forbidden)
             }
             RegisterError::EndpointTooLong => (ErrorType::Modify, DefinedCondition::NotAcceptable),
-            RegisterError::TooMany(_) => (ErrorType::Wait, DefinedCondition::ResourceConstraint),
+            RegisterError::TooMany(_) | RegisterError::TooManyUnregistered(_) => {
+                (ErrorType::Wait, DefinedCondition::ResourceConstraint)
+            }
             RegisterError::Internal => (ErrorType::Wait, DefinedCondition::InternalServerError),
         };
         StanzaError::new(kind, condition, "en", self.to_string())

@@ -113,7 +113,7 @@ pub enum StoreError {
 }
 
 /// The schema version this xup writes: the number of steps in either engine's migrations.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Where a store stands against this xup, as `xup check` says it.
 #[derive(Debug, PartialEq)]
@@ -194,6 +194,15 @@ pub trait Engine: Send + Sync {
     async fn revocation(&self, key: RegistrationKey) -> Result<Option<Revocation>, StoreError>;
     /// Keep `revocation` of `key`, merged with any earlier one.
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError>;
+    /// [`Engine::revoke`], made at `account`'s request, unless `account` has `cap` other
+    /// revocations kept past `revocation.revoked_at_us` already (false: nothing written).
+    async fn revoke_within(
+        &self,
+        key: RegistrationKey,
+        revocation: Revocation,
+        account: &str,
+        cap: usize,
+    ) -> Result<bool, StoreError>;
     /// Forget revocations and nodes that are past mattering at `now_us`.
     async fn prune(&self, now_us: i64) -> Result<(), StoreError>;
 
@@ -370,6 +379,31 @@ impl Store {
         let forget_at = (now + lifetime).max(claims.expires_at);
         self.revoke_key(registration_key(claims), now, forget_at)
             .await
+    }
+
+    /// [`Store::revoke`], at `account`'s request, within `cap` revocations kept for it; false
+    /// (and nothing revoked) past it.
+    pub async fn revoke_within(
+        &self,
+        claims: &Claims,
+        now: SystemTime,
+        lifetime: Duration,
+        account: &str,
+        cap: usize,
+    ) -> Result<bool, StoreError> {
+        let key = registration_key(claims);
+        let revocation = Revocation {
+            revoked_at_us: micros(now),
+            forget_at_us: micros((now + lifetime).max(claims.expires_at)),
+        };
+        let kept = self
+            .engine
+            .revoke_within(key, revocation, account, cap)
+            .await?;
+        if kept {
+            self.mirror(key, revocation);
+        }
+        Ok(kept)
     }
 
     /// Revoke whatever `key` names as of `now`, durably, and remember it until `forget_at`.

@@ -112,6 +112,7 @@ impl Registry {
         let revocations_live = self.revocations_live;
         async move {
             let (subject, token) = admitted.map_err(refuse)?;
+            let account = subject.split('/').next().unwrap_or_default().to_owned();
             let now = SystemTime::now();
             let claims = Claims {
                 subject,
@@ -121,13 +122,24 @@ impl Registry {
                 expires_at: now,
                 dialect: Dialect::Sum7,
             };
-            store
-                .revoke(&claims, now, revocations_live)
+            let kept = store
+                .revoke_within(
+                    &claims,
+                    now,
+                    revocations_live,
+                    &account,
+                    MAX_UNREGISTERED_PER_ACCOUNT,
+                )
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "cannot revoke a sum7 registration");
                     refuse(RegisterError::Internal)
                 })?;
+            if !kept {
+                return Err(refuse(RegisterError::TooManyUnregistered(
+                    MAX_UNREGISTERED_PER_ACCOUNT,
+                )));
+            }
             tracing::info!("endpoint revoked by its client (sum7 unregister)");
             Ok(Unregistered { success: Success }.into())
         }
@@ -162,6 +174,13 @@ pub enum SendError {
     #[error("the component link is down")]
     LinkDown,
 }
+
+/// Unregistered endpoints one account may have kept revoked at once. Each `<unregister>` is a
+/// revocation kept until the endpoint would have expired, and a token is whatever string the
+/// distributor sends: without a bound, one account (any account, with `allow: ["*"]`) could grow
+/// the store by one row per request. A distributor unregisters an app when it is removed; a
+/// few hundred in a token's lifetime is far past any phone.
+pub const MAX_UNREGISTERED_PER_ACCOUNT: usize = 256;
 
 /// Hands pushes for sum7's clients to the XMPP server.
 pub struct Sender {

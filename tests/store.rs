@@ -128,6 +128,28 @@ async fn keeps_its_promises(engine: Arc<dyn Engine>) {
     assert!(other.is_revoked(&claims_for(romeo, "any", "thing", t0, DAY)));
     let newer = claims_for(juliet, "app", "ins", t0 + Duration::from_secs(1), DAY);
     assert!(!other.is_revoked(&newer));
+    // Revocations at an account's request are bounded per account: another key past the cap is
+    // refused and changes nothing; the same key again is no new one; another account has its own.
+    let mine = |n: u32| claims_for("eve@example.org/x", &format!("t{n}"), "", t0, DAY);
+    for n in 0..2 {
+        let kept = store
+            .revoke_within(&mine(n), t0, DAY, "eve@example.org", 2)
+            .await;
+        assert!(kept.expect("revoke"), "{n}");
+    }
+    let over = store
+        .revoke_within(&mine(2), t0, DAY, "eve@example.org", 2)
+        .await;
+    assert!(!over.expect("revoke"));
+    assert!(!store.is_revoked(&mine(2)));
+    let again = store
+        .revoke_within(&mine(0), t0, DAY, "eve@example.org", 2)
+        .await;
+    assert!(again.expect("revoke"));
+    let other = store
+        .revoke_within(&mine(2), t0, DAY, "mallory@example.org", 2)
+        .await;
+    assert!(other.expect("revoke"));
     // An announcement is taken only for a revocation the database keeps.
     let bob = claims_for("bob@example.org/tablet", "app", "ins", t0, DAY);
     let third = Store::new(engine.clone()).await.expect("a third instance");

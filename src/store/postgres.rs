@@ -43,6 +43,10 @@ pub const REVOKED_CHANNEL: &str = "xup_revoked";
 /// The advisory lock taken while migrating, apart from the leader's (`cluster.rs`).
 const MIGRATION_LOCK: i64 = 0x7875_7000_0001;
 
+/// The first key of the per-account transaction locks (`revoke_within`); the second is a hash
+/// of the account.
+const ACCOUNT_LOCK: i32 = 0x7875_7003;
+
 /// How long a query waits for a connection from the pool, or for a new one to be made, before
 /// the store counts as unreachable: a push is then answered `503`, not left hanging.
 const POOL_WAIT: Duration = Duration::from_secs(5);
@@ -84,6 +88,9 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      );",
     // 3: when each message was held, for `xup status`.
     "ALTER TABLE held ADD COLUMN held_at_us BIGINT;",
+    // 4: whose request a revocation was, where one account's are bounded (sum7's `<unregister>`).
+    "ALTER TABLE revocations ADD COLUMN account TEXT;
+     CREATE INDEX revocations_by_account ON revocations (account) WHERE account IS NOT NULL;",
 ];
 
 /// How xup reaches PostgreSQL: the parsed URL, and TLS for when it asks for it. Cheap to clone.
@@ -368,6 +375,59 @@ impl Engine for Postgres {
             .await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    async fn revoke_within(
+        &self,
+        key: RegistrationKey,
+        revocation: Revocation,
+        account: &str,
+        cap: usize,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        // One account's requests one after the other, so two at once cannot both pass the cap.
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&ACCOUNT_LOCK, &account],
+            )
+            .await?;
+        let kept: i64 = transaction
+            .query_one(
+                "SELECT COUNT(*) FROM revocations
+                 WHERE account = $1 AND forget_at_us > $2 AND registration <> $3",
+                &[&account, &revocation.revoked_at_us, &key.as_slice()],
+            )
+            .await?
+            .get(0);
+        if usize::try_from(kept).unwrap_or(usize::MAX) >= cap {
+            return Ok(false);
+        }
+        transaction
+            .execute(
+                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (registration) DO UPDATE SET
+                     revoked_at_us = GREATEST(revocations.revoked_at_us, EXCLUDED.revoked_at_us),
+                     forget_at_us = GREATEST(revocations.forget_at_us, EXCLUDED.forget_at_us),
+                     account = EXCLUDED.account",
+                &[
+                    &key.as_slice(),
+                    &revocation.revoked_at_us,
+                    &revocation.forget_at_us,
+                    &account,
+                ],
+            )
+            .await?;
+        transaction
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&REVOKED_CHANNEL, &revocation_notice(&key, revocation)],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     async fn prune(&self, now_us: i64) -> Result<(), StoreError> {

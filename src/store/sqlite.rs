@@ -63,6 +63,9 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      );",
     // 3: when each message was held, for `xup status`.
     "ALTER TABLE held ADD COLUMN held_at_us INTEGER;",
+    // 4: whose request a revocation was, where one account's are bounded (sum7's `<unregister>`).
+    "ALTER TABLE revocations ADD COLUMN account TEXT;
+     CREATE INDEX revocations_by_account ON revocations (account) WHERE account IS NOT NULL;",
 ];
 
 /// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
@@ -205,6 +208,45 @@ impl Engine for Sqlite {
         })
         .await?;
         Ok(())
+    }
+
+    async fn revoke_within(
+        &self,
+        key: RegistrationKey,
+        revocation: Revocation,
+        account: &str,
+        cap: usize,
+    ) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.run(move |db| {
+            let transaction = db.transaction()?;
+            let kept: i64 = transaction.query_row(
+                "SELECT COUNT(*) FROM revocations
+                 WHERE account = ?1 AND forget_at_us > ?2 AND registration <> ?3",
+                params![account, revocation.revoked_at_us, key.as_slice()],
+                |row| row.get(0),
+            )?;
+            if usize::try_from(kept).unwrap_or(usize::MAX) >= cap {
+                return Ok(false);
+            }
+            transaction.execute(
+                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (registration) DO UPDATE SET
+                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
+                     forget_at_us = max(forget_at_us, excluded.forget_at_us),
+                     account = excluded.account",
+                params![
+                    key.as_slice(),
+                    revocation.revoked_at_us,
+                    revocation.forget_at_us,
+                    account
+                ],
+            )?;
+            transaction.commit()?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn prune(&self, now_us: i64) -> Result<(), StoreError> {

@@ -379,3 +379,34 @@ async fn a_matrix_pushkey_the_java_up_issued_is_relayed_too() {
     let body: Value = serde_json::from_slice(&push.data).expect("JSON");
     assert_eq!(body["notification"]["event_id"], "$3957tyerfgewrf384");
 }
+
+/// One account cannot grow the store by unregistering tokens it makes up, whoever the access list
+/// admits: past its share of kept revocations the next `<unregister>` is refused (the endpoint then
+/// expires by itself), and another account's are not.
+#[tokio::test]
+async fn one_account_keeps_at_most_its_share_of_unregistrations() {
+    let stack = Stack::start_with(|s| {
+        s.allow = Some(vec!["*".into()]);
+        s.without_rate_limits();
+    })
+    .await;
+    let mut phone = stack.juliet("phone").await;
+    for n in 0..xup::sum7::MAX_UNREGISTERED_PER_ACCOUNT {
+        phone.sum7_unregister(&format!("made-up-{n}")).await;
+    }
+    // The same token again changes nothing that is counted.
+    phone.sum7_unregister("made-up-0").await;
+    let refused = phone
+        .sum7_try_unregister("one too many")
+        .await
+        .expect_err("past the share");
+    assert_eq!(
+        refused.failure,
+        IqFailure {
+            condition: "resource-constraint".into(),
+            error_type: "wait".into()
+        }
+    );
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
+    romeo.sum7_unregister("made-up-0").await;
+}

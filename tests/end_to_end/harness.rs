@@ -318,8 +318,14 @@ impl Peer {
 
     /// sum7's `<unregister>`; panics unless it is answered `<success/>`.
     pub async fn sum7_unregister(&mut self, token: &str) {
-        let (name, _) = self.sum7("unregister", token).await.expect("unregistered");
+        self.sum7_try_unregister(token).await.expect("unregistered");
+    }
+
+    /// sum7's `<unregister>`: `<success/>`, or the refusal.
+    pub async fn sum7_try_unregister(&mut self, token: &str) -> Result<(), Sum7Failure> {
+        let (name, _) = self.sum7("unregister", token).await?;
         assert_eq!(name, "success");
+        Ok(())
     }
 
     /// The next `<message>` of sum7's dialect this client receives.
