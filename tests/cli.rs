@@ -59,18 +59,12 @@ fn xup_check_says_when_metrics_share_the_public_listener() {
     for (config, public) in [(example.clone(), false), (example.replace(apart, ""), true)] {
         let path = dir.path().join("config.json");
         std::fs::write(&path, config).expect("write");
-        let output = Command::new(env!("CARGO_BIN_EXE_xup"))
-            .arg("check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .expect("xup runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}");
+        let (ok, said) = xup_with_config(&["check"], &path);
+        assert!(ok, "{said}");
         assert_eq!(
-            stdout.contains("/metrics and /health are served on http.listen"),
+            said.contains("/metrics and /health are served on http.listen"),
             public,
-            "{stdout}"
+            "{said}"
         );
     }
 }

@@ -298,6 +298,44 @@ pub fn parse_revocation_notice(notice: &str) -> Option<RegistrationKey> {
     parts.next().is_none().then_some(key)
 }
 
+/// Keep `revocation` of `key` (merged with any earlier one; `account`, when one asked for it) and
+/// announce it, within `transaction`: the announcement goes out when, and only if, it commits.
+async fn keep_revocation(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    key: RegistrationKey,
+    revocation: Revocation,
+    account: Option<&str>,
+) -> Result<(), StoreError> {
+    let upsert = transaction
+        .prepare_cached(
+            "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (registration) DO UPDATE SET
+                 revoked_at_us = GREATEST(revocations.revoked_at_us, EXCLUDED.revoked_at_us),
+                 forget_at_us = GREATEST(revocations.forget_at_us, EXCLUDED.forget_at_us),
+                 account = COALESCE(EXCLUDED.account, revocations.account)",
+        )
+        .await?;
+    transaction
+        .execute(
+            &upsert,
+            &[
+                &key.as_slice(),
+                &revocation.revoked_at_us,
+                &revocation.forget_at_us,
+                &account,
+            ],
+        )
+        .await?;
+    transaction
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&REVOKED_CHANNEL, &revocation_notice(&key, revocation)],
+        )
+        .await?;
+    Ok(())
+}
+
 fn registration_of(bytes: Vec<u8>) -> Option<RegistrationKey> {
     RegistrationKey::try_from(bytes).ok()
 }
@@ -348,31 +386,7 @@ impl Engine for Postgres {
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        let upsert = transaction
-            .prepare_cached(
-                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT (registration) DO UPDATE SET
-                     revoked_at_us = GREATEST(revocations.revoked_at_us, EXCLUDED.revoked_at_us),
-                     forget_at_us = GREATEST(revocations.forget_at_us, EXCLUDED.forget_at_us)",
-            )
-            .await?;
-        transaction
-            .execute(
-                &upsert,
-                &[
-                    &key.as_slice(),
-                    &revocation.revoked_at_us,
-                    &revocation.forget_at_us,
-                ],
-            )
-            .await?;
-        transaction
-            .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&REVOKED_CHANNEL, &revocation_notice(&key, revocation)],
-            )
-            .await?;
+        keep_revocation(&transaction, key, revocation, None).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -404,28 +418,7 @@ impl Engine for Postgres {
         if usize::try_from(kept).unwrap_or(usize::MAX) >= cap {
             return Ok(false);
         }
-        transaction
-            .execute(
-                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (registration) DO UPDATE SET
-                     revoked_at_us = GREATEST(revocations.revoked_at_us, EXCLUDED.revoked_at_us),
-                     forget_at_us = GREATEST(revocations.forget_at_us, EXCLUDED.forget_at_us),
-                     account = EXCLUDED.account",
-                &[
-                    &key.as_slice(),
-                    &revocation.revoked_at_us,
-                    &revocation.forget_at_us,
-                    &account,
-                ],
-            )
-            .await?;
-        transaction
-            .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&REVOKED_CHANNEL, &revocation_notice(&key, revocation)],
-            )
-            .await?;
+        keep_revocation(&transaction, key, revocation, Some(account)).await?;
         transaction.commit().await?;
         Ok(true)
     }

@@ -192,22 +192,8 @@ impl Engine for Sqlite {
     }
 
     async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us)
-                 VALUES (?1, ?2, ?3)
-                 ON CONFLICT (registration) DO UPDATE SET
-                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
-                     forget_at_us = max(forget_at_us, excluded.forget_at_us)",
-                params![
-                    key.as_slice(),
-                    revocation.revoked_at_us,
-                    revocation.forget_at_us
-                ],
-            )
-        })
-        .await?;
-        Ok(())
+        self.run(move |db| keep_revocation(db, key, revocation, None))
+            .await
     }
 
     async fn revoke_within(
@@ -229,20 +215,7 @@ impl Engine for Sqlite {
             if usize::try_from(kept).unwrap_or(usize::MAX) >= cap {
                 return Ok(false);
             }
-            transaction.execute(
-                "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (registration) DO UPDATE SET
-                     revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
-                     forget_at_us = max(forget_at_us, excluded.forget_at_us),
-                     account = excluded.account",
-                params![
-                    key.as_slice(),
-                    revocation.revoked_at_us,
-                    revocation.forget_at_us,
-                    account
-                ],
-            )?;
+            keep_revocation(&transaction, key, revocation, Some(&account))?;
             transaction.commit()?;
             Ok(true)
         })
@@ -523,6 +496,30 @@ impl Engine for Sqlite {
 /// Hold `messages` in one transaction, each in a savepoint of its own so that one that cannot be
 /// held (the store full, a failed write) changes nothing and costs the others nothing. `total`
 /// is how many are held before the batch.
+/// Keep `revocation` of `key`, merged with any earlier one (and `account`, when one asked for it).
+fn keep_revocation(
+    db: &Connection,
+    key: RegistrationKey,
+    revocation: Revocation,
+    account: Option<&str>,
+) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO revocations (registration, revoked_at_us, forget_at_us, account)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (registration) DO UPDATE SET
+             revoked_at_us = max(revoked_at_us, excluded.revoked_at_us),
+             forget_at_us = max(forget_at_us, excluded.forget_at_us),
+             account = coalesce(excluded.account, account)",
+        params![
+            key.as_slice(),
+            revocation.revoked_at_us,
+            revocation.forget_at_us,
+            account
+        ],
+    )?;
+    Ok(())
+}
+
 fn hold_all(
     db: &mut Connection,
     messages: Vec<Message>,
