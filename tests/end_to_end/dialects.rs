@@ -410,3 +410,166 @@ async fn one_account_keeps_at_most_its_share_of_unregistrations() {
     let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "x").await;
     romeo.sum7_unregister("made-up-0").await;
 }
+
+/// A component link that runs through the test. It passes both ways until told to `hold` (take
+/// nothing more of what xup writes), and then to `cut`: as a server that ends the stream, it sends
+/// xup the stream's footer, takes everything xup wrote until xup closes, hands it all to the
+/// server, and closes. Connections after that pass through.
+struct LinkProxy {
+    port: u16,
+    hold: tokio::sync::watch::Sender<bool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl LinkProxy {
+    async fn start(server_port: u16) -> LinkProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (hold, holding) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let cutting = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((xup, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", server_port))
+                    .await
+                    .expect("the server's component port");
+                tokio::spawn(pass(xup, server, holding.clone(), cutting.clone()));
+            }
+        });
+        LinkProxy { port, hold, cut }
+    }
+}
+
+async fn pass(
+    xup: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_xup, mut to_xup) = xup.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+    let mut cutting = false;
+    loop {
+        let held = *hold.borrow();
+        tokio::select! {
+            read = from_server.read(&mut down), if !cutting => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if to_xup.write_all(&down[..n]).await.is_err() { return },
+            },
+            read = from_xup.read(&mut up), if !held || cutting => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to_server.shutdown().await;
+                    // The server reads it all, then sees the end.
+                    let _ = from_server.read_to_end(&mut Vec::new()).await;
+                    return;
+                }
+                Ok(n) => if to_server.write_all(&up[..n]).await.is_err() { return },
+            },
+            () = cut.notified(), if !cutting => {
+                cutting = true;
+                let _ = to_xup.write_all(b"</stream:stream>").await;
+            }
+            _ = hold.changed() => {}
+        }
+    }
+}
+
+/// A sum7 push is answered `201` only once its `<message>` is written to the link. Pushes pile up
+/// behind a link that takes nothing more, and then the server ends the stream (everything xup
+/// wrote still reaches it): every push answered `201` reaches the client, and those still queued
+/// are answered `503`, for their senders to send again. (Before, a push was `201` once queued,
+/// and the queue was dropped with the link.)
+#[tokio::test]
+async fn a_sum7_push_answered_201_is_not_lost_with_the_link() {
+    // Enough to fill the sockets' buffers (about 4 MB on loopback) and queue the rest.
+    const PUSHES: usize = 3000;
+    let server = Server::start().await;
+    let proxy = LinkProxy::start(server.component_port()).await;
+    let store = tempfile::tempdir().expect("store dir");
+    let mut settings = XupSettings::new(store.path());
+    settings.without_rate_limits();
+    let _xup = Xup::start(xup_binary(), proxy.port, &settings).await;
+    let mut phone = Peer::connect(&server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.sum7_register(PUBLIC).await.expect("registered");
+
+    proxy.hold.send_replace(true);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut pushes = tokio::task::JoinSet::new();
+    // HTTP/2 allows 128 streams a connection: a client (and a connection) per 125 pushes.
+    let clients: Vec<reqwest::Client> = (0..PUSHES.div_ceil(125))
+        .map(|_| {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect("client")
+        })
+        .collect();
+    for n in 0..PUSHES {
+        let (client, endpoint, answered) =
+            (clients[n / 125].clone(), endpoint.clone(), answered.clone());
+        pushes.spawn(async move {
+            let body = format!("{n:04} {}", "x".repeat(3800));
+            let status = client
+                .post(&endpoint)
+                .body(body)
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+                .unwrap_or(0);
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (n, status)
+        });
+    }
+    // The link takes nothing more: wait until the answers stop coming.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = answered.load(std::sync::atomic::Ordering::Relaxed);
+        if now == seen || std::time::Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
+    assert!(
+        seen < PUSHES,
+        "every push was answered while the link was held"
+    );
+    proxy.cut.notify_one();
+    proxy.hold.send_replace(false);
+    let mut sent = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    while let Some(push) = pushes.join_next().await {
+        match push.expect("push task") {
+            (n, 201) => {
+                sent.insert(n);
+            }
+            (_, 503) => refused += 1,
+            (n, status) => panic!("push {n}: {status}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "some pushes were still queued when the link broke"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut received = std::collections::BTreeSet::new();
+    while !sent.is_subset(&received) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pushes answered 201 never arrived",
+            sent.difference(&received).count()
+        );
+        let message = phone.next_message().await;
+        let n: usize = message.body[..4].parse().expect("a numbered push");
+        received.insert(n);
+    }
+    eprintln!(
+        "{} answered 201, all received; {refused} answered 503",
+        sent.len()
+    );
+}
