@@ -5,48 +5,45 @@
 //! to that endpoint, and xup relays each one to the registering client as an IQ and answers the HTTP
 //! request from the client's verdict. See `docs/DESIGN.md` for the flow and who owns each step.
 
-pub mod address;
-pub mod adhoc;
+pub mod admin;
 pub mod app_server;
 pub mod cluster;
-pub mod component;
+pub mod commands;
 pub mod config;
-pub mod deliver;
-pub mod held;
+pub mod dialects;
 pub mod http;
-pub mod import;
 pub mod limits;
-pub mod listener;
-pub mod matrix;
+pub mod message;
 pub mod metrics;
-pub mod overview;
-pub mod pending;
-pub mod presence;
-pub mod protocol;
 pub mod push;
-pub mod register;
-pub mod relay;
-pub mod resolve;
-pub mod status;
+pub mod registrar;
 pub mod store;
-pub mod sum7;
+pub mod tasks;
 pub mod token;
-pub mod webpush;
+pub mod xmpp;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
+use xmpp_parsers::ns;
 
 use crate::{
-    config::{Config, StoreConfig},
-    held::HeldMessages,
+    app_server::AppServer,
+    cluster::Cluster,
+    commands::Commands,
+    config::Config,
+    dialects::{conversations, sum7},
     limits::Limits,
-    pending::InFlight,
-    presence::Presence,
-    relay::Relay,
-    store::Store,
-    token::KeyRing,
+    push::{Deliver, Dialects, Pushes},
+    registrar::Registrar,
+    store::{
+        Store,
+        held::{self, HeldMessages},
+    },
+    tasks::Tasks,
+    token::{Dialect, KeyRing},
+    xmpp::{Events, Router, pending::InFlight, presence::Presence},
 };
 
 /// How often revocations that can no longer kill a token, and expired messages, are forgotten.
@@ -69,7 +66,7 @@ pub async fn run(
         None => {
             let router = pushes.merge(started.status.clone());
             // In-flight pushes finish here: each is bounded by `delivery.answer_within`, then held.
-            listener::serve(listener, router, &config.http, shutdown).await;
+            http::listener::serve(listener, router, &config.http, shutdown).await;
         }
         Some(address) => {
             let status_listener = TcpListener::bind(address)
@@ -77,8 +74,8 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {address}: {e}"))?;
             tracing::info!("serving /health and /metrics on http://{address}");
             tokio::join!(
-                listener::serve(listener, pushes, &config.http, shutdown.clone()),
-                listener::serve(
+                http::listener::serve(listener, pushes, &config.http, shutdown.clone()),
+                http::listener::serve(
                     status_listener,
                     started.status.clone(),
                     &config.http,
@@ -97,31 +94,26 @@ pub struct Started {
     pub router: axum::Router,
     /// `/health` and `/metrics`.
     pub status: axum::Router,
-    link_shutdown: CancellationToken,
-    link_task: JoinHandle<()>,
-    deliverer: JoinHandle<()>,
-    /// With PostgreSQL: the session that leads or stands by, released last.
-    cluster_task: Option<JoinHandle<()>>,
-    cluster_shutdown: CancellationToken,
-    housekeeping: Vec<JoinHandle<()>>,
+    /// The link, the deliverer and the housekeeping: stopped first.
+    link: Tasks,
+    /// With PostgreSQL: the session that leads or stands by, and the pushes standbys hand over;
+    /// stopped last, once the link is closed.
+    cluster: Tasks,
 }
 
 /// Open the store and start everything but the HTTP listener. Must be called within a Tokio
 /// runtime.
 pub async fn start(config: &Config) -> anyhow::Result<Started> {
-    let store = Arc::new(Store::new(store::open(&config.store).await?).await?);
-    let held = Arc::new(
-        HeldMessages::open(
-            store.engine(),
-            held::Bounds {
-                per_registration: config.delivery.max_held_per_registration,
-                per_account: config.delivery.max_held_per_account,
-                per_domain: config.delivery.max_held_per_domain,
-                total: config.delivery.max_held,
-            },
-        )
-        .await?,
-    );
+    let opened = store::open(&config.store).await?;
+    let store = Arc::new(Store::new(opened.engine).await?);
+    let delivery = &config.delivery;
+    let bounds = held::Bounds {
+        per_registration: delivery.max_held_per_registration,
+        per_account: delivery.max_held_per_account,
+        per_domain: delivery.max_held_per_domain,
+        total: delivery.max_held,
+    };
+    let held = Arc::new(HeldMessages::open(store.engine(), bounds).await?);
     if held.total() > 0 {
         tracing::info!(held = held.total(), "messages held from before the restart");
     }
@@ -131,99 +123,49 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         keys = keys.with_legacy_up_secret(&legacy.secret)?;
     }
     let keys = Arc::new(keys);
-    let in_flight_pushes = InFlight::default();
-    let presence = Arc::new(Presence::default());
     let limits = Arc::new(Limits::new(&config.limits));
-    let registrar = Arc::new(register::Registrar::new(
-        config,
-        keys.clone(),
-        limits.clone(),
-    ));
-    let (link_events, link_events_receiver) = tokio::sync::mpsc::channel(component::LINK_EVENTS);
-    let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
-
+    let registrar = Arc::new(Registrar::new(config, keys.clone(), limits.clone()));
+    let revocations_live = config.registration.longest_token_life();
     let app_server = match config.app_server.enabled {
         false => None,
-        true => {
-            let vapid = store
-                .vapid_key(
-                    config.app_server.vapid_key_generation,
-                    webpush::WebPush::new_vapid_secret,
-                )
-                .await?;
-            let web_push = webpush::WebPush::new(
-                &vapid,
-                config.app_server.vapid_contact.clone(),
-                config.app_server.allow_private_endpoints.clone(),
-                config.app_server.proxy.as_ref(),
-            )?;
-            Some(Arc::new(app_server::AppServer::new(app_server::Parts {
-                component: config.component.jid.clone(),
-                keys: keys.clone(),
-                store: store.clone(),
-                limits: limits.clone(),
-
-                web_push: Arc::new(web_push),
-                node_lifetime: config.app_server.node_lifetime,
-            })))
-        }
+        true => Some(start_app_server(config, &store, &keys, &limits).await?),
     };
     // With PostgreSQL, several instances may share the store: the link is this one's only while
     // it leads.
-    let cluster = match &config.store {
-        StoreConfig::Sqlite { .. } => None,
-        StoreConfig::Postgres { url, ca_file, .. } => Some(Arc::new(cluster::Cluster::new(
-            store::postgres::Target::new(url, ca_file.as_deref())?,
-            config.delivery.answer_within,
-            keys.clone(),
-        ))),
-    };
+    let cluster = opened
+        .shared
+        .map(|database| Arc::new(Cluster::new(database, delivery.answer_within, keys.clone())));
     let permit = match &cluster {
         Some(cluster) => cluster.watch_leads(),
         None => tokio::sync::watch::channel(true).1,
     };
-    let link_shutdown = CancellationToken::new();
-    let (link, link_task) = component::start(
-        config.component.clone(),
-        component::Router {
-            jid,
-            registrar: registrar.clone(),
-            sum7: sum7::Registry {
-                registrar: registrar.clone(),
-                store: store.clone(),
-                revocations_live: config.registration.longest_token_life(),
-            },
-            commands: Arc::new(adhoc::Commands {
-                component: config.component.jid.clone(),
-                registrar: registrar.clone(),
-                app_server: app_server.clone(),
-                store: store.clone(),
-                held: held.clone(),
-                revocations_live: config.registration.longest_token_life(),
-            }),
-            app_server,
-            in_flight: in_flight_pushes.clone(),
-            events: link_events,
-        },
-        permit,
-        link_shutdown.clone(),
-    );
-    let link_up = link.watch_up();
-    let status = Arc::new(status::Status {
-        link_up: link_up.clone(),
+
+    // The XMPP side: every role that answers requests, by namespace.
+    let (events, link_events) = Events::channel();
+    let awaiting = InFlight::default();
+    let router = xmpp_router(Roles {
+        jid: jid.clone(),
+        registrar: registrar.clone(),
+        store: store.clone(),
         held: held.clone(),
-        presence: presence.clone(),
-        awaiting: in_flight_pushes.clone(),
-        in_flight: in_flight.clone(),
-        max_in_flight: config.http.max_in_flight,
-        started: std::time::Instant::now(),
-        cluster: cluster.clone(),
+        revocations_live,
+        app_server,
+        awaiting: awaiting.clone(),
+        events,
     });
-    let sum7 = sum7::Sender::new(link.clone(), config.component.jid.clone());
-    let (relay, notices) = Relay::new(
-        relay::Parts {
-            link,
-            in_flight: in_flight_pushes.clone(),
+    let link_tasks = Tasks::default();
+    let (link, link_task) =
+        xmpp::start(config.component.clone(), router, permit, link_tasks.token());
+    link_tasks.spawn(async move {
+        let _ = link_task.await;
+    });
+
+    // The pushes: each dialect's deliverer, behind the cluster when there is one.
+    let presence = Arc::new(Presence::default());
+    let (relay, notices) = conversations::relay::Relay::new(
+        conversations::relay::Parts {
+            link: link.clone(),
+            in_flight: awaiting.clone(),
             presence: presence.clone(),
             store: store.clone(),
             held: held.clone(),
@@ -231,51 +173,92 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         config,
     );
     let relay = Arc::new(relay);
-    let (handed, handed_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let cluster_shutdown = CancellationToken::new();
-    let cluster_task = cluster.clone().map(|cluster| {
-        tokio::spawn(cluster.run(
+    let dialects: Arc<dyn Deliver> = Arc::new(
+        Dialects::default()
+            .with(Dialect::Conversations, relay.clone())
+            .with(
+                Dialect::Sum7,
+                Arc::new(sum7::Sender::new(link.clone(), jid.clone())),
+            ),
+    );
+    let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
+    let route = match &cluster {
+        None => dialects.clone(),
+        Some(cluster) => Arc::new(cluster::Forward {
+            cluster: cluster.clone(),
+            here: dialects.clone(),
+        }),
+    };
+    let pushes = Arc::new(Pushes {
+        keys,
+        store: store.clone(),
+        limits: limits.clone(),
+        in_flight: in_flight.clone(),
+        route,
+    });
+    let link_up = link.watch_up();
+    link_tasks.spawn(conversations::deliver::run(
+        conversations::deliver::Parts {
+            relay: relay.clone(),
+            held: held.clone(),
+            in_flight: awaiting.clone(),
+            presence: presence.clone(),
+            link_up: link_up.clone(),
+        },
+        conversations::deliver::Inputs {
+            link_events,
+            notices,
+        },
+        delivery.retry_interval,
+        link_tasks.token(),
+    ));
+    link_tasks.spawn(prune_forever(
+        store.clone(),
+        held.clone(),
+        link_tasks.token(),
+    ));
+    link_tasks.spawn(forget_idle_forever(limits, link_tasks.token()));
+
+    let cluster_tasks = Tasks::default();
+    if let Some(cluster) = &cluster {
+        let (handed, handed_receiver) = tokio::sync::mpsc::unbounded_channel();
+        cluster_tasks.spawn(cluster.clone().run(
             cluster::Parts {
-                store: store.clone(),
+                store,
                 held: held.clone(),
                 notices: relay.notices(),
                 handed,
             },
-            cluster_shutdown.clone(),
-        ))
-    });
-    let deliverer = tokio::spawn(deliver::run(
-        deliver::Parts {
-            relay: relay.clone(),
-            held: held.clone(),
-            in_flight: in_flight_pushes,
-            presence,
-            link_up,
-        },
-        deliver::Inputs {
-            link_events: link_events_receiver,
-            notices,
-        },
-        config.delivery.retry_interval,
-        link_shutdown.clone(),
-    ));
-    let housekeeping = vec![
-        tokio::spawn(prune_forever(store.clone(), held)),
-        tokio::spawn(forget_idle_forever(limits.clone())),
-    ];
-    let pushes = Arc::new(push::Pushes {
-        keys,
-        store,
-        relay,
-        sum7,
-        limits,
-        in_flight,
-        cluster: cluster.clone(),
-    });
-    if let Some(cluster) = cluster {
-        tokio::spawn(push::serve_handed(pushes.clone(), cluster, handed_receiver));
+            cluster_tasks.token(),
+        ));
+        cluster_tasks.spawn(cluster::serve_handed(
+            pushes.clone(),
+            dialects,
+            cluster.clone(),
+            handed_receiver,
+        ));
     }
-    let gateway = Arc::new(matrix::Gateway {
+
+    // The HTTP side.
+    let max_in_flight = config.http.max_in_flight;
+    let readings = {
+        let (link_up, cluster) = (link_up.clone(), cluster.clone());
+        move || metrics::Readings {
+            link_up: *link_up.borrow(),
+            leads: cluster.as_ref().is_none_or(|cluster| cluster.leads()),
+            in_flight: max_in_flight.saturating_sub(in_flight.available_permits()),
+            held: held.total(),
+            offline: presence.offline_count(),
+            awaiting: awaiting.len(),
+        }
+    };
+    let status = Arc::new(http::status::Status {
+        link_up,
+        readings: Box::new(readings),
+        started: std::time::Instant::now(),
+        cluster,
+    });
+    let gateway = Arc::new(http::matrix::Gateway {
         pushes: pushes.clone(),
         body_timeout: config.http.body_timeout,
         trusted_proxies: config.http.trusted_proxies.clone(),
@@ -284,49 +267,137 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             .registration
             .legacy_up
             .as_ref()
-            .map(matrix::LegacyPrefix::of),
+            .map(http::matrix::LegacyPrefix::of),
     });
-    let state = Arc::new(http::AppState {
+    let state = Arc::new(http::rfc8030::AppState {
         pushes,
         body_timeout: config.http.body_timeout,
         trusted_proxies: config.http.trusted_proxies.clone(),
     });
     let legacy = config.registration.legacy_up.as_ref().map(|l| &l.route);
     Ok(Started {
-        router: http::router(state, legacy).merge(matrix::router(gateway)),
-        status: status::router(status),
-        link_shutdown,
-        link_task,
-        deliverer,
-        cluster_task,
-        cluster_shutdown,
-        housekeeping,
+        router: http::rfc8030::router(state, legacy).merge(http::matrix::router(gateway)),
+        status: http::status::router(status),
+        link: link_tasks,
+        cluster: cluster_tasks,
     })
+}
+
+/// What the roles on the component work with.
+pub struct Roles {
+    pub jid: xmpp_parsers::jid::BareJid,
+    pub registrar: Arc<Registrar>,
+    pub store: Arc<Store>,
+    pub held: Arc<HeldMessages>,
+    /// How long a revocation is kept: as long as the longest token it can kill lives.
+    pub revocations_live: Duration,
+    /// The XEP-0357 app server, unless `app_server.enabled` is off.
+    pub app_server: Option<Arc<AppServer>>,
+    pub awaiting: InFlight,
+    pub events: Events,
+}
+
+/// The stanza router with every role on it, by the namespace of the requests it answers: the one
+/// place a role (a dialect's requests, the ad-hoc commands, the app server) is put on the
+/// component. Public for the fuzz target, which routes stanzas without a server.
+pub fn xmpp_router(roles: Roles) -> Router {
+    let Roles {
+        jid,
+        registrar,
+        store,
+        held,
+        revocations_live,
+        app_server,
+        awaiting,
+        events,
+    } = roles;
+    let mut commands: Vec<Arc<dyn commands::AdHoc>> = Vec::new();
+    if let Some(app_server) = &app_server {
+        commands.extend(app_server::commands::all(app_server));
+    }
+    commands.push(Arc::new(commands::revoke_all::RevokeAll {
+        store: store.clone(),
+        held,
+        revocations_live,
+    }));
+    let commands = Commands::new(jid.clone(), registrar.clone(), commands);
+    let mut router = Router::new(jid, awaiting, events.clone())
+        .with(
+            conversations::NS,
+            Arc::new(conversations::register::Registry {
+                registrar: registrar.clone(),
+                events,
+            }),
+        )
+        .with(
+            sum7::NS,
+            Arc::new(sum7::Registry {
+                registrar,
+                store,
+                revocations_live,
+            }),
+        )
+        .with(
+            commands::NS,
+            Arc::new(commands::Dispatch(Arc::new(commands))),
+        );
+    if let Some(app_server) = app_server {
+        router = router.with(
+            ns::PUBSUB,
+            Arc::new(app_server::commands::Publishes(app_server)),
+        );
+    }
+    router
+}
+
+/// The XEP-0357 app server, with its VAPID key (made once and kept in the store).
+async fn start_app_server(
+    config: &Config,
+    store: &Arc<Store>,
+    keys: &Arc<KeyRing>,
+    limits: &Arc<Limits>,
+) -> anyhow::Result<Arc<AppServer>> {
+    let settings = &config.app_server;
+    let vapid = store
+        .vapid_key(
+            settings.vapid_key_generation,
+            app_server::webpush::WebPush::new_vapid_secret,
+        )
+        .await?;
+    let web_push = app_server::webpush::WebPush::new(
+        &vapid,
+        settings.vapid_contact.clone(),
+        settings.allow_private_endpoints.clone(),
+        settings.proxy.as_ref(),
+    )?;
+    Ok(Arc::new(AppServer::new(app_server::Parts {
+        component: config.component.jid.clone(),
+        keys: keys.clone(),
+        store: store.clone(),
+        limits: limits.clone(),
+        web_push: Arc::new(web_push),
+        node_lifetime: settings.node_lifetime,
+    })))
 }
 
 impl Started {
     /// Stop offering held messages, then close the XMPP stream. HTTP must have stopped first.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.link_shutdown.cancel();
-        for task in &self.housekeeping {
-            task.abort();
-        }
-        self.deliverer.await?;
-        self.link_task.await?;
+        self.link.stop().await;
         // Only now may another instance lead: this one's link is closed.
-        self.cluster_shutdown.cancel();
-        if let Some(cluster) = self.cluster_task {
-            cluster.await?;
-        }
+        self.cluster.stop().await;
         Ok(())
     }
 }
 
 /// Forget, hourly, revocations that can no longer kill a token and messages past their TTL.
-async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>) {
+async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>, stop: CancellationToken) {
     let mut interval = tokio::time::interval(PRUNE_INTERVAL);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
         let now = std::time::SystemTime::now();
         match store.prune(now).await {
             Ok(0) => {}
@@ -342,10 +413,13 @@ async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>) {
 }
 
 /// Drop rate-limit buckets that have filled up again, so they cost memory only while in use.
-async fn forget_idle_forever(limits: Arc<Limits>) {
+async fn forget_idle_forever(limits: Arc<Limits>, stop: CancellationToken) {
     let mut interval = tokio::time::interval(limits::FORGET_INTERVAL);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
         limits.forget_idle();
     }
 }

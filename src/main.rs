@@ -244,8 +244,8 @@ fn status(config: &Config, json: bool) -> ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn gather_overview(
     config: &Config,
-) -> Result<xup::overview::Overview, xup::overview::OverviewError> {
-    xup::overview::gather(config).await
+) -> Result<xup::admin::overview::Overview, xup::admin::overview::OverviewError> {
+    xup::admin::overview::gather(config).await
 }
 
 /// `xup generate-docs`: the manual pages and completions, from the same definition as `--help`.
@@ -354,14 +354,14 @@ async fn copy_between(
     to: &xup::config::StoreConfig,
 ) -> Result<xup::store::copy::Copied, xup::store::StoreError> {
     let (from, to) = (xup::store::open(from).await?, xup::store::open(to).await?);
-    xup::store::copy::copy(from.as_ref(), to.as_ref()).await
+    xup::store::copy::copy(from.engine.as_ref(), to.engine.as_ref()).await
 }
 
 /// `xup import-up-config`: the new config on stdout, what the operator must know on stderr.
 fn import_up_config(path: &std::path::Path) -> ExitCode {
     let imported = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
-        .and_then(|text| xup::import::from_up_config(&text).map_err(|e| e.to_string()));
+        .and_then(|text| xup::admin::import::from_up_config(&text).map_err(|e| e.to_string()));
     match imported {
         Ok(imported) => {
             for note in &imported.notes {
@@ -382,8 +382,8 @@ async fn read_schema(store: &xup::config::StoreConfig) -> Result<Schema, xup::st
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn check_connection(config: &Config) -> Result<(), xup::component::ConnectError> {
-    xup::component::probe(&config.component).await
+async fn check_connection(config: &Config) -> Result<(), xup::xmpp::ConnectError> {
+    xup::xmpp::probe(&config.component).await
 }
 
 /// SIGINT or SIGTERM (systemd's stop) both mean a clean shutdown.

@@ -67,7 +67,7 @@ pub struct Claims {
 }
 
 /// The two XMPP dialects of UnifiedPush that xup speaks to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Dialect {
     /// Daniel Gultsch's draft (Conversations and its forks): an IQ `<push>` per message, answered.
     #[default]

@@ -306,10 +306,10 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
 async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     use std::time::{Duration, SystemTime};
     use xup::{
-        held::{Bounds, HeldMessages, Message},
-        protocol::Urgency,
+        message::Urgency,
         store::{
             PushNode, Store,
+            held::{Bounds, HeldMessages, Message},
             postgres::{Postgres, Target},
             sqlite::Sqlite,
         },
@@ -422,7 +422,7 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             .len(),
         1
     );
-    let held = xup::held::HeldMessages::open(engine, xup::held::Bounds::only(10, 10))
+    let held = xup::store::held::HeldMessages::open(engine, xup::store::held::Bounds::only(10, 10))
         .await
         .expect("held");
     assert_eq!(held.total(), 2);

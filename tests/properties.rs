@@ -10,9 +10,9 @@ use proptest::prelude::*;
 use xmpp_parsers::{jid::Jid, minidom::Element};
 use xup::{
     config::Config,
+    dialects::conversations::{register::register, wire::Register},
     limits::Limits,
-    protocol::{MAX_ENDPOINT_LEN, Register},
-    register::{RegisterError, Registrar},
+    registrar::{MAX_ENDPOINT_LEN, RegisterError, Registrar},
     token::{KeyRing, claims_for},
 };
 
@@ -122,7 +122,7 @@ proptest! {
     fn an_endpoint_is_at_most_1000_bytes_or_refused(jid in full_jid()) {
         let (registrar, keys) = registrar();
         let request = Element::from(Register { application: APP.into(), instance: INS.into() });
-        match registrar.register(Some(&jid), request, SystemTime::now()) {
+        match register(&registrar, Some(&jid), request, SystemTime::now()) {
             Ok(registered) => {
                 prop_assert!(registered.endpoint.len() <= MAX_ENDPOINT_LEN);
                 let token = registered.endpoint.rsplit('/').next().expect("a token");

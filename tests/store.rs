@@ -7,10 +7,10 @@ use std::{
 };
 
 use xup::{
-    held::{Bounds, Held, HeldMessages, HoldError, Message},
-    protocol::Urgency,
+    message::Urgency,
     store::{
         Engine, PushNode, Store,
+        held::{Bounds, Held, HeldMessages, HoldError, Message},
         postgres::{Postgres, Target},
         sqlite::Sqlite,
     },

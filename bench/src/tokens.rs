@@ -12,7 +12,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use xmpp_parsers::{jid::Jid, minidom::Element};
 use xup::{
-    config::Config, limits::Limits, protocol::Register, register::Registrar, token::KeyRing,
+    config::Config, dialects::conversations::wire::Register, limits::Limits, registrar::Registrar,
+    token::KeyRing,
 };
 
 /// Operations per second for issuing and for opening tokens, each over `iterations`.

@@ -11,17 +11,16 @@ use std::sync::{Arc, LazyLock, Mutex};
 use libfuzzer_sys::fuzz_target;
 use xmpp_parsers::{iq::Iq, stanza::Stanza};
 use xup::{
-    adhoc,
-    app_server::{self, AppServer},
-    component::{LinkEvent, Reply, Router},
+    app_server::{self, AppServer, webpush::WebPush},
     config::Config,
-    held::{Bounds, HeldMessages},
     limits::Limits,
-    pending::InFlight,
-    register::Registrar,
-    store::{Store, sqlite::Sqlite},
-    sum7,
-    webpush::WebPush,
+    registrar::Registrar,
+    store::{
+        Store,
+        held::{Bounds, HeldMessages},
+        sqlite::Sqlite,
+    },
+    xmpp::{LinkEvent, Reply, Router, pending::InFlight},
 };
 
 use xup_fuzz as seeds;
@@ -56,7 +55,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let keys = Arc::new(seeds::key_ring());
     let limits = Arc::new(Limits::new(&config.limits));
     let (keys_for_app_server, limits_for_app_server) = (keys.clone(), limits.clone());
-    let (link_events, events) = tokio::sync::mpsc::channel(xup::component::LINK_EVENTS);
+    let (link_events, events) = xup::xmpp::Events::channel();
     let registrar = Arc::new(Registrar::new(&config, keys, limits));
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
     let (store, held) = runtime.block_on(async {
@@ -86,26 +85,16 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         node_lifetime: config.app_server.node_lifetime,
     }));
     World {
-        router: Router {
+        router: xup::xmpp_router(xup::Roles {
             jid: config.component.jid.clone(),
-            registrar: registrar.clone(),
-            sum7: sum7::Registry {
-                registrar: registrar.clone(),
-                store: store.clone(),
-                revocations_live: config.registration.longest_token_life(),
-            },
-            app_server: Some(app_server.clone()),
-            commands: Arc::new(adhoc::Commands {
-                component: config.component.jid.clone(),
-                registrar: registrar.clone(),
-                app_server: Some(app_server),
-                store: store.clone(),
-                held,
-                revocations_live: config.registration.longest_token_life(),
-            }),
-            in_flight: InFlight::default(),
+            registrar,
+            store,
+            held,
+            revocations_live: config.registration.longest_token_life(),
+            app_server: Some(app_server),
+            awaiting: InFlight::default(),
             events: link_events,
-        },
+        }),
         runtime,
         events: Mutex::new(events),
     }

@@ -31,8 +31,8 @@ use super::{
     from_micros, key_from_hex, key_to_hex, micros,
 };
 use crate::{
-    held::{Bounds, Held, HoldError, Message},
-    protocol::Urgency,
+    message::Urgency,
+    store::held::{Bounds, Held, HoldError, Message},
 };
 
 /// Where revocations are announced, as `<key in hex> <revoked_at_us> <forget_at_us>`. A listener

@@ -18,8 +18,8 @@ use super::{
     from_micros, micros,
 };
 use crate::{
-    held::{Bounds, Held, HoldError, Message},
-    protocol::Urgency,
+    message::Urgency,
+    store::held::{Bounds, Held, HoldError, Message},
 };
 
 const DATABASE_FILE: &str = "xup.sqlite3";

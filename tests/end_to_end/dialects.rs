@@ -391,7 +391,7 @@ async fn one_account_keeps_at_most_its_share_of_unregistrations() {
     })
     .await;
     let mut phone = stack.juliet("phone").await;
-    for n in 0..xup::sum7::MAX_UNREGISTERED_PER_ACCOUNT {
+    for n in 0..xup::dialects::sum7::MAX_UNREGISTERED_PER_ACCOUNT {
         phone.sum7_unregister(&format!("made-up-{n}")).await;
     }
     // The same token again changes nothing that is counted.

@@ -427,7 +427,7 @@ impl Peer {
             });
         }
         let xml = answer["payload"]["xml"].as_str().expect("the answer's XML");
-        let command = xup::protocol::commands::Command::try_from(
+        let command = xup::commands::wire::Command::try_from(
             xml.parse::<xmpp_parsers::minidom::Element>().expect("XML"),
         )
         .expect("a <command>");

@@ -7,7 +7,7 @@
 //! registrant's domain, and the secret is derived from it, so xup keeps nothing per registration.
 //! `unregister-push-webpush` revokes a node (or every node of a device), and
 //! `list-push-registrations` lists the caller's own, from a small per-account index in the store;
-//! the commands themselves are parsed and dispatched in `adhoc.rs`.
+//! the commands are in `commands.rs`, dispatched by the table in `commands/`.
 //!
 //! A publish is checked (the node opens, is not revoked or expired, comes from the registrant's
 //! account or its server with the right secret, within its rate limit), then forwarded
@@ -39,18 +39,21 @@ use xmpp_parsers::{
 
 use crate::{
     limits::Limits,
+    message::Urgency,
     metrics::{METRICS, PublishOutcome},
-    protocol::Urgency,
     store::{PushNode as IndexedNode, Store, registration_key_of},
     token::{KeyRing, Purpose, TokenError},
-    webpush::{Keys, Sent, Subscription, WebPush},
 };
+use webpush::{Keys, Sent, Subscription, WebPush};
+
+pub mod address;
+pub mod commands;
+pub mod resolve;
+pub mod webpush;
+
+pub use commands::{LIST, REGISTER, UNREGISTER};
 
 pub const NS_PUSH: &str = "urn:xmpp:push:0";
-
-/// The commands, by node.
-pub const REGISTER: &str = "register-push-webpush";
-pub const UNREGISTER: &str = "unregister-push-webpush";
 
 /// A node longer than this is refused at registration: servers store it and send it back with
 /// every publish.

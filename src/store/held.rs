@@ -26,16 +26,37 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::{
-    protocol::Urgency,
+    message::Urgency,
     store::{Engine, RegistrationKey, StoreError, micros, registration_key, registration_key_of},
     token::Claims,
 };
+
+/// What whoever holds a message (the relay, or the cluster for a standby) tells the deliverer,
+/// so it can offer the message when its turn comes.
+#[derive(Debug)]
+pub enum Notice {
+    /// Message `id` was held in `registration` of `subject`. `offered` is when it was sent to the
+    /// client and not taken (the registration then waits before it is tried again), `None` when it
+    /// was held without trying (behind older messages, or the client or the link away).
+    Held {
+        id: String,
+        subject: String,
+        registration: RegistrationKey,
+        offered: Option<Instant>,
+    },
+    /// A message held while it was in flight was answered, and the relay has acted on the answer
+    /// itself: its registration's queue can go on.
+    Settled {
+        subject: String,
+        registration: RegistrationKey,
+    },
+}
 
 /// One message as the sender gave it, with what xup needs to deliver it later.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,11 +6,8 @@
 //! cloneable [`Link`] to send stanzas through, so a reconnect is invisible to HTTP handlers: while
 //! the link is down, sends fail at once instead of queueing behind a dead socket.
 //!
-//! Incoming stanzas are routed here: `<register>` to the registrar, IQ answers to the pushes in
-//! flight (`pending.rs`), disco#info and ping answered directly, every other request refused with
-//! `service-unavailable`. An IQ `result` or `error` is never answered (RFC 6120 §8.2.3). What the
-//! link learns about clients (presence, signs of life, answers nobody waits for any more) goes
-//! out as [`LinkEvent`]s on a channel, for the deliverer; the link calls into nothing above it.
+//! Incoming stanzas go to the [`Router`] (`router.rs`), whose answers the link writes back; the
+//! link calls into nothing above it.
 //!
 //! tokio-xmpp's `Component` hides soft read timeouts and single malformed stanzas behind the same
 //! "end of stream" as a dead socket, so this module drives tokio-xmpp's XML stream layer itself:
@@ -22,14 +19,13 @@
 //! XEP-0114 has no TLS, so a `component.server` that is not on loopback is warned about.
 
 use std::{
-    collections::BTreeSet,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Poll, ready},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use futures::{SinkExt, StreamExt};
@@ -46,61 +42,20 @@ use tokio_xmpp::xmlstream::{
 };
 use xmpp_parsers::{
     component::Handshake,
-    disco::{DiscoInfoResult, DiscoItemsResult, Identity},
     iq::Iq,
-    jid::{BareJid, Jid},
-    minidom::Element,
+    jid::BareJid,
     ns,
     ping::Ping,
-    presence::Type as PresenceType,
     stanza::Stanza,
     stanza_error::{DefinedCondition, ErrorType, StanzaError},
     stream_error,
 };
 
 use crate::{
-    adhoc,
-    app_server::{self, AppServer},
     config::ComponentConfig,
     metrics::METRICS,
-    pending::{self, Answer, Detached, InFlight, Resolved},
-    protocol,
-    register::Registrar,
-    sum7,
+    xmpp::router::{Reply, Router},
 };
-
-/// What an incoming stanza gets back.
-pub enum Reply {
-    Now(Box<Stanza>),
-    /// An answer that waits for something (a store write); it is sent when it is ready, and the
-    /// link goes on meanwhile.
-    Later(Pin<Box<dyn Future<Output = Stanza> + Send>>),
-}
-
-/// A refused IQ request: the stanza error, and a payload for a dialect whose clients read their
-/// own element instead.
-struct Refusal {
-    error: StanzaError,
-    payload: Option<Element>,
-}
-
-impl From<StanzaError> for Refusal {
-    fn from(error: StanzaError) -> Refusal {
-        Refusal {
-            error,
-            payload: None,
-        }
-    }
-}
-
-impl From<sum7::Refusal> for Refusal {
-    fn from(refusal: sum7::Refusal) -> Refusal {
-        Refusal {
-            error: refusal.error,
-            payload: Some(refusal.payload),
-        }
-    }
-}
 
 /// Silence on the link after which we ping the server, so a dead peer is found within
 /// `QUIET_BEFORE_PING + PEER_RESPONSE_TIMEOUT` rather than at the next TCP retransmit timeout.
@@ -195,44 +150,6 @@ impl Link {
         self.up.clone()
     }
 }
-
-/// What the link learns about clients, for the deliverer.
-#[derive(Debug, PartialEq)]
-pub enum LinkEvent {
-    /// A client's presence towards xup: it came online (`available`) or its session ended.
-    Presence { from: Jid, available: bool },
-    /// The client answered a push with `result`, or registered: it is there.
-    Alive(Jid),
-    /// An answer to a push whose sender stopped waiting (`push`, with what it carried), or to one
-    /// that is no longer in flight at all (`push` is `None`: a `result` after `delivery.timeout`).
-    Unclaimed {
-        id: String,
-        from: Jid,
-        answer: Answer,
-        push: Option<Detached>,
-    },
-}
-
-/// Where incoming stanzas go.
-pub struct Router {
-    pub jid: BareJid,
-    pub registrar: Arc<Registrar>,
-    /// sum7's dialect, `unifiedpush.org`.
-    pub sum7: sum7::Registry,
-    /// The XEP-0357 app server, unless `app_server.enabled` is off.
-    pub app_server: Option<Arc<AppServer>>,
-    /// The ad-hoc commands.
-    pub commands: Arc<adhoc::Commands>,
-    pub in_flight: InFlight,
-    /// Told of what the link learns about clients; bounded ([`LINK_EVENTS`]).
-    pub events: mpsc::Sender<LinkEvent>,
-}
-
-/// Link events waiting for the deliverer at most. Past it they are dropped and counted
-/// (`xup_link_events_dropped_total`): every one is a hint the deliverer would also get later (the
-/// next presence, the next answer, the retry), so a flood of stanzas costs bounded memory and
-/// at worst a late delivery or a message offered twice.
-pub const LINK_EVENTS: usize = 16_384;
 
 /// Start the task that keeps the link up until `shutdown` is cancelled, while `permit` is true:
 /// always for a single instance, while it leads for one of several (`cluster.rs`).
@@ -341,7 +258,7 @@ async fn keep_connected(
                 up.send_replace(false);
                 // Whatever waits for an answer will not get one on the next connection, and what
                 // is still queued was meant for a waiter that has just been failed.
-                router.in_flight.clear();
+                router.in_flight().clear();
                 while queue.try_recv().is_ok() {}
                 match ended {
                     Ended::Shutdown => {
@@ -597,7 +514,7 @@ async fn serve(
                     }
                     Some(Err(ReadError::SoftTimeout)) => {
                         let n = keepalive_ids.fetch_add(1, Ordering::Relaxed);
-                        Some(keepalive(&router.jid, n))
+                        Some(keepalive(router.jid(), n))
                     }
                     Some(Err(ReadError::ParseError(e))) => {
                         tracing::debug!(error = %e, "ignoring an unparsable element");
@@ -682,252 +599,6 @@ fn refuse_malformed(header: RawStanzaHeader) -> Option<Stanza> {
     )
 }
 
-impl Router {
-    /// Handle one incoming stanza; returns the reply to send, if any. Public for the fuzz target.
-    pub fn route(&self, stanza: Stanza) -> Option<Reply> {
-        let iq = match stanza {
-            Stanza::Iq(iq) => iq,
-            Stanza::Presence(presence) => {
-                // Clients are full JIDs; presence from anything else says nothing about one.
-                let available = match presence.type_ {
-                    PresenceType::None => true,
-                    PresenceType::Unavailable => false,
-                    _ => return None,
-                };
-                if let Some(from) = presence.from
-                    && from.resource().is_some()
-                {
-                    self.tell(LinkEvent::Presence { from, available });
-                }
-                return None;
-            }
-            Stanza::Message(_) => return None,
-        };
-        let (from, to, id, outcome) = match iq {
-            Iq::Result { from, id, .. } => {
-                self.answered(id, from, Answer::Result);
-                return None;
-            }
-            Iq::Error {
-                from, id, error, ..
-            } => {
-                self.answered(id, from, Answer::Error(error.defined_condition));
-                return None;
-            }
-            Iq::Get {
-                from,
-                to,
-                id,
-                payload,
-            } => {
-                let outcome = self.get(payload);
-                (from, to, id, outcome)
-            }
-            Iq::Set {
-                from,
-                to,
-                id,
-                payload,
-            } => {
-                if payload.is("unregister", sum7::NS) {
-                    let answer = self.sum7.unregister(from.as_ref(), payload);
-                    return Some(Reply::Later(Box::pin(async move {
-                        reply(
-                            from,
-                            to,
-                            id,
-                            answer.await.map(Some).map_err(|r| Refusal::from(*r)),
-                        )
-                    })));
-                }
-                if payload.is("command", adhoc::NS) {
-                    let answer = self.commands.clone().run(from.clone(), payload);
-                    return Some(Reply::Later(Box::pin(async move {
-                        let outcome = answer.await.map(Some).map_err(Refusal::from);
-                        reply(from, to, id, outcome)
-                    })));
-                }
-                if let Some(app_server) = &self.app_server
-                    && payload.is("pubsub", ns::PUBSUB)
-                {
-                    let answer = app_server.clone().publish(from.clone(), payload);
-                    return Some(Reply::Later(Box::pin(async move {
-                        let outcome = answer.await.map(|()| None).map_err(Refusal::from);
-                        reply(from, to, id, outcome)
-                    })));
-                }
-                let outcome = self.set(from.as_ref(), payload);
-                (from, to, id, outcome)
-            }
-        };
-        Some(Reply::Now(Box::new(reply(from, to, id, outcome))))
-    }
-
-    fn tell(&self, event: LinkEvent) {
-        // A stopped deliverer (at shutdown) drops them too.
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
-            METRICS.link_event_dropped();
-        }
-    }
-
-    /// An IQ answer: to the push it belongs to, and what it says about its sender to the deliverer.
-    fn answered(&self, id: String, from: Option<Jid>, answer: Answer) {
-        let resolved = self.in_flight.resolve(&id, from.as_ref(), answer.clone());
-        let Some(from) = from else {
-            return;
-        };
-        match resolved {
-            Resolved::Claimed if answer == Answer::Result => self.tell(LinkEvent::Alive(from)),
-            Resolved::Claimed => {}
-            Resolved::Detached(push) => self.tell(LinkEvent::Unclaimed {
-                id,
-                from,
-                answer,
-                push: Some(push),
-            }),
-            Resolved::Unknown if pending::is_push_id(&id) => self.tell(LinkEvent::Unclaimed {
-                id,
-                from,
-                answer,
-                push: None,
-            }),
-            Resolved::Unknown => {}
-        }
-    }
-
-    fn get(&self, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
-        if payload.is("query", ns::DISCO_ITEMS) {
-            return Ok(Some(match payload.attr("node") {
-                Some(adhoc::NS) => self.commands.list().into(),
-                _ => DiscoItemsResult {
-                    node: payload.attr("node").map(str::to_owned),
-                    items: Vec::new(),
-                    rsm: None,
-                }
-                .into(),
-            }));
-        }
-        if payload.is("query", ns::DISCO_INFO) {
-            if payload.attr("node").is_some() {
-                return Err(Box::new(
-                    StanzaError::new(
-                        ErrorType::Cancel,
-                        DefinedCondition::ItemNotFound,
-                        "en",
-                        "no such node",
-                    )
-                    .into(),
-                ));
-            }
-            return Ok(Some(disco_info(self.app_server.is_some()).into()));
-        }
-        if payload.is("ping", ns::PING) {
-            return Ok(None);
-        }
-        Err(Box::new(unsupported().into()))
-    }
-
-    fn set(&self, from: Option<&Jid>, payload: Element) -> Result<Option<Element>, Box<Refusal>> {
-        if payload.is("register", protocol::NS) {
-            return match self.registrar.register(from, payload, SystemTime::now()) {
-                Ok(registered) => {
-                    if let Some(from) = from {
-                        self.tell(LinkEvent::Alive(from.clone()));
-                    }
-                    Ok(Some(registered.into()))
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "register refused");
-                    Err(Box::new(e.to_stanza_error().into()))
-                }
-            };
-        }
-        if payload.is("register", sum7::NS) {
-            return match self.sum7.register(from, payload) {
-                Ok(registered) => Ok(Some(registered)),
-                Err(refusal) => {
-                    tracing::debug!(error = ?refusal.error, "sum7 register refused");
-                    Err(Box::new((*refusal).into()))
-                }
-            };
-        }
-        if payload.has_ns(sum7::NS) {
-            return Err(Box::new(sum7::unknown_request().into()));
-        }
-        Err(Box::new(unsupported().into()))
-    }
-}
-
-/// The answer to IQ request `id`. It comes from the address the client wrote to, as clients match
-/// on it.
-fn reply(
-    from: Option<Jid>,
-    to: Option<Jid>,
-    id: String,
-    outcome: Result<Option<Element>, impl Into<Box<Refusal>>>,
-) -> Stanza {
-    match outcome {
-        Ok(payload) => Iq::Result {
-            from: to,
-            to: from,
-            id,
-            payload,
-        },
-        Err(refusal) => {
-            let refusal = *refusal.into();
-            Iq::Error {
-                from: to,
-                to: from,
-                id,
-                error: refusal.error,
-                payload: refusal.payload,
-            }
-        }
-    }
-    .into()
-}
-
-fn unsupported() -> StanzaError {
-    StanzaError::new(
-        ErrorType::Cancel,
-        DefinedCondition::ServiceUnavailable,
-        "en",
-        "not supported by this service",
-    )
-}
-
-/// What the component is: a UnifiedPush provider in both dialects, and, with `app_server`, a
-/// XEP-0357 app server with its ad-hoc commands.
-fn disco_info(app_server: bool) -> DiscoInfoResult {
-    let mut identities = vec![Identity::new(
-        "component",
-        "generic",
-        "en",
-        "xup UnifiedPush provider",
-    )];
-    let mut features = BTreeSet::from(
-        [
-            ns::DISCO_INFO,
-            ns::DISCO_ITEMS,
-            ns::PING,
-            adhoc::NS,
-            protocol::NS,
-            sum7::NS,
-        ]
-        .map(str::to_owned),
-    );
-    if app_server {
-        identities.push(AppServer::identity());
-        features.insert(app_server::NS_PUSH.to_owned());
-    }
-    DiscoInfoResult {
-        node: None,
-        identities,
-        features,
-        extensions: vec![],
-    }
-}
-
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of the current
 /// step, so many xup instances restarted together do not reconnect in lockstep.
 struct Backoff {
@@ -1008,21 +679,6 @@ mod tests {
         assert!(delays[0] <= BACKOFF_FIRST);
         assert!(delays.iter().all(|d| *d <= BACKOFF_CAP));
         assert!(delays[11] >= BACKOFF_CAP / 2);
-    }
-
-    #[test]
-    fn disco_info_advertises_unified_push() {
-        let elem: Element = disco_info(true).into();
-        let features: Vec<&str> = elem
-            .children()
-            .filter(|c| c.is("feature", ns::DISCO_INFO))
-            .filter_map(|c| c.attr("var"))
-            .collect();
-        assert!(features.contains(&protocol::NS));
-        assert!(features.contains(&sum7::NS));
-        assert!(features.contains(&app_server::NS_PUSH));
-        assert!(features.contains(&adhoc::NS));
-        assert!(features.contains(&ns::PING));
     }
 
     fn header(type_: &str) -> RawStanzaHeader {

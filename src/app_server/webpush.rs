@@ -39,7 +39,10 @@ use web_push_native::{
     p256,
 };
 
-use crate::{address::is_global, protocol::Urgency, resolve::Resolver};
+use crate::{
+    app_server::{address::is_global, resolve::Resolver},
+    message::Urgency,
+};
 
 /// The whole exchange with an endpoint, connecting included: the XMPP server waits for our answer,
 /// and ejabberd and Prosody give up on an IQ after about 10 s.

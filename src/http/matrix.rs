@@ -28,10 +28,9 @@ use crate::{
     config::{LegacyRoute, LegacyUp},
     http::{BodyError, read_body},
     limits::sender_address,
+    message::{self, Request as Message, Urgency},
     metrics::METRICS,
-    protocol::{self, Urgency},
     push::{Pushes, Verdict},
-    relay,
 };
 
 /// A notify body larger than this is refused with `413`: a notification with its event content
@@ -142,7 +141,7 @@ async fn notify(
         let gateway = &gateway;
         let body = body.clone();
         async move {
-            let request = relay::Request {
+            let request = Message {
                 body,
                 ttl: None,
                 topic: None,
@@ -167,12 +166,7 @@ async fn notify(
 
 impl Gateway {
     /// Relay one device's notification; `true` when the homeserver should drop the pushkey.
-    async fn relay(
-        &self,
-        sender: std::net::IpAddr,
-        pushkey: &str,
-        request: relay::Request,
-    ) -> bool {
+    async fn relay(&self, sender: std::net::IpAddr, pushkey: &str, request: Message) -> bool {
         let Some(token) = token_in(pushkey, &self.endpoint_prefix, self.legacy.as_ref()) else {
             tracing::debug!("a pushkey that is not an endpoint of ours");
             return true;
@@ -284,17 +278,17 @@ fn parse_notification(bytes: &[u8]) -> Result<Notification, BadNotify> {
 /// itself when the whole notification does not fit.
 const ESSENTIAL: [&str; 4] = ["event_id", "room_id", "counts", "prio"];
 
-/// `{"notification": …}` within [`protocol::MAX_BODY`]: whole if it fits; else without its
+/// `{"notification": …}` within [`message::MAX_BODY`]: whole if it fits; else without its
 /// `content`; else only its [`ESSENTIAL`] fields.
 fn app_body(mut notification: Map<String, Value>) -> Vec<u8> {
     let encode = |n: &Map<String, Value>| json!({ "notification": n }).to_string().into_bytes();
     let whole = encode(&notification);
-    if whole.len() <= protocol::MAX_BODY {
+    if whole.len() <= message::MAX_BODY {
         return whole;
     }
     notification.remove("content");
     let trimmed = encode(&notification);
-    if trimmed.len() <= protocol::MAX_BODY {
+    if trimmed.len() <= message::MAX_BODY {
         return trimmed;
     }
     notification.retain(|key, _| ESSENTIAL.contains(&key.as_str()));
@@ -347,7 +341,7 @@ mod tests {
     fn a_large_content_is_left_out_and_the_rest_kept() {
         let parsed = parse_notification(&synapse(json!([device("https://a/push/x")]), 5000))
             .expect("parses");
-        assert!(parsed.body.len() <= protocol::MAX_BODY);
+        assert!(parsed.body.len() <= message::MAX_BODY);
         let body: Value = serde_json::from_slice(&parsed.body).expect("json");
         assert!(body["notification"].get("content").is_none());
         assert_eq!(body["notification"]["sender_display_name"], "Major Tom");

@@ -33,15 +33,23 @@ use xmpp_parsers::{
 };
 
 use crate::{
-    component::Link,
     config::Config,
-    held::{HeldMessages, HoldError, Message},
+    dialects::conversations::wire::Push,
+    message::Request,
     metrics::METRICS,
-    pending::{Answer, Detached, InFlight, MessageIds, Ticket},
-    presence::Presence,
-    protocol::{Push, Urgency},
-    store::{RegistrationKey, Store},
+    metrics::PushOutcome,
+    push::{Deliver, Verdict},
+    store::held::Notice,
+    store::{
+        Store,
+        held::{HeldMessages, HoldError, Message},
+    },
     token::{Claims, Dialect},
+    xmpp::{
+        Link,
+        pending::{Answer, Detached, InFlight, MessageIds, Ticket},
+        presence::Presence,
+    },
 };
 
 /// What became of one push request.
@@ -82,41 +90,39 @@ pub enum Offered {
     NotNow(Unavailable),
 }
 
+#[async_trait::async_trait]
+impl Deliver for Relay {
+    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
+        match self.push(claims, request).await {
+            Ok(Outcome::Delivered { id, ttl }) => Verdict::Accepted {
+                id,
+                ttl,
+                how: PushOutcome::Delivered,
+            },
+            Ok(Outcome::Held { id, ttl }) => Verdict::Accepted {
+                id,
+                ttl,
+                how: PushOutcome::Held,
+            },
+            Ok(Outcome::Dropped { id }) => Verdict::Accepted {
+                id,
+                ttl: Duration::ZERO,
+                how: PushOutcome::Dropped,
+            },
+            Ok(Outcome::Revoked) => Verdict::Revoked,
+            Ok(Outcome::Full) => Verdict::Full,
+            Err(e) => {
+                tracing::error!(error = %e, "push failed");
+                Verdict::Internal
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("the store failed: {0}")]
     Store(#[from] crate::store::StoreError),
-}
-
-/// What a sender asks for one message, from the request's body and headers.
-pub struct Request {
-    pub body: Vec<u8>,
-    /// `TTL` in seconds; `None` when the sender gave none.
-    pub ttl: Option<u64>,
-    pub topic: Option<String>,
-    pub urgency: Urgency,
-    /// When xup began to handle the request: `delivery.answer_within` counts from then.
-    pub received: Instant,
-}
-
-/// What the relay tells the deliverer.
-#[derive(Debug)]
-pub enum Notice {
-    /// Message `id` was held in `registration` of `subject`. `offered` is when it was sent to the
-    /// client and not taken (the registration then waits before it is tried again), `None` when it
-    /// was held without trying (behind older messages, or the client or the link away).
-    Held {
-        id: String,
-        subject: String,
-        registration: RegistrationKey,
-        offered: Option<Instant>,
-    },
-    /// A message held while it was in flight was answered, and the relay has acted on the answer
-    /// itself: its registration's queue can go on.
-    Settled {
-        subject: String,
-        registration: RegistrationKey,
-    },
 }
 
 /// Sends pushes and interprets their answers. One per process, shared by every HTTP request and

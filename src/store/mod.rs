@@ -32,11 +32,12 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config::StoreConfig,
-    held::{Bounds, Held, HoldError, Message},
+    store::held::{Bounds, Held, HoldError, Message},
     token::Claims,
 };
 
 pub mod copy;
+pub mod held;
 pub mod postgres;
 pub mod sqlite;
 
@@ -272,19 +273,34 @@ pub async fn open_to_read(config: &StoreConfig) -> Result<Arc<dyn Engine>, Store
     })
 }
 
-/// The engine `config` names, its schema brought up to date.
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Engine>, StoreError> {
+/// The engine `config` names, its schema brought up to date, and, with PostgreSQL, where the
+/// database is (parsed here once; the cluster connects there too).
+pub async fn open(config: &StoreConfig) -> Result<Opened, StoreError> {
     Ok(match config {
-        StoreConfig::Sqlite { path } => Arc::new(sqlite::Sqlite::open(path)?),
+        StoreConfig::Sqlite { path } => Opened {
+            engine: Arc::new(sqlite::Sqlite::open(path)?),
+            shared: None,
+        },
         StoreConfig::Postgres {
             url,
             pool_size,
             ca_file,
         } => {
             let target = postgres::Target::new(url, ca_file.as_deref())?;
-            Arc::new(postgres::Postgres::connect(&target, *pool_size).await?)
+            Opened {
+                engine: Arc::new(postgres::Postgres::connect(&target, *pool_size).await?),
+                shared: Some(target),
+            }
         }
     })
+}
+
+/// An open store.
+pub struct Opened {
+    pub engine: Arc<dyn Engine>,
+    /// The PostgreSQL database that several instances may share; `None` for SQLite, which one
+    /// instance has to itself.
+    pub shared: Option<postgres::Target>,
 }
 
 /// The revocations, mirrored in memory, and the other things kept. Cheap to share behind an `Arc`.

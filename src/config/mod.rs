@@ -17,7 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use xmpp_parsers::jid::{BareJid, Jid};
 
-use crate::protocol;
+mod defaults;
+pub use defaults::*;
 
 /// The validated configuration.
 pub struct Config {
@@ -77,7 +78,7 @@ impl RegistrationConfig {
     /// The longest any token that opens here lives: how long a revocation must be remembered.
     pub fn longest_token_life(&self) -> Duration {
         match self.legacy_up {
-            Some(_) => self.lifetime.max(protocol::LEGACY_UP_LIFETIME),
+            Some(_) => self.lifetime.max(defaults::LEGACY_UP_LIFETIME),
             None => self.lifetime,
         }
     }
@@ -589,9 +590,9 @@ impl Config {
         }
         let lifetime = match &raw.registration.lifetime {
             Some(text) => duration("registration.lifetime", text)?,
-            None => protocol::DEFAULT_LIFETIME,
+            None => defaults::DEFAULT_LIFETIME,
         };
-        if lifetime < protocol::MIN_LIFETIME {
+        if lifetime < defaults::MIN_LIFETIME {
             return Err(invalid(
                 "registration.lifetime",
                 "must be at least 2d: Conversations renews endpoints that have less than 24 h left",
@@ -646,7 +647,7 @@ impl Config {
 
         let timeout = match &raw.delivery.timeout {
             Some(text) => duration("delivery.timeout", text)?,
-            None => protocol::DEFAULT_DELIVERY_TIMEOUT,
+            None => defaults::DEFAULT_DELIVERY_TIMEOUT,
         };
         if timeout.is_zero() || timeout > MAX_DELIVERY_TIMEOUT {
             return Err(invalid(
@@ -658,7 +659,7 @@ impl Config {
         // Left out, it follows a shorter `timeout` down rather than make that config invalid.
         let answer_within = match &raw.delivery.answer_within {
             Some(text) => duration("delivery.answer_within", text)?,
-            None => protocol::DEFAULT_ANSWER_WITHIN.min(timeout),
+            None => defaults::DEFAULT_ANSWER_WITHIN.min(timeout),
         };
         if answer_within.is_zero() || answer_within > timeout {
             return Err(invalid(
@@ -669,11 +670,11 @@ impl Config {
 
         let default_ttl = match &raw.delivery.default_ttl {
             Some(text) => duration("delivery.default_ttl", text)?,
-            None => protocol::DEFAULT_TTL,
+            None => defaults::DEFAULT_TTL,
         };
         let max_ttl = match &raw.delivery.max_ttl {
             Some(text) => duration("delivery.max_ttl", text)?,
-            None => protocol::DEFAULT_MAX_TTL,
+            None => defaults::DEFAULT_MAX_TTL,
         };
         if default_ttl > max_ttl {
             return Err(invalid(
@@ -684,14 +685,14 @@ impl Config {
         let max_held_per_registration = raw
             .delivery
             .max_held_per_registration
-            .unwrap_or(protocol::DEFAULT_MAX_HELD_PER_REGISTRATION);
+            .unwrap_or(defaults::DEFAULT_MAX_HELD_PER_REGISTRATION);
         if max_held_per_registration == 0 {
             return Err(invalid(
                 "delivery.max_held_per_registration",
                 "must be at least 1 (set delivery.max_ttl to 0s to hold nothing)",
             ));
         }
-        let max_held = raw.delivery.max_held.unwrap_or(protocol::DEFAULT_MAX_HELD);
+        let max_held = raw.delivery.max_held.unwrap_or(defaults::DEFAULT_MAX_HELD);
         let share = |field: &str, given: Option<usize>, divisor: usize| match given {
             None => Ok((max_held / divisor).max(1)),
             Some(n) if (1..=max_held).contains(&n) => Ok(n),
@@ -703,16 +704,16 @@ impl Config {
         let max_held_per_account = share(
             "delivery.max_held_per_account",
             raw.delivery.max_held_per_account,
-            protocol::HELD_SHARE_OF_ACCOUNT,
+            defaults::HELD_SHARE_OF_ACCOUNT,
         )?;
         let max_held_per_domain = share(
             "delivery.max_held_per_domain",
             raw.delivery.max_held_per_domain,
-            protocol::HELD_SHARE_OF_DOMAIN,
+            defaults::HELD_SHARE_OF_DOMAIN,
         )?;
         let retry_interval = match &raw.delivery.retry_interval {
             Some(text) => duration("delivery.retry_interval", text)?,
-            None => protocol::DEFAULT_RETRY_INTERVAL,
+            None => defaults::DEFAULT_RETRY_INTERVAL,
         };
         if retry_interval < MIN_RETRY_INTERVAL {
             return Err(invalid(
@@ -724,12 +725,12 @@ impl Config {
         let http = raw.http;
         let max_connections = http
             .max_connections
-            .unwrap_or(protocol::DEFAULT_MAX_CONNECTIONS);
+            .unwrap_or(defaults::DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
         let max_connections_per_address = match http.max_connections_per_address {
-            None => (max_connections / protocol::CONNECTION_SHARE_OF_ADDRESS).max(1),
+            None => (max_connections / defaults::CONNECTION_SHARE_OF_ADDRESS).max(1),
             Some(n) if (1..=max_connections).contains(&n) => n,
             Some(_) => {
                 return Err(invalid(
@@ -740,19 +741,19 @@ impl Config {
         };
         let max_in_flight = http
             .max_in_flight
-            .unwrap_or(protocol::DEFAULT_MAX_IN_FLIGHT);
+            .unwrap_or(defaults::DEFAULT_MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(invalid("http.max_in_flight", "must be at least 1"));
         }
         let header_timeout = positive_duration(
             "http.header_timeout",
             http.header_timeout.as_deref(),
-            protocol::DEFAULT_HEADER_TIMEOUT,
+            defaults::DEFAULT_HEADER_TIMEOUT,
         )?;
         let body_timeout = positive_duration(
             "http.body_timeout",
             http.body_timeout.as_deref(),
-            protocol::DEFAULT_BODY_TIMEOUT,
+            defaults::DEFAULT_BODY_TIMEOUT,
         )?;
         let trusted_proxies = match http.trusted_proxies {
             Some(entries) => entries
@@ -771,27 +772,27 @@ impl Config {
             per_endpoint: rate(
                 "limits.per_endpoint",
                 limits.per_endpoint,
-                protocol::DEFAULT_PER_ENDPOINT,
+                defaults::DEFAULT_PER_ENDPOINT,
             )?,
             per_address: rate(
                 "limits.per_address",
                 limits.per_address,
-                protocol::DEFAULT_PER_ADDRESS,
+                defaults::DEFAULT_PER_ADDRESS,
             )?,
             forged_tokens_per_address: rate(
                 "limits.forged_tokens_per_address",
                 limits.forged_tokens_per_address,
-                protocol::DEFAULT_FORGED_PER_ADDRESS,
+                defaults::DEFAULT_FORGED_PER_ADDRESS,
             )?,
             registrations_per_account: rate(
                 "limits.registrations_per_account",
                 limits.registrations_per_account,
-                protocol::DEFAULT_REGISTRATIONS_PER_ACCOUNT,
+                defaults::DEFAULT_REGISTRATIONS_PER_ACCOUNT,
             )?,
             publishes_per_node: rate(
                 "limits.publishes_per_node",
                 limits.publishes_per_node,
-                protocol::DEFAULT_PUBLISHES_PER_NODE,
+                defaults::DEFAULT_PUBLISHES_PER_NODE,
             )?,
         };
 
@@ -810,7 +811,7 @@ impl Config {
             node_lifetime: positive_duration(
                 "app_server.node_lifetime",
                 raw_app.node_lifetime.as_deref(),
-                protocol::DEFAULT_NODE_LIFETIME,
+                defaults::DEFAULT_NODE_LIFETIME,
             )?,
             vapid_contact: match raw_app.vapid_contact {
                 Some(contact)
@@ -1468,7 +1469,7 @@ mod tests {
         assert_eq!(config.limits.per_endpoint.every, Duration::from_millis(250));
         assert_eq!(
             config.http.max_connections,
-            protocol::DEFAULT_MAX_CONNECTIONS
+            defaults::DEFAULT_MAX_CONNECTIONS
         );
         assert_eq!(config.http.trusted_proxies.len(), 2);
 
@@ -1521,7 +1522,7 @@ mod tests {
         assert_eq!(legacy.origin, "https://up.example.org");
         assert_eq!(
             config.registration.longest_token_life(),
-            protocol::LEGACY_UP_LIFETIME
+            defaults::LEGACY_UP_LIFETIME
         );
         let e = error_of(&with(r#""legacy_up_secret": "c2hvcnQ=""#));
         assert!(e.starts_with("registration.legacy_up_secret:"), "{e}");

@@ -1,13 +1,8 @@
 //! The push endpoint that application servers talk to (RFC 8030 §5, UnifiedPush conventions).
 //!
-//! Every answer is decided in one place, `Verdict`'s `into_response`, because the status code is
-//! the whole message to a sender: Mastodon and most Web Push senders drop a subscription on any
-//! 4xx but 408 and 429, so a 4xx is only ever sent for an endpoint that is really dead or a request
-//! that is really wrong. A message the client cannot take now is held and answered `201` with the
-//! `TTL` it will be kept; `503` with `Retry-After` is left for a store that is full or failing and
-//! for too many pushes in flight, and `429` with `Retry-After` for a sender over a rate limit.
+//! Every answer is a [`Verdict`], said in HTTP in one place (`http/mod.rs`).
 //!
-//! A request is checked cheapest first (`push.rs`), then its body is read, within
+//! A request is checked cheapest first (`push/`), then its body is read, within
 //! `http.body_timeout`, and only a push whose body has come takes one of the `http.max_in_flight`
 //! slots: a sender who trickles bodies ties up connections (bounded per address by the listener),
 //! never the slots everyone else's pushes need. Endpoints the Java `up` issued are served on the route its URI template
@@ -22,26 +17,21 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::HttpBody,
     extract::{ConnectInfo, Path, Query, Request, State, rejection::QueryRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
 
 use crate::{
     config::LegacyRoute,
+    http::{BodyError, read_body},
     limits::sender_address,
+    message::{self, Request as Message, Urgency},
     metrics::METRICS,
-    protocol::{self, Urgency},
     push::{Pushes, Verdict},
-    relay,
 };
-
-/// RFC 8030's `TTL` response header: how long the message is kept.
-const TTL: header::HeaderName = header::HeaderName::from_static("ttl");
 
 /// What the handlers share.
 pub struct AppState {
@@ -64,88 +54,6 @@ pub fn router(state: Arc<AppState>, legacy: Option<&LegacyRoute>) -> Router {
         _ => {}
     }
     router.with_state(state)
-}
-
-impl IntoResponse for Verdict {
-    fn into_response(self) -> Response {
-        let retry_after = || {
-            (
-                header::RETRY_AFTER,
-                HeaderValue::from(protocol::RETRY_AFTER_SECS),
-            )
-        };
-        match self {
-            Verdict::Accepted { id, ttl, .. } => {
-                let location = HeaderValue::from_str(&format!("/message/{id}"))
-                    .unwrap_or_else(|_| HeaderValue::from_static("/message/"));
-                (
-                    StatusCode::CREATED,
-                    [
-                        (TTL, HeaderValue::from(ttl.as_secs())),
-                        (header::LOCATION, location),
-                    ],
-                )
-                    .into_response()
-            }
-            Verdict::BadHeader(reason) => {
-                (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
-            }
-            Verdict::NotText(reason) => {
-                (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
-            }
-            Verdict::Gone | Verdict::Revoked => {
-                (StatusCode::NOT_FOUND, "no such endpoint\n").into_response()
-            }
-            Verdict::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "push messages are limited to 4096 bytes\n",
-            )
-                .into_response(),
-            Verdict::Empty => {
-                (StatusCode::BAD_REQUEST, "a push message needs a body\n").into_response()
-            }
-            Verdict::Unreadable => (
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read\n",
-            )
-                .into_response(),
-            Verdict::SlowBody => (
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time\n",
-            )
-                .into_response(),
-            Verdict::TooMany { what, wait } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, HeaderValue::from(wait.secs()))],
-                format!("too many requests {what}; retry in {} s\n", wait.secs()),
-            )
-                .into_response(),
-            Verdict::Busy => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [retry_after()],
-                "too many pushes are waiting for their clients; retry later\n",
-            )
-                .into_response(),
-            Verdict::Full => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [retry_after()],
-                "the client is unreachable and no more messages can be held for now; retry later\n",
-            )
-                .into_response(),
-            Verdict::LinkDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [retry_after()],
-                "the XMPP server is unreachable; retry later\n",
-            )
-                .into_response(),
-            Verdict::Internal => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [retry_after()],
-                "internal error; retry later\n",
-            )
-                .into_response(),
-        }
-    }
 }
 
 /// `GET /push/{token}`: lets UnifiedPush apps check that the endpoint speaks UnifiedPush.
@@ -230,7 +138,7 @@ async fn accept_push(
             Err(reason) => return Verdict::BadHeader(reason),
         }
     };
-    let body = match read_body(body, protocol::MAX_BODY, state.body_timeout).await {
+    let body = match read_body(body, message::MAX_BODY, state.body_timeout).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => return Verdict::TooLarge,
         Err(BodyError::Unreadable) => return Verdict::Unreadable,
@@ -243,7 +151,7 @@ async fn accept_push(
         Ok(admitted) => admitted,
         Err(verdict) => return verdict,
     };
-    let request = relay::Request {
+    let request = Message {
         body: Vec::from(body),
         ttl,
         topic,
@@ -251,38 +159,6 @@ async fn accept_push(
         received,
     };
     pushes.deliver(admitted, request).await
-}
-
-/// Why a request's body could not be had.
-#[derive(Debug, PartialEq)]
-pub enum BodyError {
-    /// Over the door's limit, declared or sent.
-    TooLarge,
-    Unreadable,
-    /// Not all there within `http.body_timeout`.
-    Slow,
-}
-
-/// A request's whole body, at most `limit` bytes, within `timeout`: how both doors read one. A
-/// declared length (Content-Length, as hyper reports it in the body's size hint) over the limit is
-/// refused before a byte of it is read. While it is read, it counts in
-/// `xup_request_bodies_being_read`.
-pub async fn read_body(
-    body: axum::body::Body,
-    limit: usize,
-    timeout: Duration,
-) -> Result<axum::body::Bytes, BodyError> {
-    if HttpBody::size_hint(&body).lower() > limit as u64 {
-        return Err(BodyError::TooLarge);
-    }
-    let _reading = METRICS.reading_body();
-    let read = Limited::new(body, limit).collect();
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Ok(Err(_)) => Err(BodyError::Unreadable),
-        Err(_) => Err(BodyError::Slow),
-    }
 }
 
 /// RFC 8030's request headers: `TTL` (seconds, `None` if absent), `Topic`, `Urgency`.
@@ -300,11 +176,11 @@ fn rfc8030_headers(
         "Topic must be 1 to 32 characters of the URL-safe base64 alphabet (RFC 8030 §5.4)";
     const BAD_URGENCY: &str = "Urgency must be very-low, low, normal or high (RFC 8030 §5.3)";
     let ttl = text("ttl", BAD_TTL)?
-        .map(|t| protocol::parse_ttl(t.trim()).ok_or(BAD_TTL))
+        .map(|t| message::parse_ttl(t.trim()).ok_or(BAD_TTL))
         .transpose()?;
     let topic = text("topic", BAD_TOPIC)?
         .map(|t| {
-            protocol::is_topic(t.trim())
+            message::is_topic(t.trim())
                 .then(|| t.trim().to_owned())
                 .ok_or(BAD_TOPIC)
         })

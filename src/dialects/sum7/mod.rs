@@ -13,7 +13,7 @@
 //! that XML can carry: an encrypted Web Push body cannot go this way, and is refused with `400`.
 //!
 //! `<unregister>` (which sum7's own gateway never implemented) revokes the app's endpoints as an
-//! `item-not-found` would.
+//! `item-not-found` would. Its XML is in `wire.rs`.
 
 use std::{future::Future, sync::Arc, time::Duration, time::SystemTime};
 
@@ -26,26 +26,22 @@ use xmpp_parsers::{
 };
 
 use crate::{
-    component::Link,
-    pending::MessageIds,
-    protocol::sum7::{
-        MAX_TOKEN_LEN, Refused, Register, Registered, Success, Unregister, UnregisterRefused,
-        Unregistered,
-    },
-    register::{self, RegisterError, Registrar, Registration},
+    message::Request,
+    metrics::PushOutcome,
+    push::{Deliver, Verdict},
+    registrar::{self, RegisterError, Registrar, Registration},
     store::Store,
     token::{Claims, Dialect},
+    xmpp::{Handled, Handler, Link, Refusal, pending::MessageIds},
+};
+use wire::{
+    MAX_TOKEN_LEN, Refused, Register, Registered, Success, Unregister, UnregisterRefused,
+    Unregistered,
 };
 
-pub use crate::protocol::sum7::NS;
+pub mod wire;
 
-/// A refused request: the stanza error every client understands, and the `<error>` inside the
-/// dialect's own element that sum7's distributor reads.
-#[derive(Debug)]
-pub struct Refusal {
-    pub error: StanzaError,
-    pub payload: Element,
-}
+pub use wire::NS;
 
 /// Answers sum7's `<register>` and `<unregister>`.
 pub struct Registry {
@@ -55,20 +51,46 @@ pub struct Registry {
     pub revocations_live: Duration,
 }
 
+impl Handler for Registry {
+    fn features(&self) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
+        if payload.is("register", NS) {
+            return Handled::Now(self.register(from.as_ref(), payload).map(Some).map_err(
+                |refusal| {
+                    tracing::debug!(error = ?refusal.error, "sum7 register refused");
+                    *refusal
+                },
+            ));
+        }
+        if payload.is("unregister", NS) {
+            let answer = self.unregister(from.as_ref(), payload);
+            return Handled::Later(Box::pin(
+                async move { answer.await.map(Some).map_err(|r| *r) },
+            ));
+        }
+        Handled::Now(Err(unknown_request().into()))
+    }
+}
+
 impl Registry {
     /// Answer a `<register>` from `from`.
     pub fn register(&self, from: Option<&Jid>, payload: Element) -> Result<Element, Box<Refusal>> {
         let refuse = |e: RegisterError| {
             Box::new(Refusal {
                 error: e.to_stanza_error(),
-                payload: Refused {
-                    error: e.to_string(),
-                }
-                .into(),
+                payload: Some(
+                    Refused {
+                        error: e.to_string(),
+                    }
+                    .into(),
+                ),
             })
         };
         let token = public_token(Register::try_from(payload).map(|r| r.token).ok())
-            .inspect_err(|_| register::refused())
+            .inspect_err(|_| registrar::refused())
             .map_err(refuse)?;
         let issued = self
             .registrar
@@ -97,10 +119,12 @@ impl Registry {
         let refuse = |e: RegisterError| {
             Box::new(Refusal {
                 error: e.to_stanza_error(),
-                payload: UnregisterRefused {
-                    error: e.to_string(),
-                }
-                .into(),
+                payload: Some(
+                    UnregisterRefused {
+                        error: e.to_string(),
+                    }
+                    .into(),
+                ),
             })
         };
         let admitted =
@@ -225,6 +249,21 @@ impl Sender {
             .await
             .map_err(|_| SendError::LinkDown)?;
         Ok(id)
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliver for Sender {
+    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
+        match self.send(&claims, &request.body).await {
+            Ok(id) => Verdict::Accepted {
+                id,
+                ttl: Duration::ZERO,
+                how: PushOutcome::Sent,
+            },
+            Err(e @ SendError::NotText(_)) => Verdict::NotText(e.to_string()),
+            Err(SendError::LinkDown) => Verdict::LinkDown,
+        }
     }
 }
 

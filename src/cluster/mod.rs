@@ -27,7 +27,10 @@
 //! the instances hold, and each is taken once ([`notice`]); a revocation notice only says which
 //! revocation to read from the table, which only xup's role can write.
 
+mod forward;
 mod notice;
+
+pub use forward::{Forward, serve_handed};
 
 use std::{
     collections::HashMap,
@@ -46,12 +49,12 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    held::HeldMessages,
+    message::{Request, Urgency},
     metrics::ClusterRejection,
-    protocol::Urgency,
-    relay::{Notice, Request},
     store::{
-        RegistrationKey, Store, from_micros, key_from_hex, key_to_hex, micros,
+        RegistrationKey, Store, from_micros,
+        held::{HeldMessages, Notice},
+        key_from_hex, key_to_hex, micros,
         postgres::{REVOKED_CHANNEL, Target, parse_revocation_notice},
     },
     token::{Claims, Dialect, KeyRing},

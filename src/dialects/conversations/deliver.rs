@@ -41,12 +41,17 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    component::LinkEvent,
-    held::HeldMessages,
-    pending::{Answer, InFlight},
-    presence::Presence,
-    relay::{Notice, Offered, Relay, Unavailable},
-    store::{RegistrationKey, registration_key_of},
+    dialects::conversations::relay::{Offered, Relay, Unavailable},
+    store::{
+        RegistrationKey,
+        held::{HeldMessages, Notice},
+        registration_key_of,
+    },
+    xmpp::{
+        LinkEvent,
+        pending::{Answer, InFlight},
+        presence::Presence,
+    },
 };
 
 /// Queues offered to one client at once: enough that one stuck app never holds back the others,

@@ -1,15 +1,14 @@
-//! The `<register>` IQ: who may register, what a valid request looks like, and the endpoint it earns.
+//! Who may register, and the endpoint a registration earns, whatever dialect asked.
 //!
-//! Registration is pure computation: validate, check the access list, issue a token, answer. No
-//! state is written, which is what lets xup serve any number of endpoints in constant memory.
-//! [`Registrar::issue`] is the part every dialect shares; sum7's own request is read in `sum7.rs`.
+//! Registration is pure computation: check the access list and the account's rate limit, issue a
+//! token, bound the URL. No state is written, which is what lets xup serve any number of endpoints
+//! in constant memory. Each dialect reads its own request (`dialects/`) and comes here with a
+//! [`Registration`]; the ad-hoc commands and the app server ask [`Registrar::admit`] who may act.
 
 use std::{sync::Arc, time::SystemTime};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use xmpp_parsers::{
     jid::Jid,
-    minidom::Element,
     stanza_error::{DefinedCondition, ErrorType, StanzaError},
 };
 
@@ -17,9 +16,11 @@ use crate::{
     config::{AllowEntry, Config},
     limits::{Limits, RetryAfter},
     metrics::{METRICS, RegisterOutcome},
-    protocol::{self, Register, Registered},
     token::{self, Dialect, KeyRing},
 };
+
+/// UnifiedPush (AND_3.0.0) lets distributors reject endpoint URLs longer than this.
+pub const MAX_ENDPOINT_LEN: usize = 1000;
 
 /// Why a `<register>` was refused; each maps to the stanza error a client expects.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -82,29 +83,6 @@ impl Registrar {
         }
     }
 
-    /// Answer the `<register>` payload of an IQ-set from `from`, as of `now`.
-    pub fn register(
-        &self,
-        from: Option<&Jid>,
-        payload: Element,
-        now: SystemTime,
-    ) -> Result<Registered, RegisterError> {
-        let request = parse(payload).inspect_err(|_| refused())?;
-        let issued = self.issue(
-            from,
-            Registration {
-                dialect: Dialect::Conversations,
-                application: request.application,
-                instance: request.instance,
-            },
-            now,
-        )?;
-        Ok(Registered {
-            expiration: humantime::format_rfc3339_millis(issued.expires_at).to_string(),
-            endpoint: issued.endpoint,
-        })
-    }
-
     /// Issue an endpoint for `registration` to `from`, whatever dialect asked: the access list,
     /// the rate limit, the token, the length bound. Counted in the metrics either way; a dialect
     /// that refuses a request before this counts it with [`refused`].
@@ -161,7 +139,7 @@ impl Registrar {
             RegisterError::Internal
         })?;
         let endpoint = format!("{}{token}", self.endpoint_prefix);
-        if endpoint.len() > protocol::MAX_ENDPOINT_LEN {
+        if endpoint.len() > MAX_ENDPOINT_LEN {
             return Err(RegisterError::EndpointTooLong);
         }
         Ok(Issued {
@@ -188,124 +166,4 @@ pub struct Issued {
 /// Count a request that a dialect refused before it came to [`Registrar::issue`].
 pub fn refused() {
     METRICS.registration(RegisterOutcome::Refused);
-}
-
-/// A Conversations `<register>`: both attributes, each the base64 of a SHA-256 digest.
-fn parse(payload: Element) -> Result<Register, RegisterError> {
-    let request = Register::try_from(payload).map_err(|_| {
-        RegisterError::BadRequest(
-            "<register> needs exactly the attributes application and instance",
-        )
-    })?;
-    if !is_digest(&request.application) {
-        return Err(RegisterError::BadRequest(
-            "application must be padded base64 of 32 bytes (44 characters)",
-        ));
-    }
-    if !is_digest(&request.instance) {
-        return Err(RegisterError::BadRequest(
-            "instance must be padded base64 of 32 bytes (44 characters)",
-        ));
-    }
-    Ok(request)
-}
-
-/// Padded standard base64 of exactly 32 bytes, as a SHA-256 digest is.
-fn is_digest(value: &str) -> bool {
-    value.len() == protocol::DIGEST_B64_LEN
-        && STANDARD.decode(value).is_ok_and(|bytes| bytes.len() == 32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
-    const INS: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
-
-    fn registrar() -> Registrar {
-        let config = Config::parse(
-            r#"{
-              "component":    { "jid": "up.example.org", "secret": "s" },
-              "http":         { "listen": "127.0.0.1:8080", "public_url": "https://up.example.org" },
-              "registration": { "secrets": ["0123456789abcdef"] },
-              "store":        { "path": "/tmp/x" }
-            }"#,
-        )
-        .expect("config");
-        let keys = KeyRing::new(&config.registration.secrets, "up.example.org").expect("keys");
-        let limits = Limits::new(&config.limits);
-        Registrar::new(&config, Arc::new(keys), Arc::new(limits))
-    }
-
-    fn request(application: &str, instance: &str) -> Element {
-        Element::from(Register {
-            application: application.into(),
-            instance: instance.into(),
-        })
-    }
-
-    fn jid(s: &str) -> Jid {
-        s.parse().expect("jid")
-    }
-
-    #[test]
-    fn a_valid_request_earns_an_endpoint_with_a_z_timestamp() {
-        let registered = registrar()
-            .register(
-                Some(&jid("juliet@example.org/phone")),
-                request(APP, INS),
-                SystemTime::now(),
-            )
-            .expect("registered");
-        assert!(
-            registered.expiration.ends_with('Z'),
-            "{}",
-            registered.expiration
-        );
-        assert!(
-            registered
-                .endpoint
-                .starts_with("https://up.example.org/push/v4.local.")
-        );
-        assert!(registered.endpoint.len() <= protocol::MAX_ENDPOINT_LEN);
-    }
-
-    #[test]
-    fn malformed_digests_are_bad_requests() {
-        let from = jid("juliet@example.org/phone");
-        let unpadded = APP.trim_end_matches('=');
-        let short = STANDARD.encode([0u8; 31]);
-        for (app, ins) in [
-            (unpadded, INS),
-            (APP, short.as_str()),
-            ("x", INS),
-            (APP, ""),
-        ] {
-            let e = registrar()
-                .register(Some(&from), request(app, ins), SystemTime::now())
-                .expect_err("refused");
-            assert!(
-                matches!(e, RegisterError::BadRequest(_)),
-                "{app} {ins}: {e:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn strangers_and_bare_jids_are_forbidden() {
-        let r = registrar();
-        let now = SystemTime::now();
-        let stranger = r.register(Some(&jid("eve@example.net/x")), request(APP, INS), now);
-        assert_eq!(stranger, Err(RegisterError::NotAllowed));
-        let bare = r.register(Some(&jid("juliet@example.org")), request(APP, INS), now);
-        assert_eq!(bare, Err(RegisterError::NotFullJid));
-    }
-
-    #[test]
-    fn a_huge_resource_is_refused_not_truncated() {
-        let from = jid(&format!("juliet@example.org/{}", "r".repeat(900)));
-        let e = registrar().register(Some(&from), request(APP, INS), SystemTime::now());
-        assert_eq!(e, Err(RegisterError::EndpointTooLong));
-    }
 }

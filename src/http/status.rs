@@ -2,7 +2,7 @@
 //!
 //! `/health` is `200` only while the component link is up, because without the link no push can
 //! be delivered (they are held), and that is what a load balancer or an alert should see. One of
-//! several instances on PostgreSQL (`cluster.rs`) that stands by is healthy while it has its
+//! several instances on PostgreSQL (`cluster/`) that stands by is healthy while it has its
 //! session, through which it hands pushes to the leader: it says `"role": "standby"`. Both
 //! routes are served on the main listener, or on `metrics.listen` alone when that is set, so they
 //! need not be reachable from the internet.
@@ -17,25 +17,19 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::{
     cluster::Cluster,
-    held::HeldMessages,
     metrics::{METRICS, Readings},
-    pending::InFlight,
-    presence::Presence,
 };
 
 /// The state that `/health` and `/metrics` report.
 pub struct Status {
     pub link_up: watch::Receiver<bool>,
-    pub held: Arc<HeldMessages>,
-    pub presence: Arc<Presence>,
-    /// Pushes sent and not yet answered.
-    pub awaiting: InFlight,
-    pub in_flight: Arc<Semaphore>,
-    pub max_in_flight: usize,
+    /// The gauges xup's parts keep, read at each scrape: handed in by whoever wires them, so this
+    /// door reads the link's and the store's state without knowing either.
+    pub readings: Box<dyn Fn() -> Readings + Send + Sync>,
     pub started: Instant,
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -74,19 +68,7 @@ async fn health(State(status): State<Arc<Status>>) -> Response {
 }
 
 async fn metrics(State(status): State<Arc<Status>>) -> Response {
-    let readings = Readings {
-        link_up: *status.link_up.borrow(),
-        leads: status
-            .cluster
-            .as_ref()
-            .is_none_or(|cluster| cluster.leads()),
-        in_flight: status
-            .max_in_flight
-            .saturating_sub(status.in_flight.available_permits()),
-        held: status.held.total(),
-        offline: status.presence.offline_count(),
-        awaiting: status.awaiting.len(),
-    };
+    let readings = (status.readings)();
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,199 @@
+//! The `<register>` IQ of Conversations' dialect: what a valid request looks like, and the
+//! `<registered>` it earns (the endpoint and when it expires).
+
+use std::{sync::Arc, time::SystemTime};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use xmpp_parsers::{jid::Jid, minidom::Element};
+
+use crate::{
+    dialects::conversations::wire::{DIGEST_B64_LEN, NS, Register, Registered},
+    registrar::{self, RegisterError, Registrar, Registration},
+    token::Dialect,
+    xmpp::{Events, Handled, Handler, LinkEvent, router::unsupported},
+};
+
+/// Answers `<register>`.
+pub struct Registry {
+    pub registrar: Arc<Registrar>,
+    /// A client that registers is there: the deliverer hears so.
+    pub events: Events,
+}
+
+impl Handler for Registry {
+    fn features(&self) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
+        if !payload.is("register", NS) {
+            return Handled::Now(Err(unsupported().into()));
+        }
+        Handled::Now(
+            match register(&self.registrar, from.as_ref(), payload, SystemTime::now()) {
+                Ok(registered) => {
+                    if let Some(from) = from {
+                        self.events.tell(LinkEvent::Alive(from));
+                    }
+                    Ok(Some(registered.into()))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "register refused");
+                    Err(e.to_stanza_error().into())
+                }
+            },
+        )
+    }
+}
+
+/// Answer the `<register>` payload of an IQ-set from `from`, as of `now`.
+pub fn register(
+    registrar: &Registrar,
+    from: Option<&Jid>,
+    payload: Element,
+    now: SystemTime,
+) -> Result<Registered, RegisterError> {
+    let request = parse(payload).inspect_err(|_| registrar::refused())?;
+    let issued = registrar.issue(
+        from,
+        Registration {
+            dialect: Dialect::Conversations,
+            application: request.application,
+            instance: request.instance,
+        },
+        now,
+    )?;
+    Ok(Registered {
+        expiration: humantime::format_rfc3339_millis(issued.expires_at).to_string(),
+        endpoint: issued.endpoint,
+    })
+}
+
+/// A Conversations `<register>`: both attributes, each the base64 of a SHA-256 digest.
+fn parse(payload: Element) -> Result<Register, RegisterError> {
+    let request = Register::try_from(payload).map_err(|_| {
+        RegisterError::BadRequest(
+            "<register> needs exactly the attributes application and instance",
+        )
+    })?;
+    if !is_digest(&request.application) {
+        return Err(RegisterError::BadRequest(
+            "application must be padded base64 of 32 bytes (44 characters)",
+        ));
+    }
+    if !is_digest(&request.instance) {
+        return Err(RegisterError::BadRequest(
+            "instance must be padded base64 of 32 bytes (44 characters)",
+        ));
+    }
+    Ok(request)
+}
+
+/// Padded standard base64 of exactly 32 bytes, as a SHA-256 digest is.
+fn is_digest(value: &str) -> bool {
+    value.len() == DIGEST_B64_LEN && STANDARD.decode(value).is_ok_and(|bytes| bytes.len() == 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, limits::Limits, registrar::MAX_ENDPOINT_LEN, token::KeyRing};
+
+    const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
+    const INS: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
+
+    fn registrar() -> Registrar {
+        let config = Config::parse(
+            r#"{
+              "component":    { "jid": "up.example.org", "secret": "s" },
+              "http":         { "listen": "127.0.0.1:8080", "public_url": "https://up.example.org" },
+              "registration": { "secrets": ["0123456789abcdef"] },
+              "store":        { "path": "/tmp/x" }
+            }"#,
+        )
+        .expect("config");
+        let keys = KeyRing::new(&config.registration.secrets, "up.example.org").expect("keys");
+        let limits = Limits::new(&config.limits);
+        Registrar::new(&config, Arc::new(keys), Arc::new(limits))
+    }
+
+    fn request(application: &str, instance: &str) -> Element {
+        Element::from(Register {
+            application: application.into(),
+            instance: instance.into(),
+        })
+    }
+
+    fn jid(s: &str) -> Jid {
+        s.parse().expect("jid")
+    }
+
+    #[test]
+    fn a_valid_request_earns_an_endpoint_with_a_z_timestamp() {
+        let registered = register(
+            &registrar(),
+            Some(&jid("juliet@example.org/phone")),
+            request(APP, INS),
+            SystemTime::now(),
+        )
+        .expect("registered");
+        assert!(
+            registered.expiration.ends_with('Z'),
+            "{}",
+            registered.expiration
+        );
+        assert!(
+            registered
+                .endpoint
+                .starts_with("https://up.example.org/push/v4.local.")
+        );
+        assert!(registered.endpoint.len() <= MAX_ENDPOINT_LEN);
+    }
+
+    #[test]
+    fn malformed_digests_are_bad_requests() {
+        let from = jid("juliet@example.org/phone");
+        let unpadded = APP.trim_end_matches('=');
+        let short = STANDARD.encode([0u8; 31]);
+        for (app, ins) in [
+            (unpadded, INS),
+            (APP, short.as_str()),
+            ("x", INS),
+            (APP, ""),
+        ] {
+            let e = register(
+                &registrar(),
+                Some(&from),
+                request(app, ins),
+                SystemTime::now(),
+            )
+            .expect_err("refused");
+            assert!(
+                matches!(e, RegisterError::BadRequest(_)),
+                "{app} {ins}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strangers_and_bare_jids_are_forbidden() {
+        let r = registrar();
+        let now = SystemTime::now();
+        let stranger = register(&r, Some(&jid("eve@example.net/x")), request(APP, INS), now);
+        assert_eq!(stranger, Err(RegisterError::NotAllowed));
+        let bare = register(&r, Some(&jid("juliet@example.org")), request(APP, INS), now);
+        assert_eq!(bare, Err(RegisterError::NotFullJid));
+    }
+
+    #[test]
+    fn a_huge_resource_is_refused_not_truncated() {
+        let from = jid(&format!("juliet@example.org/{}", "r".repeat(900)));
+        let e = register(
+            &registrar(),
+            Some(&from),
+            request(APP, INS),
+            SystemTime::now(),
+        );
+        assert_eq!(e, Err(RegisterError::EndpointTooLong));
+    }
+}

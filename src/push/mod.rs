@@ -1,0 +1,205 @@
+//! One push, whichever door it came in by (an RFC 8030 request to an endpoint, a Matrix
+//! homeserver's notify): the checks every push passes, and the hand-off to the dialect its
+//! endpoint speaks.
+//!
+//! Checks run cheapest first, so a flood costs as little as it can: the sender's address against
+//! its rate limit, then the token (decrypted in memory; a forgery is counted against its sender
+//! and never reaches the store), then revocation. The door then reads the body, and only a push
+//! whose body has come passes the endpoint's own rate limit and takes a slot among the pushes in
+//! flight ([`Pushes::admit`]): a slow body holds no slot. Then it crosses the one seam between the
+//! doors and XMPP, [`Deliver`]: the endpoint's dialect decides (`dialects/`), or, on a standby
+//! of several instances, the leader does (`cluster/`).
+//!
+//! Every way a push can end is a [`Verdict`]. This folder knows no door and no dialect: the doors
+//! (`http/`) call it and say a verdict in their own words, the dialects implement [`Deliver`].
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    limits::{Limits, RetryAfter, address_key},
+    message::Request,
+    metrics::PushOutcome,
+    store::{Store, registration_key},
+    token::{Claims, Dialect, KeyRing, TokenError},
+};
+
+/// What every door shares.
+pub struct Pushes {
+    pub keys: Arc<KeyRing>,
+    pub store: Arc<Store>,
+    pub limits: Arc<Limits>,
+    /// One permit per push waiting for its client: `http.max_in_flight`.
+    pub in_flight: Arc<Semaphore>,
+    /// Where an admitted push goes: the dialects, or the cluster in front of them.
+    pub route: Arc<dyn Deliver>,
+}
+
+/// Every way a push can end.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Delivered, held, or (with `TTL: 0`) dropped: `ttl` says which to a sender that cares.
+    Accepted {
+        id: String,
+        ttl: Duration,
+        how: PushOutcome,
+    },
+    /// Unknown, tampered, expired or revoked token.
+    Gone,
+    /// The client said, just now, that the app is gone.
+    Revoked,
+    TooLarge,
+    Empty,
+    Unreadable,
+    /// The body did not arrive within `http.body_timeout`.
+    SlowBody,
+    /// A rate limit: `what` is over it, and may try again after the wait.
+    TooMany {
+        what: &'static str,
+        wait: RetryAfter,
+    },
+    /// `http.max_in_flight` pushes are already waiting for their clients.
+    Busy,
+    /// A `TTL`, `Topic` or `Urgency` header that RFC 8030 does not allow; the reason names it.
+    BadHeader(&'static str),
+    /// The endpoint's client takes text only (sum7's dialect); the reason says what is wrong.
+    NotText(String),
+    /// The store holds all it may; the sender keeps the message and retries.
+    Full,
+    /// The component link is down, and the endpoint's dialect cannot hold the message.
+    LinkDown,
+    Internal,
+}
+
+impl Verdict {
+    /// What the metrics call this answer.
+    pub fn outcome(&self) -> PushOutcome {
+        match self {
+            Verdict::Accepted { how, .. } => *how,
+            Verdict::Gone => PushOutcome::NotFound,
+            Verdict::Revoked => PushOutcome::Revoked,
+            Verdict::TooLarge => PushOutcome::TooLarge,
+            Verdict::Empty | Verdict::Unreadable | Verdict::BadHeader(_) | Verdict::NotText(_) => {
+                PushOutcome::BadRequest
+            }
+            Verdict::SlowBody => PushOutcome::Timeout,
+            Verdict::TooMany { .. } => PushOutcome::RateLimited,
+            Verdict::Busy => PushOutcome::Busy,
+            Verdict::Full => PushOutcome::Full,
+            Verdict::LinkDown => PushOutcome::LinkDown,
+            Verdict::Internal => PushOutcome::Internal,
+        }
+    }
+}
+
+/// A push that passed every check and holds a slot among the pushes in flight until it is done.
+pub struct Admitted {
+    claims: Claims,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Pushes {
+    /// Whether `sender` is within its rate limit: once per request, however many pushes it holds.
+    pub fn admit_sender(&self, sender: IpAddr) -> Result<(), Verdict> {
+        self.limits
+            .per_address
+            .check(&address_key(sender))
+            .map_err(|wait| Verdict::TooMany {
+                what: "from this address",
+                wait,
+            })
+    }
+
+    /// The live endpoint `token` names, or why it is dead to `sender`. A token that does not
+    /// decrypt is counted against its sender, who is refused with `429` once past
+    /// `limits.forged_tokens_per_address`.
+    pub fn open(&self, sender: IpAddr, token: &str) -> Result<Claims, Verdict> {
+        let claims = match self.keys.open(token, SystemTime::now()) {
+            Ok(claims) => claims,
+            Err(e @ (TokenError::Malformed | TokenError::Forged)) => {
+                tracing::debug!(error = %e, "forged endpoint");
+                self.limits
+                    .forged_tokens
+                    .check(&address_key(sender))
+                    .map_err(|wait| Verdict::TooMany {
+                        what: "with invalid endpoints from this address",
+                        wait,
+                    })?;
+                return Err(Verdict::Gone);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dead endpoint");
+                return Err(Verdict::Gone);
+            }
+        };
+        if self.store.is_revoked(&claims) {
+            tracing::debug!("revoked endpoint");
+            return Err(Verdict::Gone);
+        }
+        Ok(claims)
+    }
+
+    /// The endpoint's own rate limit, and a slot among the pushes in flight.
+    pub fn admit(&self, claims: Claims) -> Result<Admitted, Verdict> {
+        if let Err(wait) = self.limits.per_endpoint.check(&registration_key(&claims)) {
+            return Err(Verdict::TooMany {
+                what: "for this endpoint",
+                wait,
+            });
+        }
+        let slot = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Verdict::Busy)?;
+        Ok(Admitted {
+            claims,
+            _slot: slot,
+        })
+    }
+
+    /// Hand an admitted push to its endpoint's dialect, and say how it went.
+    pub async fn deliver(&self, push: Admitted, request: Request) -> Verdict {
+        let Admitted { claims, _slot } = push;
+        self.route.deliver(claims, request).await
+    }
+}
+
+/// The one way from a door to the XMPP side: whatever delivers a push (a dialect, the table of
+/// dialects, or on one of several instances the cluster in front of them) says how it went.
+#[async_trait::async_trait]
+pub trait Deliver: Send + Sync {
+    async fn deliver(&self, claims: Claims, request: Request) -> Verdict;
+}
+
+/// Each dialect's deliverer, by the dialect its endpoints' tokens name.
+#[derive(Default)]
+pub struct Dialects {
+    table: HashMap<Dialect, Arc<dyn Deliver>>,
+}
+
+impl Dialects {
+    pub fn with(mut self, dialect: Dialect, deliver: Arc<dyn Deliver>) -> Dialects {
+        self.table.insert(dialect, deliver);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliver for Dialects {
+    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
+        match self.table.get(&claims.dialect) {
+            Some(dialect) => dialect.deliver(claims, request).await,
+            None => {
+                tracing::error!(dialect = ?claims.dialect, "no deliverer for this dialect");
+                Verdict::Internal
+            }
+        }
+    }
+}
