@@ -13,4 +13,4 @@ pub mod presence;
 pub mod router;
 
 pub use link::{ConnectError, Link, LinkDown, MAX_STANZA, probe, start};
-pub use router::{Events, Handled, Handler, LinkEvent, Outcome, Refusal, Router};
+pub use router::{Events, Handled, Handler, LinkEvent, Outcome, Refusal, Reply, Router};
