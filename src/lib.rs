@@ -37,10 +37,7 @@ use crate::{
     limits::Limits,
     push::{Deliver, Dialects, Pushes},
     registrar::Registrar,
-    store::{
-        Store,
-        held::{self, HeldMessages},
-    },
+    store::{Store, held::HeldMessages},
     tasks::Tasks,
     token::{Dialect, KeyRing},
     xmpp::{Events, Router, pending::InFlight, presence::Presence},
@@ -104,10 +101,10 @@ pub struct Started {
 /// Open the store and start everything but the HTTP listener. Must be called within a Tokio
 /// runtime.
 pub async fn start(config: &Config) -> anyhow::Result<Started> {
-    let opened = store::open(&config.store).await?;
+    let opened = store::engines::open(&config.store).await?;
     let store = Arc::new(Store::new(opened.engine).await?);
     let delivery = &config.delivery;
-    let bounds = held::Bounds {
+    let bounds = store::Bounds {
         per_registration: delivery.max_held_per_registration,
         per_account: delivery.max_held_per_account,
         per_domain: delivery.max_held_per_domain,

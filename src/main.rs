@@ -353,7 +353,10 @@ async fn copy_between(
     from: &xup::config::StoreConfig,
     to: &xup::config::StoreConfig,
 ) -> Result<xup::store::copy::Copied, xup::store::StoreError> {
-    let (from, to) = (xup::store::open(from).await?, xup::store::open(to).await?);
+    let (from, to) = (
+        xup::store::engines::open(from).await?,
+        xup::store::engines::open(to).await?,
+    );
     xup::store::copy::copy(from.engine.as_ref(), to.engine.as_ref()).await
 }
 
@@ -378,7 +381,7 @@ fn import_up_config(path: &std::path::Path) -> ExitCode {
 
 #[tokio::main(flavor = "current_thread")]
 async fn read_schema(store: &xup::config::StoreConfig) -> Result<Schema, xup::store::StoreError> {
-    xup::store::schema_of(store).await
+    xup::store::engines::schema_of(store).await
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -281,7 +281,7 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
         pool_size: 1,
         ca_file: None,
     };
-    drop(xup::store::open(&store).await.expect("migrated"));
+    drop(xup::store::engines::open(&store).await.expect("migrated"));
     let (ok, current) = check();
     assert!(ok && current.contains("this xup's"), "{current}");
 
@@ -297,7 +297,7 @@ async fn xup_check_says_where_a_postgresql_store_stands_without_showing_its_pass
     let (ok, refused) = check();
     assert!(!ok && refused.contains("newer than this xup"), "{refused}");
     assert!(matches!(
-        xup::store::open(&store).await.map(|_| ()),
+        xup::store::engines::open(&store).await.map(|_| ()),
         Err(xup::store::StoreError::Newer { found, .. }) if found == newer
     ));
 }
@@ -422,7 +422,7 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             .len(),
         1
     );
-    let held = xup::store::held::HeldMessages::open(engine, xup::store::held::Bounds::only(10, 10))
+    let held = xup::store::held::HeldMessages::open(engine, xup::store::Bounds::only(10, 10))
         .await
         .expect("held");
     assert_eq!(held.total(), 2);

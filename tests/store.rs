@@ -9,8 +9,8 @@ use std::{
 use xup::{
     message::Urgency,
     store::{
-        Engine, PushNode, Store,
-        held::{Bounds, Held, HeldMessages, HoldError, Message},
+        Bounds, Engine, Held, HoldError, Message, PushNode, Store,
+        held::HeldMessages,
         postgres::{Postgres, Target},
         sqlite::Sqlite,
     },

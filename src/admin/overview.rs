@@ -78,7 +78,7 @@ pub struct KeysOverview {
 
 /// Read the overview of what the xup configured by `config` holds.
 pub async fn gather(config: &Config) -> Result<Overview, OverviewError> {
-    let engine = store::open_to_read(&config.store).await?;
+    let engine = store::engines::open_to_read(&config.store).await?;
     let counts = engine.held_counts().await?;
     let mut registrations_holding: Vec<Bucket> = BUCKETS
         .iter()

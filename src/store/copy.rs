@@ -10,7 +10,7 @@
 use std::time::SystemTime;
 
 use super::{Engine, StoreError, micros};
-use crate::held::{Bounds, HoldError};
+use crate::store::{Bounds, HoldError};
 
 /// What a copy wrote.
 #[derive(Debug, Default, PartialEq)]

@@ -32,8 +32,10 @@ use std::{
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::{
-    message::Urgency,
-    store::{Engine, RegistrationKey, StoreError, micros, registration_key, registration_key_of},
+    store::{
+        Bounds, Engine, Held, HoldError, Message, RegistrationKey, StoreError, micros,
+        registration_key,
+    },
     token::Claims,
 };
 
@@ -58,52 +60,6 @@ pub enum Notice {
     },
 }
 
-/// One message as the sender gave it, with what xup needs to deliver it later.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// Names the message in `Location` and is the id of every `<push>` IQ that carries it, so a
-    /// late answer to an earlier attempt still finds it.
-    pub id: String,
-    /// The full JID that registered, and the app instance: the `<push>`'s addressee and attributes.
-    pub subject: String,
-    pub application: String,
-    pub instance: String,
-    pub body: Vec<u8>,
-    pub topic: Option<String>,
-    pub urgency: Urgency,
-    pub expires_at: SystemTime,
-    /// When xup accepted it from its sender: a revocation made since (`revoke-all`) keeps it
-    /// from being delivered, however it raced the hold (`Relay::offer`).
-    pub accepted_at: SystemTime,
-}
-
-impl Message {
-    /// The registration this message is for, as revocations name it.
-    pub fn registration(&self) -> RegistrationKey {
-        registration_key_of(&self.subject, &self.application, &self.instance)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HoldError {
-    #[error("the store holds delivery.max_held messages already")]
-    Full,
-    /// The client's account or its domain holds all it may; names the setting.
-    #[error("the client's account or domain holds {0} messages already")]
-    OwnerFull(&'static str),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// What holding a message did besides keeping it.
-#[derive(Debug, Default, PartialEq)]
-pub struct Held {
-    /// Older messages with the same topic that it replaced.
-    pub replaced: usize,
-    /// Oldest messages of the registration dropped to stay within the per-registration bound.
-    pub dropped: usize,
-}
-
 /// The held messages: durable in the store, counted in memory per registration.
 pub struct HeldMessages {
     engine: Arc<dyn Engine>,
@@ -124,28 +80,6 @@ type Hold = (Message, oneshot::Sender<Result<Held, HoldError>>);
 /// Holds written in one transaction at most: a bound on one batch's work, far above any burst
 /// the HTTP side can bring (`http.max_in_flight`).
 const MAX_BATCH: usize = 16_384;
-
-/// The bounds a hold is checked against. The engine keeps the per-registration and total ones in
-/// its transaction; the writer checks the account's and domain's first, in memory.
-#[derive(Clone, Copy, Debug)]
-pub struct Bounds {
-    pub per_registration: usize,
-    pub per_account: usize,
-    pub per_domain: usize,
-    pub total: usize,
-}
-
-impl Bounds {
-    /// Bounds with no account or domain bound of their own: for copying a store, and for tests.
-    pub fn only(per_registration: usize, total: usize) -> Bounds {
-        Bounds {
-            per_registration,
-            per_account: usize::MAX,
-            per_domain: usize::MAX,
-            total,
-        }
-    }
-}
 
 /// Held messages per client (full JID) and, within it, per registration; and per account (bare
 /// JID) and domain, for their bounds.
@@ -455,7 +389,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::store::{from_micros, sqlite::Sqlite};
+    use crate::{
+        message::Urgency,
+        store::{from_micros, sqlite::Sqlite},
+    };
 
     const DAY: Duration = Duration::from_secs(86400);
 

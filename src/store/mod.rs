@@ -30,13 +30,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::{
-    config::StoreConfig,
-    store::held::{Bounds, Held, HoldError, Message},
-    token::Claims,
-};
+use crate::{message::Urgency, token::Claims};
 
 pub mod copy;
+pub mod engines;
 pub mod held;
 pub mod postgres;
 pub mod sqlite;
@@ -136,16 +133,6 @@ impl Schema {
             Some(SCHEMA_VERSION) => Schema::Current,
             Some(found) if found < SCHEMA_VERSION => Schema::Older(found),
             Some(found) => Schema::Newer(found),
-        }
-    }
-}
-
-/// Read the schema version of the store `config` names without creating or changing anything.
-pub async fn schema_of(config: &StoreConfig) -> Result<Schema, StoreError> {
-    match config {
-        StoreConfig::Sqlite { path } => sqlite::schema_at(path),
-        StoreConfig::Postgres { url, ca_file, .. } => {
-            postgres::schema_at(&postgres::Target::new(url, ca_file.as_deref())?).await
         }
     }
 }
@@ -257,50 +244,72 @@ pub trait Engine: Send + Sync {
     async fn size(&self) -> Result<u64, StoreError>;
 }
 
-/// The engine `config` names, to read only: nothing is created or changed, which makes it safe
-/// beside a running xup. The schema must be this xup's.
-pub async fn open_to_read(config: &StoreConfig) -> Result<Arc<dyn Engine>, StoreError> {
-    match schema_of(config).await? {
-        Schema::Current => {}
-        other => return Err(StoreError::NotCurrent(other)),
+/// One message as the sender gave it, with what xup needs to deliver it later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Names the message in `Location` and is the id of every `<push>` IQ that carries it, so a
+    /// late answer to an earlier attempt still finds it.
+    pub id: String,
+    /// The full JID that registered, and the app instance: the `<push>`'s addressee and attributes.
+    pub subject: String,
+    pub application: String,
+    pub instance: String,
+    pub body: Vec<u8>,
+    pub topic: Option<String>,
+    pub urgency: Urgency,
+    pub expires_at: SystemTime,
+    /// When xup accepted it from its sender: a revocation made since (`revoke-all`) keeps it
+    /// from being delivered, however it raced the hold (`Relay::offer`).
+    pub accepted_at: SystemTime,
+}
+
+impl Message {
+    /// The registration this message is for, as revocations name it.
+    pub fn registration(&self) -> RegistrationKey {
+        registration_key_of(&self.subject, &self.application, &self.instance)
     }
-    Ok(match config {
-        StoreConfig::Sqlite { path } => Arc::new(sqlite::Sqlite::open_to_read(path)?),
-        StoreConfig::Postgres { url, ca_file, .. } => {
-            let target = postgres::Target::new(url, ca_file.as_deref())?;
-            Arc::new(postgres::Postgres::connect_to_read(&target).await?)
-        }
-    })
 }
 
-/// The engine `config` names, its schema brought up to date, and, with PostgreSQL, where the
-/// database is (parsed here once; the cluster connects there too).
-pub async fn open(config: &StoreConfig) -> Result<Opened, StoreError> {
-    Ok(match config {
-        StoreConfig::Sqlite { path } => Opened {
-            engine: Arc::new(sqlite::Sqlite::open(path)?),
-            shared: None,
-        },
-        StoreConfig::Postgres {
-            url,
-            pool_size,
-            ca_file,
-        } => {
-            let target = postgres::Target::new(url, ca_file.as_deref())?;
-            Opened {
-                engine: Arc::new(postgres::Postgres::connect(&target, *pool_size).await?),
-                shared: Some(target),
-            }
-        }
-    })
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("the store holds delivery.max_held messages already")]
+    Full,
+    /// The client's account or its domain holds all it may; names the setting.
+    #[error("the client's account or domain holds {0} messages already")]
+    OwnerFull(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// An open store.
-pub struct Opened {
-    pub engine: Arc<dyn Engine>,
-    /// The PostgreSQL database that several instances may share; `None` for SQLite, which one
-    /// instance has to itself.
-    pub shared: Option<postgres::Target>,
+/// What holding a message did besides keeping it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Held {
+    /// Older messages with the same topic that it replaced.
+    pub replaced: usize,
+    /// Oldest messages of the registration dropped to stay within the per-registration bound.
+    pub dropped: usize,
+}
+
+/// The bounds a hold is checked against. The engine keeps the per-registration and total ones in
+/// its transaction; the writer checks the account's and domain's first, in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub per_registration: usize,
+    pub per_account: usize,
+    pub per_domain: usize,
+    pub total: usize,
+}
+
+impl Bounds {
+    /// Bounds with no account or domain bound of their own: for copying a store, and for tests.
+    pub fn only(per_registration: usize, total: usize) -> Bounds {
+        Bounds {
+            per_registration,
+            per_account: usize::MAX,
+            per_domain: usize::MAX,
+            total,
+        }
+    }
 }
 
 /// The revocations, mirrored in memory, and the other things kept. Cheap to share behind an `Arc`.

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     message::Urgency,
-    store::held::{Bounds, Held, HoldError, Message},
+    store::{Bounds, Held, HoldError, Message},
 };
 
 /// Where revocations are announced, as `<key in hex> <revoked_at_us> <forget_at_us>`. A listener

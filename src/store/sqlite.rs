@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     message::Urgency,
-    store::held::{Bounds, Held, HoldError, Message},
+    store::{Bounds, Held, HoldError, Message},
 };
 
 const DATABASE_FILE: &str = "xup.sqlite3";

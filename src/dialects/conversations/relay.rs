@@ -40,10 +40,7 @@ use crate::{
     metrics::PushOutcome,
     push::{Deliver, Verdict},
     store::held::Notice,
-    store::{
-        Store,
-        held::{HeldMessages, HoldError, Message},
-    },
+    store::{HoldError, Message, Store, held::HeldMessages},
     token::{Claims, Dialect},
     xmpp::{
         Link,
