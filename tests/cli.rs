@@ -308,8 +308,8 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     use xup::{
         message::Urgency,
         store::{
-            PushNode, Store,
-            held::{Bounds, HeldMessages, Message},
+            Bounds, Message, PushNode, Store,
+            held::HeldMessages,
             postgres::{Postgres, Target},
             sqlite::Sqlite,
         },

@@ -15,11 +15,7 @@ use xup::{
     config::Config,
     limits::Limits,
     registrar::Registrar,
-    store::{
-        Store,
-        held::{Bounds, HeldMessages},
-        sqlite::Sqlite,
-    },
+    store::{Bounds, Store, held::HeldMessages, sqlite::Sqlite},
     xmpp::{LinkEvent, Reply, Router, pending::InFlight},
 };
 
