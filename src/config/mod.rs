@@ -1,24 +1,45 @@
 //! The JSON configuration file: its shape, its defaults, and validation whose every error names the
 //! field at fault.
 //!
+//! Each section of the file is a file here (`component.rs`, `http.rs`, `registration.rs`,
+//! `delivery.rs`, `limits.rs`, `app_server.rs`, `metrics.rs`, `store.rs`) with its typed settings,
+//! its defaults and the reason for each, and its checks; this file reads the whole and holds the
+//! checks every section shares.
+//!
 //! Parsing happens in two steps. Serde reads the file into [`RawConfig`] (unknown keys are refused,
 //! so a typo such as `"lifetme"` is an error, not a silently ignored setting); [`Config::validate`]
 //! then checks meaning and produces the typed [`Config`] the rest of xup uses. `xup check` runs the
 //! same code, so what it accepts is exactly what the daemon accepts.
 
 use std::{
-    net::SocketAddr,
-    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use xmpp_parsers::jid::{BareJid, Jid};
 
-mod defaults;
-pub use defaults::*;
+mod app_server;
+mod component;
+mod delivery;
+mod http;
+mod limits;
+mod metrics;
+mod registration;
+mod store;
+
+pub use app_server::AppServerConfig;
+pub use component::ComponentConfig;
+pub use delivery::DeliveryConfig;
+pub use http::HttpConfig;
+pub use limits::{LimitsConfig, Rate};
+pub use metrics::MetricsConfig;
+pub use registration::{AllowEntry, LegacyRoute, LegacyUp, RegistrationConfig, legacy_route};
+pub use store::StoreConfig;
+use {
+    app_server::RawAppServer, component::RawComponent, delivery::RawDelivery, http::RawHttp,
+    limits::RawLimits, metrics::RawMetrics, registration::RawRegistration, store::RawStore,
+};
 
 /// The validated configuration.
 pub struct Config {
@@ -30,212 +51,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub store: StoreConfig,
-}
-
-pub struct MetricsConfig {
-    /// Where `/health` and `/metrics` are served; `None` puts them on `http.listen`.
-    pub listen: Option<SocketAddr>,
-}
-
-#[derive(Clone)]
-pub struct ComponentConfig {
-    /// The component's domain JID, e.g. `up.example.org`.
-    pub jid: BareJid,
-    /// `host:port` of the XMPP server's component listener; resolved at every connect so a
-    /// server that moves address is followed.
-    pub server: String,
-    pub secret: String,
-}
-
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    /// The public base URL, without a trailing slash.
-    pub public_url: String,
-    /// Connections past this are closed as soon as they are accepted.
-    pub max_connections: usize,
-    /// Connections one address (an IPv6 /64) may hold of them; trusted proxies are exempt.
-    pub max_connections_per_address: usize,
-    /// Pushes waiting for a client's answer; past this a push gets `503`.
-    pub max_in_flight: usize,
-    /// For a request's head, and for an idle HTTP/1.1 connection between requests.
-    pub header_timeout: Duration,
-    /// For a request's body.
-    pub body_timeout: Duration,
-    /// Peers whose `X-Forwarded-For` is believed: the reverse proxies in front of xup.
-    pub trusted_proxies: Vec<IpNet>,
-}
-
-pub struct RegistrationConfig {
-    /// The first one encrypts new tokens; every one decrypts.
-    pub secrets: Vec<String>,
-    pub lifetime: Duration,
-    pub allow: Vec<AllowEntry>,
-    /// The endpoints the Java `up` issued, still honoured after a switch to xup.
-    pub legacy_up: Option<LegacyUp>,
-}
-
-impl RegistrationConfig {
-    /// The longest any token that opens here lives: how long a revocation must be remembered.
-    pub fn longest_token_life(&self) -> Duration {
-        match self.legacy_up {
-            Some(_) => self.lifetime.max(defaults::LEGACY_UP_LIFETIME),
-            None => self.lifetime,
-        }
-    }
-}
-
-/// What xup needs to honour the endpoints the Java `up` issued.
-pub struct LegacyUp {
-    /// `up`'s `registration.sharedSecret`, decoded.
-    pub secret: [u8; 32],
-    /// The scheme and host of `up`'s endpoints (`https://up.example.org`), which now lead to xup;
-    /// `http.public_url`'s when no template is given.
-    pub origin: String,
-    /// Where `up`'s URI template put the token.
-    pub route: LegacyRoute,
-}
-
-/// Where a token sits in an endpoint URL that the Java `up` made from its `registration.uri`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LegacyRoute {
-    /// As the last path segment after this prefix (which ends in `/`): `…/push/{token}`.
-    Path(String),
-    /// As the query parameter `token` of this path: `…/push{?token}`.
-    Query(String),
-}
-
-pub struct DeliveryConfig {
-    /// How long a push waits for the client's answer before the sender is answered anyway (the
-    /// message held, `201`); at most `timeout`.
-    pub answer_within: Duration,
-    /// How long the client's answer to a push is awaited at all; a later one still counts if it
-    /// is a `result`.
-    pub timeout: Duration,
-    /// How long a message is held for an unreachable client when the sender gave no `TTL`.
-    pub default_ttl: Duration,
-    /// The longest a message is ever held, whatever the sender asked for.
-    pub max_ttl: Duration,
-    /// Held messages per registration; past it the oldest is dropped for the newest.
-    pub max_held_per_registration: usize,
-    /// Held messages in all; past it new ones are refused (`503`) rather than held.
-    pub max_held: usize,
-    /// Held messages for one account (bare JID), over all its resources and apps; past it, `503`.
-    pub max_held_per_account: usize,
-    /// Held messages for one domain's accounts; past it, `503`.
-    pub max_held_per_domain: usize,
-    /// The longest wait before a held message that was not taken is offered again (the wait
-    /// starts at 30 s and doubles), and how often every registration that is due is looked at.
-    pub retry_interval: Duration,
-}
-
-/// The XEP-0357 app server (`app_server.rs`).
-pub struct AppServerConfig {
-    /// Whether xup takes the role at all (advertises it, answers its commands and publishes).
-    pub enabled: bool,
-    /// Networks an endpoint may resolve into although they are private, loopback or link-local;
-    /// only there may an endpoint be plain `http`.
-    pub allow_private_endpoints: Vec<IpNet>,
-    /// How long a registered node lives.
-    pub node_lifetime: Duration,
-    /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or `https:`).
-    pub vapid_contact: String,
-    /// The one proxy the outbound client may use (`app_server.proxy`); the environment's
-    /// `HTTPS_PROXY` and the like are ignored, since a proxy connects behind the address check.
-    pub proxy: Option<reqwest::Url>,
-    /// Which VAPID key signs; a new number makes (and keeps) a new key in the store.
-    pub vapid_key_generation: u32,
-}
-
-/// Rate limits, each a token bucket: `burst` at once, then one more every `every`.
-pub struct LimitsConfig {
-    /// Pushes to one endpoint (one registration).
-    pub per_endpoint: Rate,
-    /// Requests from one sender address (an IPv4 address or an IPv6 /64).
-    pub per_address: Rate,
-    /// Tokens from one sender address that fail to decrypt.
-    pub forged_tokens_per_address: Rate,
-    /// `<register>` requests from one account (bare JID).
-    pub registrations_per_account: Rate,
-    /// XEP-0357 publishes to one app-server node.
-    pub publishes_per_node: Rate,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub burst: NonZeroU32,
-    /// Never zero.
-    pub every: Duration,
-}
-
-/// Where xup keeps what it remembers (`store.rs`). Its `Debug` never shows the URL, which may
-/// hold a password.
-#[derive(Clone)]
-pub enum StoreConfig {
-    /// `store.path`: a directory; xup keeps its SQLite file inside. One instance.
-    Sqlite { path: PathBuf },
-    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster.rs`);
-    /// `ca_file` is trusted besides the system's roots when the URL asks for TLS.
-    Postgres {
-        url: String,
-        pool_size: usize,
-        ca_file: Option<PathBuf>,
-    },
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
-
-impl StoreConfig {
-    /// The store in words for an operator: the directory, or PostgreSQL's host and database
-    /// (never the URL, which may hold a password).
-    pub fn describe(&self) -> String {
-        match self {
-            StoreConfig::Sqlite { path } => path.display().to_string(),
-            StoreConfig::Postgres { url, .. } => {
-                let Ok(config) = url.parse::<tokio_postgres::Config>() else {
-                    return "PostgreSQL".into();
-                };
-                let hosts: Vec<String> = config
-                    .get_hosts()
-                    .iter()
-                    .map(|host| match host {
-                        tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-                    })
-                    .collect();
-                format!(
-                    "PostgreSQL database {} on {}",
-                    config.get_dbname().unwrap_or("(default)"),
-                    hosts.join(",")
-                )
-            }
-        }
-    }
-}
-
-/// One entry of `registration.allow`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AllowEntry {
-    /// `"*"`: anyone whose server routes to us.
-    Anyone,
-    /// `"example.org"`: every account on that domain.
-    Domain(String),
-    /// `"juliet@example.org"`: that account, from any of its clients.
-    Account(BareJid),
-}
-
-impl AllowEntry {
-    /// Whether the sender of a `<register>` falls under this entry.
-    pub fn admits(&self, sender: &Jid) -> bool {
-        match self {
-            AllowEntry::Anyone => true,
-            AllowEntry::Domain(domain) => sender.domain().as_str() == domain,
-            AllowEntry::Account(bare) => sender.to_bare() == *bare,
-        }
-    }
 }
 
 /// A config that cannot be used, and where the problem is.
@@ -297,112 +112,6 @@ pub struct RawConfig {
     metrics: RawMetrics,
     store: RawStore,
 }
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawComponent {
-    jid: String,
-    #[serde(default = "default_server")]
-    server: String,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-}
-
-fn default_server() -> String {
-    "127.0.0.1:5347".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: String,
-    public_url: String,
-    max_connections: Option<usize>,
-    max_connections_per_address: Option<usize>,
-    max_in_flight: Option<usize>,
-    header_timeout: Option<String>,
-    body_timeout: Option<String>,
-    trusted_proxies: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegistration {
-    secrets: Option<Vec<String>>,
-    secrets_file: Option<PathBuf>,
-    lifetime: Option<String>,
-    allow: Option<Vec<String>>,
-    legacy_up_secret: Option<String>,
-    legacy_up_secret_file: Option<PathBuf>,
-    legacy_up_uri: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAppServer {
-    enabled: Option<bool>,
-    allow_private_endpoints: Option<Vec<String>>,
-    node_lifetime: Option<String>,
-    vapid_contact: Option<String>,
-    vapid_key_generation: Option<u32>,
-    proxy: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDelivery {
-    answer_within: Option<String>,
-    timeout: Option<String>,
-    default_ttl: Option<String>,
-    max_ttl: Option<String>,
-    max_held_per_registration: Option<usize>,
-    max_held: Option<usize>,
-    max_held_per_account: Option<usize>,
-    max_held_per_domain: Option<usize>,
-    retry_interval: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    per_endpoint: Option<RawRate>,
-    per_address: Option<RawRate>,
-    forged_tokens_per_address: Option<RawRate>,
-    registrations_per_account: Option<RawRate>,
-    publishes_per_node: Option<RawRate>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRate {
-    burst: u32,
-    every: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    path: Option<PathBuf>,
-    url: Option<String>,
-    url_file: Option<PathBuf>,
-    pool_size: Option<usize>,
-    ca_file: Option<PathBuf>,
-}
-
-/// Secrets shorter than this are too easy to guess offline from one captured token.
-const MIN_SECRET_LEN: usize = 16;
-
-/// Retries more often than this would mostly bounce off clients that are still offline.
-const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
-
-/// No HTTP request should wait longer than this for a phone; senders time out around here.
-const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Config {
     /// What an operator must know when `/metrics` shares the public listener: it tells anyone who
@@ -501,404 +210,21 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let jid = BareJid::new(&raw.component.jid)
-            .map_err(|e| invalid("component.jid", format!("not a JID: {e}")))?;
-        if jid.node().is_some() {
-            return Err(invalid(
-                "component.jid",
-                "a component is a bare domain such as up.example.org, without a user part",
-            ));
-        }
-        if raw
-            .component
-            .server
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return Err(invalid(
-                "component.server",
-                "expected host:port, e.g. 127.0.0.1:5347",
-            ));
-        }
-        let component_secret = secret(
-            "component.secret",
-            raw.component.secret,
-            raw.component.secret_file.as_deref(),
-            env(COMPONENT_SECRET_ENV),
-            COMPONENT_SECRET_ENV,
-        )?;
-        if component_secret.is_empty() {
-            return Err(invalid("component.secret", "must not be empty"));
-        }
-
-        let listen = raw.http.listen.parse().map_err(|_| {
-            invalid(
-                "http.listen",
-                "expected an IP address and port, e.g. 127.0.0.1:8080",
-            )
-        })?;
-        let public_url = raw.http.public_url.trim_end_matches('/').to_owned();
-        if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
-            || public_url.contains(['?', '#'])
-        {
-            return Err(invalid(
-                "http.public_url",
-                "expected an http(s) URL without query or fragment, e.g. https://up.example.org",
-            ));
-        }
-
-        let secrets: Vec<String> = match raw.registration.secrets {
-            Some(list) => {
-                if raw.registration.secrets_file.is_some()
-                    || env(REGISTRATION_SECRETS_ENV).is_some()
-                {
-                    return Err(invalid(
-                        "registration.secrets",
-                        format!(
-                            "given more than once: keep one of registration.secrets, \
-                             registration.secrets_file and {REGISTRATION_SECRETS_ENV}"
-                        ),
-                    ));
-                }
-                list
-            }
-            // One secret per line or word, so a file can be made with `openssl rand -base64 32`.
-            None => secret(
-                "registration.secrets",
-                None,
-                raw.registration.secrets_file.as_deref(),
-                env(REGISTRATION_SECRETS_ENV),
-                REGISTRATION_SECRETS_ENV,
-            )?
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
-        };
-        if secrets.is_empty() {
-            return Err(invalid(
-                "registration.secrets",
-                "needs at least one secret (the first encrypts new endpoints)",
-            ));
-        }
-        for (i, secret) in secrets.iter().enumerate() {
-            if secret.len() < MIN_SECRET_LEN {
-                return Err(invalid(
-                    format!("registration.secrets[{i}]"),
-                    format!("must be at least {MIN_SECRET_LEN} characters long"),
-                ));
-            }
-        }
-        let lifetime = match &raw.registration.lifetime {
-            Some(text) => duration("registration.lifetime", text)?,
-            None => defaults::DEFAULT_LIFETIME,
-        };
-        if lifetime < defaults::MIN_LIFETIME {
-            return Err(invalid(
-                "registration.lifetime",
-                "must be at least 2d: Conversations renews endpoints that have less than 24 h left",
-            ));
-        }
-        let allow = match raw.registration.allow {
-            Some(entries) => entries
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| allow_entry(&format!("registration.allow[{i}]"), entry))
-                .collect::<Result<_, _>>()?,
-            None => vec![default_allow(&jid)],
-        };
-
-        let legacy_secret = match (
-            &raw.registration.legacy_up_secret,
-            &raw.registration.legacy_up_secret_file,
-            env(LEGACY_UP_SECRET_ENV),
-        ) {
-            (None, None, None) => None,
-            (inline, file, from_env) => Some(secret(
-                "registration.legacy_up_secret",
-                inline.clone(),
-                file.as_deref(),
-                from_env,
-                LEGACY_UP_SECRET_ENV,
-            )?),
-        };
-        let legacy_up = match (legacy_secret, &raw.registration.legacy_up_uri) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "registration.legacy_up_uri",
-                    "means nothing without registration.legacy_up_secret",
-                ));
-            }
-            (Some(secret), uri) => {
-                let (origin, route) = match uri {
-                    Some(uri) => legacy_route(uri)?,
-                    None => (
-                        origin_of(&public_url).to_owned(),
-                        LegacyRoute::Path("/push/".into()),
-                    ),
-                };
-                Some(LegacyUp {
-                    secret: legacy_key(&secret)?,
-                    origin,
-                    route,
-                })
-            }
-        };
-
-        let timeout = match &raw.delivery.timeout {
-            Some(text) => duration("delivery.timeout", text)?,
-            None => defaults::DEFAULT_DELIVERY_TIMEOUT,
-        };
-        if timeout.is_zero() || timeout > MAX_DELIVERY_TIMEOUT {
-            return Err(invalid(
-                "delivery.timeout",
-                "must be more than 0s and at most 120s",
-            ));
-        }
-
-        // Left out, it follows a shorter `timeout` down rather than make that config invalid.
-        let answer_within = match &raw.delivery.answer_within {
-            Some(text) => duration("delivery.answer_within", text)?,
-            None => defaults::DEFAULT_ANSWER_WITHIN.min(timeout),
-        };
-        if answer_within.is_zero() || answer_within > timeout {
-            return Err(invalid(
-                "delivery.answer_within",
-                "must be more than 0s and at most delivery.timeout",
-            ));
-        }
-
-        let default_ttl = match &raw.delivery.default_ttl {
-            Some(text) => duration("delivery.default_ttl", text)?,
-            None => defaults::DEFAULT_TTL,
-        };
-        let max_ttl = match &raw.delivery.max_ttl {
-            Some(text) => duration("delivery.max_ttl", text)?,
-            None => defaults::DEFAULT_MAX_TTL,
-        };
-        if default_ttl > max_ttl {
-            return Err(invalid(
-                "delivery.default_ttl",
-                "must not be longer than delivery.max_ttl",
-            ));
-        }
-        let max_held_per_registration = raw
-            .delivery
-            .max_held_per_registration
-            .unwrap_or(defaults::DEFAULT_MAX_HELD_PER_REGISTRATION);
-        if max_held_per_registration == 0 {
-            return Err(invalid(
-                "delivery.max_held_per_registration",
-                "must be at least 1 (set delivery.max_ttl to 0s to hold nothing)",
-            ));
-        }
-        let max_held = raw.delivery.max_held.unwrap_or(defaults::DEFAULT_MAX_HELD);
-        let share = |field: &str, given: Option<usize>, divisor: usize| match given {
-            None => Ok((max_held / divisor).max(1)),
-            Some(n) if (1..=max_held).contains(&n) => Ok(n),
-            Some(_) => Err(invalid(
-                field,
-                "must be at least 1 and at most delivery.max_held",
-            )),
-        };
-        let max_held_per_account = share(
-            "delivery.max_held_per_account",
-            raw.delivery.max_held_per_account,
-            defaults::HELD_SHARE_OF_ACCOUNT,
-        )?;
-        let max_held_per_domain = share(
-            "delivery.max_held_per_domain",
-            raw.delivery.max_held_per_domain,
-            defaults::HELD_SHARE_OF_DOMAIN,
-        )?;
-        let retry_interval = match &raw.delivery.retry_interval {
-            Some(text) => duration("delivery.retry_interval", text)?,
-            None => defaults::DEFAULT_RETRY_INTERVAL,
-        };
-        if retry_interval < MIN_RETRY_INTERVAL {
-            return Err(invalid(
-                "delivery.retry_interval",
-                "must be at least 10s: every retry offers each waiting client a message",
-            ));
-        }
-
-        let http = raw.http;
-        let max_connections = http
-            .max_connections
-            .unwrap_or(defaults::DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be at least 1"));
-        }
-        let max_connections_per_address = match http.max_connections_per_address {
-            None => (max_connections / defaults::CONNECTION_SHARE_OF_ADDRESS).max(1),
-            Some(n) if (1..=max_connections).contains(&n) => n,
-            Some(_) => {
-                return Err(invalid(
-                    "http.max_connections_per_address",
-                    "must be at least 1 and at most http.max_connections",
-                ));
-            }
-        };
-        let max_in_flight = http
-            .max_in_flight
-            .unwrap_or(defaults::DEFAULT_MAX_IN_FLIGHT);
-        if max_in_flight == 0 {
-            return Err(invalid("http.max_in_flight", "must be at least 1"));
-        }
-        let header_timeout = positive_duration(
-            "http.header_timeout",
-            http.header_timeout.as_deref(),
-            defaults::DEFAULT_HEADER_TIMEOUT,
-        )?;
-        let body_timeout = positive_duration(
-            "http.body_timeout",
-            http.body_timeout.as_deref(),
-            defaults::DEFAULT_BODY_TIMEOUT,
-        )?;
-        let trusted_proxies = match http.trusted_proxies {
-            Some(entries) => entries
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| proxy_entry(&format!("http.trusted_proxies[{i}]"), entry))
-                .collect::<Result<_, _>>()?,
-            None => vec![
-                IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)),
-                IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
-            ],
-        };
-
-        let limits = raw.limits;
-        let limits = LimitsConfig {
-            per_endpoint: rate(
-                "limits.per_endpoint",
-                limits.per_endpoint,
-                defaults::DEFAULT_PER_ENDPOINT,
-            )?,
-            per_address: rate(
-                "limits.per_address",
-                limits.per_address,
-                defaults::DEFAULT_PER_ADDRESS,
-            )?,
-            forged_tokens_per_address: rate(
-                "limits.forged_tokens_per_address",
-                limits.forged_tokens_per_address,
-                defaults::DEFAULT_FORGED_PER_ADDRESS,
-            )?,
-            registrations_per_account: rate(
-                "limits.registrations_per_account",
-                limits.registrations_per_account,
-                defaults::DEFAULT_REGISTRATIONS_PER_ACCOUNT,
-            )?,
-            publishes_per_node: rate(
-                "limits.publishes_per_node",
-                limits.publishes_per_node,
-                defaults::DEFAULT_PUBLISHES_PER_NODE,
-            )?,
-        };
-
-        let raw_app = raw.app_server;
-        let app_server = AppServerConfig {
-            enabled: raw_app.enabled.unwrap_or(true),
-            allow_private_endpoints: raw_app
-                .allow_private_endpoints
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| {
-                    proxy_entry(&format!("app_server.allow_private_endpoints[{i}]"), entry)
-                })
-                .collect::<Result<_, _>>()?,
-            node_lifetime: positive_duration(
-                "app_server.node_lifetime",
-                raw_app.node_lifetime.as_deref(),
-                defaults::DEFAULT_NODE_LIFETIME,
-            )?,
-            vapid_contact: match raw_app.vapid_contact {
-                Some(contact)
-                    if contact.starts_with("mailto:") || contact.starts_with("https://") =>
-                {
-                    contact
-                }
-                Some(_) => {
-                    return Err(invalid(
-                        "app_server.vapid_contact",
-                        "expected a mailto: or https: URI (RFC 8292 §2.1)",
-                    ));
-                }
-                None => public_url.clone(),
-            },
-            vapid_key_generation: raw_app.vapid_key_generation.unwrap_or(1),
-            proxy: raw_app
-                .proxy
-                .map(|text| match reqwest::Url::parse(&text) {
-                    Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
-                        Ok(url)
-                    }
-                    _ => Err(invalid(
-                        "app_server.proxy",
-                        "expected an http:// or https:// URL of a proxy, e.g. http://127.0.0.1:3128",
-                    )),
-                })
-                .transpose()?,
-        };
-
-        let metrics = MetricsConfig {
-            listen: raw
-                .metrics
-                .listen
-                .map(|text| {
-                    text.parse().map_err(|_| {
-                        invalid(
-                            "metrics.listen",
-                            "expected an IP address and port, e.g. 127.0.0.1:9090",
-                        )
-                    })
-                })
-                .transpose()?,
-        };
-        if metrics.listen.is_some_and(|address| address == listen) {
-            return Err(invalid(
-                "metrics.listen",
-                "must differ from http.listen; leave it out to serve /metrics there",
-            ));
-        }
-
-        let store = store(raw.store, env)?;
-
+        let component = component::validate(raw.component, env)?;
+        let http = http::validate(raw.http)?;
+        let registration =
+            registration::validate(raw.registration, &component.jid, &http.public_url, env)?;
+        let delivery = delivery::validate(raw.delivery)?;
+        let limits = limits::validate(raw.limits)?;
+        let app_server = app_server::validate(raw.app_server, &http.public_url)?;
+        let metrics = metrics::validate(raw.metrics, http.listen)?;
+        let store = store::validate(raw.store, env)?;
         Ok(Config {
-            component: ComponentConfig {
-                jid,
-                server: raw.component.server,
-                secret: component_secret,
-            },
-            http: HttpConfig {
-                listen,
-                public_url,
-                max_connections,
-                max_connections_per_address,
-                max_in_flight,
-                header_timeout,
-                body_timeout,
-                trusted_proxies,
-            },
-            registration: RegistrationConfig {
-                secrets,
-                lifetime,
-                allow,
-                legacy_up,
-            },
+            component,
+            http,
+            registration,
             app_server,
-            delivery: DeliveryConfig {
-                answer_within,
-                timeout,
-                default_ttl,
-                max_ttl,
-                max_held_per_registration,
-                max_held,
-                max_held_per_account,
-                max_held_per_domain,
-                retry_interval,
-            },
+            delivery,
             limits,
             metrics,
             store,
@@ -913,165 +239,6 @@ fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
             format!("{e}; write durations like \"15s\" or \"7d\""),
         )
     })
-}
-
-/// Where xup looks for a secret the config file leaves out.
-const COMPONENT_SECRET_ENV: &str = "XUP_COMPONENT_SECRET";
-/// Whitespace-separated, the first encrypting new endpoints.
-const REGISTRATION_SECRETS_ENV: &str = "XUP_REGISTRATION_SECRETS";
-
-/// A PostgreSQL URL, which holds a password: a secret like the others.
-const STORE_URL_ENV: &str = "XUP_STORE_URL";
-
-/// Connections to PostgreSQL per instance, unless `store.pool_size` says otherwise.
-const DEFAULT_POOL_SIZE: usize = 16;
-
-/// `store.path` (SQLite) or `store.url` (PostgreSQL, also from `url_file` or the environment).
-fn store(raw: RawStore, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreConfig, ConfigError> {
-    let from_env = env(STORE_URL_ENV);
-    let url_given = raw.url.is_some() || raw.url_file.is_some() || from_env.is_some();
-    if !url_given {
-        for (field, given) in [
-            ("store.pool_size", raw.pool_size.is_some()),
-            ("store.ca_file", raw.ca_file.is_some()),
-        ] {
-            if given {
-                return Err(invalid(
-                    field,
-                    "is for PostgreSQL: give store.url with it, or leave it out",
-                ));
-            }
-        }
-        return match raw.path {
-            Some(path) if !path.as_os_str().is_empty() => Ok(StoreConfig::Sqlite { path }),
-            _ => Err(invalid(
-                "store.path",
-                format!(
-                    "must name a directory (or give store.url, or {STORE_URL_ENV}, for PostgreSQL)"
-                ),
-            )),
-        };
-    }
-    if raw.path.is_some() {
-        return Err(invalid(
-            "store",
-            "both store.path (SQLite) and store.url (PostgreSQL) are given; keep the one xup \
-             should use",
-        ));
-    }
-    let url = secret(
-        "store.url",
-        raw.url,
-        raw.url_file.as_deref(),
-        from_env,
-        STORE_URL_ENV,
-    )?;
-    let parsed = url.parse::<tokio_postgres::Config>().map_err(|e| {
-        invalid(
-            "store.url",
-            format!(
-                "is not a PostgreSQL connection URL ({e}); write \
-                 postgres://user:password@host/database"
-            ),
-        )
-    })?;
-    if let Some(file) = &raw.ca_file {
-        if parsed.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
-            return Err(invalid(
-                "store.ca_file",
-                "is used only with TLS: add ?sslmode=require to store.url, or leave it out",
-            ));
-        }
-        if let Err(e) = std::fs::File::open(file) {
-            return Err(invalid(
-                "store.ca_file",
-                format!("cannot read {}: {e}", file.display()),
-            ));
-        }
-    }
-    let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-    if pool_size == 0 {
-        return Err(invalid("store.pool_size", "must be at least 1"));
-    }
-    Ok(StoreConfig::Postgres {
-        url,
-        pool_size,
-        ca_file: raw.ca_file,
-    })
-}
-
-/// The Java `up`'s `registration.sharedSecret`: 32 bytes in standard base64, as its config holds it.
-const LEGACY_UP_SECRET_ENV: &str = "XUP_LEGACY_UP_SECRET";
-
-fn legacy_key(text: &str) -> Result<[u8; 32], ConfigError> {
-    use base64::{Engine, engine::general_purpose::STANDARD};
-    STANDARD
-        .decode(text.trim())
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| {
-            invalid(
-                "registration.legacy_up_secret",
-                "expected up's registration.sharedSecret as it stands in its config.json: \
-                 32 bytes in base64",
-            )
-        })
-}
-
-/// The scheme and host of an absolute URL: everything before its path.
-fn origin_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => &url[..after_scheme + slash],
-        None => url,
-    }
-}
-
-/// The origin and route of `up`'s `registration.uri` template, e.g.
-/// `https://up.example.org/push/{token}` or `https://up.example.org/push{?token}`. Routes xup
-/// serves itself cannot be taken.
-pub fn legacy_route(uri: &str) -> Result<(String, LegacyRoute), ConfigError> {
-    const FIELD: &str = "registration.legacy_up_uri";
-    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-        return Err(invalid(FIELD, "expected an absolute http(s) URI template"));
-    }
-    let origin = origin_of(uri);
-    let path = &uri[origin.len()..];
-    let route = if let Some(prefix) = path.strip_suffix("{token}")
-        && prefix.ends_with('/')
-    {
-        LegacyRoute::Path(prefix.to_owned())
-    } else if let Some(path) = path.strip_suffix("{?token}") {
-        LegacyRoute::Query(path.to_owned())
-    } else {
-        return Err(invalid(
-            FIELD,
-            "expected the token at the end, as in https://up.example.org/push/{token} or \
-             https://up.example.org/push{?token}",
-        ));
-    };
-    let (LegacyRoute::Path(path) | LegacyRoute::Query(path)) = &route;
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
-    if !path.starts_with('/') || !path.chars().all(plain) || path.contains("//") {
-        return Err(invalid(
-            FIELD,
-            "the path before the token may only hold letters, digits and - . _ ~ /",
-        ));
-    }
-    let taken = ["/health", "/metrics", "/_matrix/"];
-    if path.is_empty()
-        || path == "/"
-        || taken
-            .iter()
-            .any(|t| path.starts_with(t) || t.starts_with(path.as_str()))
-    {
-        return Err(invalid(
-            FIELD,
-            "the token's path collides with a path xup serves itself (/health, /metrics, \
-             /_matrix/); put xup behind a proxy that rewrites it",
-        ));
-    }
-    Ok((origin.to_owned(), route))
 }
 
 /// A secret from exactly one of: the file's `field`, the file named by `field`_file, or the
@@ -1115,19 +282,6 @@ fn positive_duration(
     Ok(value)
 }
 
-fn rate(field: &str, raw: Option<RawRate>, default: (u32, Duration)) -> Result<Rate, ConfigError> {
-    let (burst, every) = match raw {
-        Some(raw) => (raw.burst, duration(&format!("{field}.every"), &raw.every)?),
-        None => default,
-    };
-    let burst = NonZeroU32::new(burst)
-        .ok_or_else(|| invalid(format!("{field}.burst"), "must be at least 1"))?;
-    if every.is_zero() {
-        return Err(invalid(format!("{field}.every"), "must be more than 0s"));
-    }
-    Ok(Rate { burst, every })
-}
-
 fn proxy_entry(field: &str, entry: &str) -> Result<IpNet, ConfigError> {
     entry
         .parse::<IpNet>()
@@ -1140,32 +294,12 @@ fn proxy_entry(field: &str, entry: &str) -> Result<IpNet, ConfigError> {
         })
 }
 
-fn allow_entry(field: &str, entry: &str) -> Result<AllowEntry, ConfigError> {
-    if entry == "*" {
-        return Ok(AllowEntry::Anyone);
-    }
-    let jid = BareJid::new(entry).map_err(|e| {
-        invalid(
-            field,
-            format!("{entry:?} is neither \"*\", a domain nor a bare JID: {e}"),
-        )
-    })?;
-    Ok(match jid.node() {
-        Some(_) => AllowEntry::Account(jid),
-        None => AllowEntry::Domain(jid.domain().to_string()),
-    })
-}
-
-/// Users of the server the component hangs off: `example.org` for `up.example.org`.
-fn default_allow(component: &BareJid) -> AllowEntry {
-    let domain = component.domain().as_str();
-    let parent = domain.split_once('.').map_or(domain, |(_, rest)| rest);
-    AllowEntry::Domain(parent.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::DEFAULT_MAX_CONNECTIONS;
+    use registration::LEGACY_UP_LIFETIME;
+    use xmpp_parsers::jid::Jid;
 
     const GOOD: &str = r#"{
       "component":    { "jid": "up.example.org", "server": "127.0.0.1:5347", "secret": "s" },
@@ -1467,10 +601,7 @@ mod tests {
         let config = Config::parse(GOOD).expect("valid");
         assert_eq!(config.limits.per_endpoint.burst.get(), 240);
         assert_eq!(config.limits.per_endpoint.every, Duration::from_millis(250));
-        assert_eq!(
-            config.http.max_connections,
-            defaults::DEFAULT_MAX_CONNECTIONS
-        );
+        assert_eq!(config.http.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(config.http.trusted_proxies.len(), 2);
 
         let with = |limits: &str| GOOD.replace(r#""delivery""#, &format!("{limits}, \"delivery\""));
@@ -1520,10 +651,7 @@ mod tests {
         let legacy = config.registration.legacy_up.as_ref().expect("legacy");
         assert_eq!(legacy.route, LegacyRoute::Path("/push/".into()));
         assert_eq!(legacy.origin, "https://up.example.org");
-        assert_eq!(
-            config.registration.longest_token_life(),
-            defaults::LEGACY_UP_LIFETIME
-        );
+        assert_eq!(config.registration.longest_token_life(), LEGACY_UP_LIFETIME);
         let e = error_of(&with(r#""legacy_up_secret": "c2hvcnQ=""#));
         assert!(e.starts_with("registration.legacy_up_secret:"), "{e}");
         let e = error_of(&with(
