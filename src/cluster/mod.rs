@@ -429,7 +429,8 @@ impl Cluster {
         // Revocations made while this instance was not listening.
         parts.store.reload().await.map_err(|e| e.to_string())?;
         let (outbox, queued) = mpsc::unbounded_channel();
-        tokio::spawn(send_forever(client.clone(), queued));
+        // Ends when the outbox is replaced (the next session) or dropped; aborted with the session.
+        let _sending = AbortOnDrop(tokio::spawn(send_forever(client.clone(), queued)));
         *self.outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(outbox);
         tracing::info!(instance = %self.id, "in session with PostgreSQL; standing by");
         let mut tick = tokio::time::interval(TICK);
@@ -576,5 +577,15 @@ async fn send_forever(
             // The session is failing; its loop notices and fails whoever waits.
             tracing::warn!(error = %e, lost = channels.len(), "cannot send notifications");
         }
+    }
+}
+
+/// A task that belongs to the scope holding this: it is aborted when the scope ends, however it
+/// ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

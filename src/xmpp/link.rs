@@ -33,7 +33,7 @@ use tokio::{
     io::BufStream,
     net::TcpStream,
     sync::{mpsc, oneshot, watch},
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::xmlstream::{
@@ -162,17 +162,19 @@ pub fn start(
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let (up_sender, up) = watch::channel(false);
     let replies = outgoing.clone();
-    let task = tokio::spawn(keep_connected(
-        config,
-        router,
-        Channels {
+    let task = tokio::spawn(async move {
+        // The answers that wait for something (a store write) are this task's: at shutdown it
+        // waits for them, so none is cut off half-way.
+        let mut answering = JoinSet::new();
+        let channels = Channels {
             queue,
             replies,
             up: up_sender,
             permit,
-        },
-        shutdown,
-    ));
+        };
+        keep_connected(config, router, channels, &mut answering, shutdown).await;
+        while answering.join_next().await.is_some() {}
+    });
     (Link { outgoing, up }, task)
 }
 
@@ -220,6 +222,7 @@ async fn keep_connected(
     config: ComponentConfig,
     router: Router,
     channels: Channels,
+    answering: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) {
     let Channels {
@@ -253,6 +256,7 @@ async fn keep_connected(
                     queue: &mut queue,
                     replies: &replies,
                     permit: &mut permit,
+                    answering: &mut *answering,
                 };
                 let ended = serve(stream, &read_since_stanza, link, &shutdown).await;
                 up.send_replace(false);
@@ -450,6 +454,8 @@ struct Session<'a> {
     /// Where replies that were not ready at once are queued when they are.
     replies: &'a mpsc::Sender<Outgoing>,
     permit: &'a mut watch::Receiver<bool>,
+    /// The answers being made that wait for something.
+    answering: &'a mut JoinSet<()>,
 }
 
 /// Run an established link until it breaks or `shutdown` is cancelled.
@@ -464,6 +470,7 @@ async fn serve(
         queue,
         replies,
         permit,
+        answering,
     } = link;
     let keepalive_ids = AtomicU64::new(0);
     loop {
@@ -477,6 +484,7 @@ async fn serve(
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<&Stanza>::close(&mut stream)).await;
                 return Ended::Lost("this instance no longer leads".into());
             }
+            Some(_) = answering.join_next() => {}
             Some(first) = queue.recv() => {
                 if let Err(e) = write_batch(&mut stream, first, queue).await {
                     return Ended::Lost(format!("write failed: {e}"));
@@ -491,7 +499,7 @@ async fn serve(
                             Some(Reply::Now(reply)) => Some(*reply),
                             Some(Reply::Later(reply)) => {
                                 let replies = replies.clone();
-                                tokio::spawn(async move {
+                                answering.spawn(async move {
                                     let reply = Outgoing::unawaited(Box::new(reply.await));
                                     let _ = replies.send(reply).await;
                                 });
