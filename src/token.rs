@@ -40,7 +40,7 @@ const SECRET_LABEL: &[u8] = b"xup token secret v1";
 pub enum Purpose {
     /// A push endpoint (`/push/{token}`).
     Endpoint,
-    /// A node of the XEP-0357 app server (`app_server.rs`).
+    /// A node of the XEP-0357 app server (`app_server/`).
     Node,
     /// A notice one instance sends another through PostgreSQL (`cluster/notice.rs`).
     Cluster,

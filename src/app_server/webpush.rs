@@ -1,5 +1,5 @@
 //! Sending one Web Push message (RFC 8030) to an endpoint somebody else runs: the app server's way
-//! out (`app_server.rs`).
+//! out (`app_server/mod.rs`).
 //!
 //! The endpoint is a URL a client gave us, so it is treated as hostile: it must be `https` (plain
 //! `http` only into a network listed in `app_server.allow_private_endpoints`), it must lead only to

@@ -12,7 +12,7 @@ use crate::config::{ConfigError, invalid, positive_duration, proxy_entry};
 /// login registers again long before.
 pub const DEFAULT_NODE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The XEP-0357 app server (`app_server.rs`).
+/// The XEP-0357 app server (`app_server/`).
 pub struct AppServerConfig {
     /// Whether xup takes the role at all (advertises it, answers its commands and publishes).
     pub enabled: bool,

@@ -6,13 +6,13 @@ use serde::Deserialize;
 
 use crate::config::{ConfigError, invalid, secret};
 
-/// Where xup keeps what it remembers (`store.rs`). Its `Debug` never shows the URL, which may
+/// Where xup keeps what it remembers (`store/`). Its `Debug` never shows the URL, which may
 /// hold a password.
 #[derive(Clone)]
 pub enum StoreConfig {
     /// `store.path`: a directory; xup keeps its SQLite file inside. One instance.
     Sqlite { path: PathBuf },
-    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster.rs`);
+    /// `store.url`: a PostgreSQL database, which several instances may share (`cluster/`);
     /// `ca_file` is trusted besides the system's roots when the URL asks for TLS.
     Postgres {
         url: String,

@@ -6,7 +6,7 @@
 //! **before** the sender gets its `201`, so a crash after the answer loses nothing. Held messages go
 //! out again in the order they arrived *per registration* (one app instance of one client), never
 //! across registrations, so one app's stuck message never holds back another app of the same phone
-//! (`deliver.rs` offers them).
+//! (`dialects/conversations/deliver.rs` offers them).
 //!
 //! Bounds: per registration (the oldest is dropped for the newest); per account and per domain, so
 //! that one user, or one server's users, cannot take the room everyone else's messages need; and
@@ -15,13 +15,13 @@
 //! never sent and are pruned. The account and domain bounds are checked against the counts in
 //! memory before a message reaches the writer, so refusing costs no store work.
 //!
-//! The rows live in the store's database (`store.rs`, either engine); an in-memory count per
+//! The rows live in the store's database (`store/`, either engine); an in-memory count per
 //! registration keeps the push path from asking the database whether a registration has anything
 //! waiting. Holds go through one writer task that commits whatever queued up meanwhile in one
 //! transaction, so a burst of silent phones (every push answered at `delivery.answer_within` at
 //! once) costs one sync. With several instances on PostgreSQL only the one that holds the link
 //! delivers; it counts again when it takes the link over, and hears of what the others hold
-//! (`cluster.rs`).
+//! (`cluster/`).
 
 use std::{
     collections::HashMap,
@@ -102,7 +102,7 @@ fn owners_of(subject: &str) -> (&str, &str) {
 
 impl HeldMessages {
     /// Forget what expired while xup was stopped, and count the rest (the table is the store's
-    /// schema's, `store.rs`). Starts the writer task, so it must be called within a Tokio runtime.
+    /// schema's, `store/`). Starts the writer task, so it must be called within a Tokio runtime.
     pub async fn open(engine: Arc<dyn Engine>, bounds: Bounds) -> Result<HeldMessages, StoreError> {
         engine.prune_held(micros(SystemTime::now())).await?;
         let counts = Arc::new(Mutex::new(Counts::of(engine.held_counts().await?)));
@@ -124,7 +124,7 @@ impl HeldMessages {
     }
 
     /// Count everything again: another instance may have held messages while this one was not
-    /// listening (`cluster.rs`).
+    /// listening (`cluster/`).
     pub async fn recount(&self) -> Result<(), StoreError> {
         let _alone = self.gate.write().await;
         let counts = Counts::of(self.engine.held_counts().await?);

@@ -13,9 +13,9 @@
 //! the per-account index of nodes that listing needs (device id and name, expiry), dropped when a
 //! node expires. The messages kept for unreachable clients (`held.rs`) are the rest.
 //!
-//! Everything goes through [`Engine`]: SQLite in `store.path` (`store/sqlite.rs`, the default,
-//! nothing to run) or PostgreSQL at `store.url` (`store/postgres.rs`, shared by several xup
-//! instances, `cluster.rs`). Revocations are mirrored in memory so the push path never waits on
+//! Everything goes through [`Engine`]: SQLite in `store.path` (`sqlite.rs`, the default,
+//! nothing to run) or PostgreSQL at `store.url` (`postgres.rs`, shared by several xup
+//! instances, `cluster/`). Revocations are mirrored in memory so the push path never waits on
 //! the database; with PostgreSQL every instance's mirror also hears the others' revocations.
 //!
 //! The schema is versioned ([`SCHEMA_VERSION`], the same numbering for both engines): a start
@@ -41,7 +41,7 @@ pub mod sqlite;
 /// The digest that names one registration triple.
 pub type RegistrationKey = [u8; 32];
 
-/// A key as text, for the messages instances send each other (`cluster.rs`).
+/// A key as text, for the messages instances send each other (`cluster/`).
 pub fn key_to_hex(key: &RegistrationKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -335,7 +335,7 @@ impl Store {
     }
 
     /// Read every revocation again: another instance may have made some while this one was not
-    /// listening (`cluster.rs`).
+    /// listening (`cluster/`).
     pub async fn reload(&self) -> Result<(), StoreError> {
         let now_us = micros(SystemTime::now());
         self.engine.prune(now_us).await?;
@@ -449,7 +449,7 @@ impl Store {
 
     /// Take in the revocation of `key` that another instance announced, as the database has it:
     /// the announcement only says where to look, since anyone who can connect may announce
-    /// (`cluster.rs`). False when the database keeps no revocation of `key`.
+    /// (`cluster/`). False when the database keeps no revocation of `key`.
     pub async fn take_announced(&self, key: RegistrationKey) -> Result<bool, StoreError> {
         let Some(revocation) = self.engine.revocation(key).await? else {
             return Ok(false);

@@ -1,6 +1,6 @@
 //! The shared engine: a PostgreSQL database at `store.url`, for one or several xup instances.
 //!
-//! An operator who outgrows one process points every instance at one database (`cluster.rs` says
+//! An operator who outgrows one process points every instance at one database (`cluster/` says
 //! how they divide the work). Queries go through a pool of connections (`store.pool_size`),
 //! statements are prepared once per connection, and every write is a transaction that has
 //! committed (PostgreSQL's `synchronous_commit`, on by default, puts it on disk) before its
@@ -40,7 +40,7 @@ use crate::{
 /// anyone who can connect can announce, but only xup's role can write the table.
 pub const REVOKED_CHANNEL: &str = "xup_revoked";
 
-/// The advisory lock taken while migrating, apart from the leader's (`cluster.rs`).
+/// The advisory lock taken while migrating, apart from the leader's (`cluster/`).
 const MIGRATION_LOCK: i64 = 0x7875_7000_0001;
 
 /// The first key of the per-account transaction locks (`revoke_within`); the second is a hash

@@ -152,7 +152,7 @@ impl Link {
 }
 
 /// Start the task that keeps the link up until `shutdown` is cancelled, while `permit` is true:
-/// always for a single instance, while it leads for one of several (`cluster.rs`).
+/// always for a single instance, while it leads for one of several (`cluster/`).
 pub fn start(
     config: ComponentConfig,
     router: Router,

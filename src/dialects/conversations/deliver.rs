@@ -2,14 +2,14 @@
 //!
 //! A phone is not one inbox: each app on it has its own registration, and a message stuck in one
 //! must never hold back another. So held messages queue *per registration* (one app instance of
-//! one client, `held.rs`): within a queue they go out one at a time, oldest first, each waiting for
+//! one client, `store/held.rs`): within a queue they go out one at a time, oldest first, each waiting for
 //! its answer, so the app sees them in order; across queues nothing waits. A client gets at most
 //! [`CLIENT_WINDOW`] queues offered at once, so a phone coming back is not flooded either.
 //!
 //! When a queue is offered:
 //! - as soon as a message is held in it, unless the client is known to be offline, the queue is
 //!   waiting after a failure, or its oldest message is still in flight (a push whose sender was
-//!   answered while the client may still answer, `pending.rs`);
+//!   answered while the client may still answer, `xmpp/pending.rs`);
 //! - when the client sends available presence (Conversations does at every new session): all its
 //!   queues at once, whatever they were waiting for;
 //! - on any sign of life (a `result`, a `<register>`; a stream resumed under XEP-0198 sends no new
@@ -21,7 +21,7 @@
 //! - every `delivery.retry_interval`, each queue that is due (a safety net), and all of them each
 //!   time the component link comes back.
 //!
-//! A client known to be offline (`presence.rs`) is offered nothing until it is heard of again.
+//! A client known to be offline (`xmpp/presence.rs`) is offered nothing until it is heard of again.
 //!
 //! One task owns all of this state; the relay tells it what it held ([`Notice`]), the component link
 //! what it learnt ([`LinkEvent`]), and each round (the offers of one queue) reports how it ended.

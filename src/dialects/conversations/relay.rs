@@ -5,13 +5,13 @@
 //! and `feature-not-implemented` mean the app is gone: the registration is revoked, and what is
 //! held for it dropped, before we say so. Anything else, including silence, a client that is
 //! offline, or a lost component link, is temporary: the phone may be back in a minute, so the
-//! message is held for its `TTL` (`held.rs`) and offered again later (`deliver.rs`), and the
+//! message is held for its `TTL` (`store/held.rs`) and offered again later (`deliver.rs`), and the
 //! sender hears `201` either way. Only `TTL: 0` means "now or never".
 //!
 //! Two clocks: the sender hears within `delivery.answer_within`, the client's verdict if it came by
-//! then; otherwise the message is held and the push stays in flight, detached (`pending.rs`), until
+//! then; otherwise the message is held and the push stays in flight, detached (`xmpp/pending.rs`), until
 //! `delivery.timeout`, so a late answer still counts. A message is not sent at all when the client
-//! is known to be offline (`presence.rs`) or when its registration has older messages waiting: it
+//! is known to be offline (`xmpp/presence.rs`) or when its registration has older messages waiting: it
 //! is held at once, behind them.
 //!
 //! The deliverer hears of every message held here through [`Notice`], so it can offer it when its
@@ -172,7 +172,7 @@ impl Relay {
     }
 
     /// Where the deliverer hears of held messages, for those this relay did not hold itself
-    /// (`cluster.rs`: a standby's).
+    /// (`cluster/`: a standby's).
     pub fn notices(&self) -> mpsc::UnboundedSender<Notice> {
         self.notices.clone()
     }
