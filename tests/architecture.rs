@@ -322,3 +322,58 @@ fn the_reader_sees_what_a_use_names() {
     let inline = crate_paths("let x = crate::store::open(); let y = notcrate::z;");
     assert_eq!(inline, [vec!["store".to_owned(), "open".to_owned()]]);
 }
+
+/// The tree that docs/DESIGN.md leads with.
+fn design_tree() -> String {
+    let design =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DESIGN.md"))
+            .expect("docs/DESIGN.md");
+    let house = design
+        .find("## The house")
+        .expect("a section \"The house\"");
+    let start = design[house..].find("```\n").expect("a tree") + house + 4;
+    let end = design[start..].find("```").expect("the tree ends") + start;
+    design[start..end].to_owned()
+}
+
+#[test]
+fn the_design_tree_matches_src() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let tree = design_tree();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut missing = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).expect("under src");
+        let name = relative
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        let shown = match relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // A folder's own file is the folder's line.
+            Some(folder) if name == "mod.rs" => {
+                let folder = folder.file_name().expect("a folder").to_string_lossy();
+                tree.contains(&format!("{folder}/"))
+            }
+            _ => tree.contains(&name),
+        };
+        if !shown {
+            missing.push(relative.display().to_string());
+        }
+    }
+    assert!(missing.is_empty(), "not in DESIGN.md's tree: {missing:?}");
+    let named: Vec<&str> = tree
+        .split(|c: char| c.is_whitespace() || "(),".contains(c))
+        .filter(|word| word.ends_with(".rs"))
+        .collect();
+    let names: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let stale: Vec<&&str> = named.iter().filter(|n| !names.contains(**n)).collect();
+    assert!(
+        stale.is_empty(),
+        "DESIGN.md's tree names files that are gone: {stale:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! What an operator runs beside the service, on the same config: `xup overview` (what the store
+//! What an operator runs beside the service, on the same config: `xup status` (what the store
 //! holds, `overview.rs`) and `xup import` (endpoints issued by another provider, `import.rs`).
 //! Neither touches the XMPP link or serves HTTP.
 
