@@ -36,7 +36,7 @@ use xmpp_parsers::{
     minidom::{Element, rxml::NcName},
     ns,
 };
-use xup::protocol::{self, Register};
+use xup::dialects::conversations::wire::{self, Register};
 
 use crate::ledger::{Ledger, MessageId};
 
@@ -350,7 +350,7 @@ impl Worker {
         let id = stanza.attr("id").unwrap_or_default().to_owned();
         match stanza.attr("type") {
             Some("set") => {
-                let Some(push) = stanza.get_child("push", protocol::NS) else {
+                let Some(push) = stanza.get_child("push", wire::NS) else {
                     return Ok(());
                 };
                 if push
@@ -370,7 +370,7 @@ impl Worker {
             Some("result") => {
                 if let Some(reply) = self.pending.remove(&id) {
                     let endpoint = stanza
-                        .get_child("registered", protocol::NS)
+                        .get_child("registered", wire::NS)
                         .and_then(|r| r.attr("endpoint"))
                         .map(str::to_owned)
                         .context("a result without <registered endpoint=…>");

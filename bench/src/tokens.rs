@@ -12,7 +12,10 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use xmpp_parsers::{jid::Jid, minidom::Element};
 use xup::{
-    config::Config, dialects::conversations::wire::Register, limits::Limits, registrar::Registrar,
+    config::Config,
+    dialects::conversations::{register::register, wire::Register},
+    limits::Limits,
+    registrar::Registrar,
     token::KeyRing,
 };
 
@@ -46,8 +49,7 @@ pub fn measure(iterations: u64) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut endpoint = String::new();
     for _ in 0..iterations {
-        let registered = registrar
-            .register(Some(&from), black_box(payload.clone()), now)
+        let registered = register(&registrar, Some(&from), black_box(payload.clone()), now)
             .context("registering")?;
         endpoint = black_box(registered.endpoint);
     }

@@ -43,17 +43,18 @@ pub struct Refusal {
     pub payload: Option<Element>,
 }
 
-impl From<StanzaError> for Refusal {
-    fn from(error: StanzaError) -> Refusal {
-        Refusal {
+impl From<StanzaError> for Box<Refusal> {
+    fn from(error: StanzaError) -> Box<Refusal> {
+        Box::new(Refusal {
             error,
             payload: None,
-        }
+        })
     }
 }
 
-/// A handler's answer to one request: the result's payload, or why it was refused.
-pub type Outcome = Result<Option<Element>, Refusal>;
+/// A handler's answer to one request: the result's payload, or why it was refused. Boxed: a
+/// stanza error is a few hundred bytes, and most answers are results.
+pub type Outcome = Result<Option<Element>, Box<Refusal>>;
 
 /// A handler's answer, now or once something (a store write) is done.
 pub enum Handled {

@@ -58,18 +58,15 @@ impl Handler for Registry {
 
     fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
         if payload.is("register", NS) {
-            return Handled::Now(self.register(from.as_ref(), payload).map(Some).map_err(
-                |refusal| {
-                    tracing::debug!(error = ?refusal.error, "sum7 register refused");
-                    *refusal
-                },
-            ));
+            let registered = self.register(from.as_ref(), payload);
+            if let Err(refusal) = &registered {
+                tracing::debug!(error = ?refusal.error, "sum7 register refused");
+            }
+            return Handled::Now(registered.map(Some));
         }
         if payload.is("unregister", NS) {
             let answer = self.unregister(from.as_ref(), payload);
-            return Handled::Later(Box::pin(
-                async move { answer.await.map(Some).map_err(|r| *r) },
-            ));
+            return Handled::Later(Box::pin(async move { answer.await.map(Some) }));
         }
         Handled::Now(Err(unknown_request().into()))
     }
