@@ -255,6 +255,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         started: std::time::Instant::now(),
         cluster,
     });
+    Ok(Started {
+        router: doors(config, pushes),
+        status: http::status::router(status),
+        link: link_tasks,
+        cluster: cluster_tasks,
+    })
+}
+
+/// The doors pushes come in by: the RFC 8030 endpoints (the Java `up`'s route too) and the
+/// Matrix gateway, on one router.
+fn doors(config: &Config, pushes: Arc<Pushes>) -> axum::Router {
     let gateway = Arc::new(http::matrix::Gateway {
         pushes: pushes.clone(),
         body_timeout: config.http.body_timeout,
@@ -272,12 +283,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         trusted_proxies: config.http.trusted_proxies.clone(),
     });
     let legacy = config.registration.legacy_up.as_ref().map(|l| &l.route);
-    Ok(Started {
-        router: http::rfc8030::router(state, legacy).merge(http::matrix::router(gateway)),
-        status: http::status::router(status),
-        link: link_tasks,
-        cluster: cluster_tasks,
-    })
+    http::rfc8030::router(state, legacy).merge(http::matrix::router(gateway))
 }
 
 /// What the roles on the component work with.
