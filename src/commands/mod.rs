@@ -3,9 +3,9 @@
 //! Every command is one step (`execute`, `complete`, or no action at all: Conversations' older
 //! code sends `execute`, newer `complete`) from a full JID that passes the access list and the
 //! per-account rate limit, and is answered `completed` with a form. The app server's commands
-//! (`register-push-webpush`, `unregister-push-webpush`, `list-push-registrations`) go to
-//! `app_server/commands.rs`, when that role is on; `revoke-all-push-endpoints`, for a user who lost a phone,
-//! is the UnifiedPush side's and is always there (`revoke_all.rs`).
+//! (`register-push-webpush`, `unregister-push-webpush`, `list-push-registrations`) are in
+//! `app_server/commands.rs`, there when that role is on; `revoke-all-push-endpoints`, for a user
+//! who lost a phone, is the UnifiedPush side's and is always there (`revoke_all.rs`).
 //!
 //! The list and the dispatch come from one table of [`AdHoc`] commands, built at start-up: a role
 //! that brings commands (the app server) hands its own in. Nothing here knows what a command
