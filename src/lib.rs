@@ -140,6 +140,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     // The XMPP side: every role that answers requests, by namespace.
     let (events, link_events) = Events::channel();
     let awaiting = InFlight::default();
+    let presence = Arc::new(Presence::default());
     let router = xmpp_router(Roles {
         jid: jid.clone(),
         registrar: registrar.clone(),
@@ -148,6 +149,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         revocations_live,
         app_server,
         awaiting: awaiting.clone(),
+        presence: presence.clone(),
         events,
     });
     let link_tasks = Tasks::default();
@@ -158,7 +160,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     });
 
     // The pushes: each dialect's deliverer, behind the cluster when there is one.
-    let presence = Arc::new(Presence::default());
     let (relay, notices) = conversations::relay::Relay::new(
         conversations::relay::Parts {
             link: link.clone(),
@@ -297,6 +298,7 @@ pub struct Roles {
     /// The XEP-0357 app server, unless `app_server.enabled` is off.
     pub app_server: Option<Arc<AppServer>>,
     pub awaiting: InFlight,
+    pub presence: Arc<Presence>,
     pub events: Events,
 }
 
@@ -312,6 +314,7 @@ pub fn xmpp_router(roles: Roles) -> Router {
         revocations_live,
         app_server,
         awaiting,
+        presence,
         events,
     } = roles;
     let mut commands: Vec<Arc<dyn commands::AdHoc>> = Vec::new();
@@ -324,7 +327,7 @@ pub fn xmpp_router(roles: Roles) -> Router {
         revocations_live,
     }));
     let commands = Commands::new(jid.clone(), registrar.clone(), commands);
-    let mut router = Router::new(jid, awaiting, events.clone())
+    let mut router = Router::new(jid, awaiting, presence, events.clone())
         .with(
             conversations::NS,
             Arc::new(conversations::register::Registry {

@@ -12,9 +12,10 @@ pub const MAX_BODY: usize = 4096;
 /// RFC 8030 §5.4: a `Topic` is at most 32 characters of the URL-safe base64 alphabet.
 pub const MAX_TOPIC_LEN: usize = 32;
 
-/// RFC 8030 §5.3 `Urgency`. Stored with a held message and reported; `<push>` has no attribute
-/// to carry it to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// RFC 8030 §5.3 `Urgency`, least urgent first (the order compares them). Stored with a held
+/// message, carried to the client on `<push urgency=…>`, and held back from a client that asked
+/// for a higher minimum (`xmpp/presence.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Urgency {
     VeryLow,
     Low,

@@ -89,6 +89,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             revocations_live: config.registration.longest_token_life(),
             app_server: Some(app_server),
             awaiting: InFlight::default(),
+            presence: Default::default(),
             events: link_events,
         }),
         runtime,

@@ -23,8 +23,10 @@ use xmpp_parsers::{
 };
 
 use crate::{
+    message::Urgency,
     metrics::METRICS,
     xmpp::pending::{self, Answer, Detached, InFlight, Resolved},
+    xmpp::presence::{MinimumUrgency, Presence, URGENCY_NS},
 };
 
 /// What an incoming stanza gets back.
@@ -130,17 +132,24 @@ pub struct Router {
     jid: BareJid,
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
     in_flight: InFlight,
+    presence: Arc<Presence>,
     events: Events,
 }
 
 impl Router {
-    /// A router that knows no role yet: it answers disco and ping, and hands IQ answers to
-    /// `in_flight`.
-    pub fn new(jid: BareJid, in_flight: InFlight, events: Events) -> Router {
+    /// A router that knows no role yet: it answers disco and ping, hands IQ answers to
+    /// `in_flight`, and records in `presence` the urgency clients ask for.
+    pub fn new(
+        jid: BareJid,
+        in_flight: InFlight,
+        presence: Arc<Presence>,
+        events: Events,
+    ) -> Router {
         Router {
             jid,
             handlers: HashMap::new(),
             in_flight,
+            presence,
             events,
         }
     }
@@ -175,6 +184,12 @@ impl Router {
                 if let Some(from) = presence.from
                     && from.resource().is_some()
                 {
+                    // Recorded here, before the next stanza is read: a push that follows the
+                    // presence on the wire finds it in force.
+                    let minimum = available
+                        .then(|| minimum_urgency(&presence.payloads))
+                        .flatten();
+                    self.presence.set_minimum_urgency(from.as_str(), minimum);
                     self.events.tell(LinkEvent::Presence { from, available });
                 }
                 return None;
@@ -307,6 +322,18 @@ impl Router {
     }
 }
 
+/// The minimum urgency a presence asks for; an element that does not parse, or names no urgency
+/// RFC 8030 knows, asks for nothing.
+fn minimum_urgency(payloads: &[Element]) -> Option<Urgency> {
+    let element = payloads.iter().find(|p| p.is("urgency", URGENCY_NS))?;
+    let asked = MinimumUrgency::try_from(element.clone()).ok()?;
+    let minimum = Urgency::parse(&asked.minimum);
+    if minimum.is_none() {
+        tracing::debug!("a presence asked for an urgency RFC 8030 does not know");
+    }
+    minimum
+}
+
 /// The answer to IQ request `id`. It comes from the address the client wrote to, as clients match
 /// on it.
 fn reply(from: Option<Jid>, to: Option<Jid>, id: String, outcome: Outcome) -> Stanza {
@@ -359,6 +386,7 @@ mod tests {
         Router::new(
             "up.example.org".parse().expect("jid"),
             InFlight::default(),
+            Arc::default(),
             events,
         )
         .with("urn:example:a", Arc::new(Role("urn:example:a")))

@@ -55,6 +55,9 @@ pub struct ReceivedPush {
     pub to: String,
     pub application: String,
     pub instance: String,
+    /// The `<push>`'s `id` and `urgency` attributes, if it had them.
+    pub message_id: Option<String>,
+    pub urgency: Option<String>,
     pub data: Vec<u8>,
 }
 
@@ -97,6 +100,8 @@ fn received_push(event: &Value) -> ReceivedPush {
         to: text("to"),
         application: text("application"),
         instance: text("instance"),
+        message_id: event["message_id"].as_str().map(str::to_owned),
+        urgency: event["urgency"].as_str().map(str::to_owned),
         data: base64::engine::general_purpose::STANDARD
             .decode(text("data"))
             .expect("push data is standard base64"),
@@ -498,6 +503,19 @@ impl Peer {
             .command(json!({ "cmd": "presence", "to": COMPONENT }))
             .await;
         self.reply_to("ack", sent).await;
+    }
+
+    /// [`Peer::announce`], taking only messages at least as urgent as `minimum` for now; returns
+    /// once xup has read it (a ping sent after it is answered: the server keeps their order).
+    pub async fn announce_minimum_urgency(&mut self, minimum: &str) {
+        let sent = self
+            .command(json!({ "cmd": "presence", "to": COMPONENT, "minimum_urgency": minimum }))
+            .await;
+        self.reply_to("ack", sent).await;
+        let pong = self
+            .iq("get", COMPONENT, "<ping xmlns='urn:xmpp:ping'/>")
+            .await;
+        assert_eq!(pong["type"], "result", "{pong}");
     }
 
     /// The next push this client receives.

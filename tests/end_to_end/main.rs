@@ -11,3 +11,4 @@ mod holding;
 mod operations;
 mod package;
 mod protection;
+mod urgency;

@@ -16,9 +16,9 @@ commands
   {"cmd": "resume", "ref": N}
       (with --stream-management) connect again and resume the session (XEP-0198); reports
       "resumed", or "online" if the server started a new session instead
-  {"cmd": "presence", "ref": N, "to": JID}
-      send directed presence (how Conversations tells a push provider it is back); acknowledged
-      with an "ack" event once sent
+  {"cmd": "presence", "ref": N, "to": JID, "minimum_urgency": WORD | null}
+      send directed presence (how Conversations tells a push provider it is back), with xup's
+      <urgency minimum=WORD/> in it if given; acknowledged with an "ack" event once sent
   {"cmd": "message", "ref": N, "to": JID, "body": TEXT}
       send a chat message; acknowledged with an "ack" event once sent
   {"cmd": "iq", "ref": N, "type": "get" | "set", "to": JID, "xml": "<payload/>"}
@@ -30,7 +30,8 @@ events
   {"event": "online", "jid": FULL_JID}
   {"event": "resumed"}
   {"event": "ack", "ref": N}
-  {"event": "push", "id", "from", "to", "application", "instance", "data"}
+  {"event": "push", "id", "from", "to", "application", "instance", "message_id", "urgency",
+   "data"}   (message_id and urgency: the <push>'s own attributes, null when absent)
   {"event": "answered", "id"}                       (after a late answer was sent)
   {"event": "message", "id", "from", "to", "type", "subject", "body"}
       (a <message> with a subject: sum7's dialect of UnifiedPush)
@@ -53,6 +54,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 UP_NS = "http://gultsch.de/xmpp/drafts/unified-push"
+URGENCY_NS = "urn:xup:urgency:0"
 
 
 def emit(**event):
@@ -127,6 +129,8 @@ class Peer(slixmpp.ClientXMPP):
             **{"from": str(iq["from"])},
             application=push.get("application"),
             instance=push.get("instance"),
+            message_id=push.get("id"),
+            urgency=push.get("urgency"),
             data=push.text or "",
         )
         mode, delay_ms = self.answering_app.get(push.get("application"), self.answering)
@@ -205,7 +209,12 @@ class Peer(slixmpp.ClientXMPP):
             self.send_message(mto=cmd["to"], mbody=cmd["body"], mtype="chat")
             emit(event="ack", ref=cmd["ref"])
         elif cmd["cmd"] == "presence":
-            self.send_presence(pto=cmd["to"])
+            presence = self.make_presence(pto=cmd["to"])
+            if cmd.get("minimum_urgency"):
+                urgency = ET.Element("{%s}urgency" % URGENCY_NS)
+                urgency.set("minimum", cmd["minimum_urgency"])
+                presence.xml.append(urgency)
+            presence.send()
             emit(event="ack", ref=cmd["ref"])
         elif cmd["cmd"] == "iq":
             asyncio.ensure_future(

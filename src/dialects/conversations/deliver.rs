@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dialects::conversations::relay::{Offered, Relay, Unavailable},
+    message::Urgency,
     store::{
         RegistrationKey,
         held::{HeldMessages, Notice},
@@ -163,6 +164,9 @@ struct Queue {
     /// Its oldest message is in flight: only that push's answer or expiry (or the client coming
     /// back) starts the queue again.
     parked: bool,
+    /// What it holds is less urgent than its client takes now: a new message, the client's next
+    /// presence, or the retry starts the queue again.
+    below_minimum: bool,
     /// Run again when the running round ends: a message was held meanwhile.
     again: bool,
     /// When the last offer that was not taken went out, and whether it met silence (rather than
@@ -188,6 +192,8 @@ enum End {
     Gone,
     /// The oldest message is in flight already: its answer, or its silence, continues the queue.
     InFlight,
+    /// What is left is less urgent than the client takes now.
+    BelowMinimum,
     /// An offer that went out at `offered` was not taken (or the store failed); `silent` when no
     /// answer came.
     Failed { offered: Instant, silent: bool },
@@ -213,7 +219,12 @@ impl Deliverer {
             queue.again |= again;
             return;
         }
+        // Something happened to it (a message held): that message may be urgent enough.
+        if again {
+            queue.below_minimum = false;
+        }
         if queue.parked
+            || queue.below_minimum
             || queue.not_before.is_some_and(|t| t > now)
             || client.running >= CLIENT_WINDOW
         {
@@ -227,12 +238,16 @@ impl Deliverer {
             self.parts.held.clone(),
             self.parts.in_flight.clone(),
             self.offering.clone(),
+            self.parts.presence.clone(),
         );
         let subject = subject.to_owned();
         self.rounds.spawn(async move {
-            let (relay, held, in_flight, offering) = parts;
+            let (relay, held, in_flight, offering, presence) = parts;
             let end = match offering.acquire_owned().await {
-                Ok(_turn) => offer_queue(&subject, registration, &relay, &held, &in_flight).await,
+                Ok(_turn) => {
+                    let minimum = presence.minimum_urgency(&subject);
+                    offer_queue(&subject, registration, minimum, &relay, &held, &in_flight).await
+                }
                 Err(_) => End::Emptied, // never closed
             };
             Round {
@@ -252,13 +267,16 @@ impl Deliverer {
     }
 
     /// Offer every queue of `subject` now, whatever it was waiting for; a queue whose offer is
-    /// still out is offered again as soon as that one fails.
+    /// still out is offered again as soon as that one fails, and one being offered is offered
+    /// again when that round ends (it may have left what the client did not take before).
     fn force_client(&mut self, subject: &str) {
         let client = self.clients.entry(subject.to_owned()).or_default();
         client.back_at = Some(Instant::now());
         for queue in client.queues.values_mut() {
             queue.clear_backoff();
             queue.parked = false;
+            queue.below_minimum = false;
+            queue.again |= queue.running;
         }
         self.start_client(subject);
         self.forget_if_idle(subject);
@@ -271,6 +289,7 @@ impl Deliverer {
         for client in self.clients.values_mut() {
             for queue in client.queues.values_mut() {
                 queue.parked = false;
+                queue.below_minimum = false;
             }
         }
         for subject in self.parts.held.subjects() {
@@ -355,6 +374,7 @@ impl Deliverer {
                 queue.running = false;
                 // Parked only if nothing happened to it meanwhile; else it is looked at again.
                 queue.parked = matches!(end, End::InFlight) && !again;
+                queue.below_minimum = matches!(end, End::BelowMinimum) && !again;
                 if matches!(end, End::Emptied | End::Gone) {
                     queue.clear_backoff();
                 }
@@ -365,11 +385,12 @@ impl Deliverer {
         match end {
             // Something happened to the queue while the round ran: the message it found in
             // flight may have been answered meanwhile.
-            End::Emptied | End::Gone | End::InFlight if again => {
+            End::Emptied | End::Gone | End::InFlight | End::BelowMinimum if again => {
                 self.start(&subject, registration);
             }
-            // Its answer or its expiry continues a queue whose message is in flight.
-            End::Emptied | End::Gone | End::InFlight => {}
+            // Its answer or its expiry continues a queue whose message is in flight; the client's
+            // next presence one that holds only what it does not take now.
+            End::Emptied | End::Gone | End::InFlight | End::BelowMinimum => {}
             End::Failed { offered, silent } => self.failed(&subject, registration, offered, silent),
         }
         // A place in the client's window is free.
@@ -544,10 +565,11 @@ impl Queue {
     }
 }
 
-/// Offer one queue's messages in order, until one is not taken.
+/// Offer one queue's messages at least as urgent as `minimum`, in order, until one is not taken.
 async fn offer_queue(
     subject: &str,
     registration: RegistrationKey,
+    minimum: Urgency,
     relay: &Relay,
     held: &HeldMessages,
     in_flight: &InFlight,
@@ -563,6 +585,12 @@ async fn offer_queue(
             };
         }
     };
+    let all = waiting.len();
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .filter(|message| message.urgency >= minimum)
+        .collect();
+    let held_back = all - waiting.len();
     for message in waiting {
         if in_flight.contains(&message.id) {
             return End::InFlight;
@@ -616,6 +644,9 @@ async fn offer_queue(
                 return End::Failed { offered, silent };
             }
         }
+    }
+    if held_back > 0 {
+        return End::BelowMinimum;
     }
     End::Emptied
 }

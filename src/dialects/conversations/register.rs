@@ -10,7 +10,7 @@ use crate::{
     dialects::conversations::wire::{DIGEST_B64_LEN, NS, Register, Registered},
     registrar::{self, RegisterError, Registrar, Registration},
     token::Dialect,
-    xmpp::{Events, Handled, Handler, LinkEvent, router::unsupported},
+    xmpp::{Events, Handled, Handler, LinkEvent, presence::URGENCY_NS, router::unsupported},
 };
 
 /// Answers `<register>`.
@@ -21,8 +21,10 @@ pub struct Registry {
 }
 
 impl Handler for Registry {
+    /// The draft's namespace, and xup's minimum-urgency presence (`xmpp/presence.rs`), which
+    /// only this dialect's pushes follow.
     fn features(&self) -> Vec<&'static str> {
-        vec![NS]
+        vec![NS, URGENCY_NS]
     }
 
     fn set(&self, from: Option<Jid>, payload: Element) -> Handled {

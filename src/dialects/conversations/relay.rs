@@ -36,6 +36,7 @@ use crate::{
     config::Config,
     dialects::conversations::wire::Push,
     message::Request,
+    message::Urgency,
     metrics::METRICS,
     metrics::PushOutcome,
     push::{Deliver, Verdict},
@@ -195,11 +196,14 @@ impl Relay {
             expires_at: SystemTime::now() + ttl,
             accepted_at: SystemTime::now(),
         };
-        // No IQ for a client known to be away or with no link to reach it; and a message waits its
+        // No IQ for a client known to be away, that takes only more urgent messages now, or with no
+        // link to reach it; and a message waits its
         // turn behind older ones of its registration rather than overtake them. (The paths that
         // write to the store are boxed: they are rare, and inline they would make every push in
         // flight carry their state; docs/BENCHMARKS.md.)
-        let reachable = self.link.is_up() && !self.presence.is_offline(&message.subject);
+        let reachable = self.link.is_up()
+            && !self.presence.is_offline(&message.subject)
+            && message.urgency >= self.presence.minimum_urgency(&message.subject);
         if !reachable && ttl.is_zero() {
             return Ok(Outcome::Dropped { id });
         }
@@ -353,6 +357,9 @@ impl Relay {
                 payload: Element::from(Push {
                     application: message.application.clone(),
                     instance: message.instance.clone(),
+                    id: Some(message.id.clone()),
+                    urgency: (message.urgency != Urgency::Normal)
+                        .then(|| message.urgency.as_str().to_owned()),
                     data: STANDARD.encode(&message.body),
                 }),
             }

@@ -39,6 +39,15 @@ pub struct Push {
     pub application: String,
     #[xml(attribute)]
     pub instance: String,
+    /// The message's id, the same on every offer of it, so a client can drop one it has taken
+    /// already (an offer whose `result` was lost with the link). xup's own; clients that do not
+    /// know it ignore it (Conversations reads `application`, `instance` and the text only).
+    #[xml(attribute(default))]
+    pub id: Option<String>,
+    /// RFC 8030 §5.3's `Urgency` (`very-low`, `low`, `high`), left out for `normal`; xup's own, and
+    /// ignored like `id` by clients that do not know it.
+    #[xml(attribute(default))]
+    pub urgency: Option<String>,
     /// Standard base64 of the HTTP body, on one line.
     #[xml(text)]
     pub data: String,
@@ -83,10 +92,21 @@ mod tests {
         let push = Push {
             application: "a".into(),
             instance: "i".into(),
+            id: Some("p-1".into()),
+            urgency: Some("high".into()),
             data: "AAEC/w==".into(),
         };
         let elem = Element::from(push.clone());
         assert_eq!(elem.text(), "AAEC/w==");
+        assert_eq!(elem.attr("urgency"), Some("high"));
         assert_eq!(Push::try_from(elem).expect("parses"), push);
+        let plain = Push {
+            id: None,
+            urgency: None,
+            ..push
+        };
+        let elem = Element::from(plain);
+        assert_eq!(elem.attr("urgency"), None, "normal is left out");
+        assert_eq!(elem.attr("id"), None);
     }
 }
