@@ -20,6 +20,7 @@ pub mod registrar;
 pub mod store;
 pub mod tasks;
 pub mod token;
+pub mod trace;
 pub mod xmpp;
 
 use std::{sync::Arc, time::Duration};
@@ -40,6 +41,7 @@ use crate::{
     store::{Store, held::HeldMessages},
     tasks::Tasks,
     token::{Dialect, KeyRing},
+    trace::Traces,
     xmpp::{Events, Router, pending::InFlight, presence::Presence},
 };
 
@@ -141,6 +143,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let (events, link_events) = Events::channel();
     let awaiting = InFlight::default();
     let presence = Arc::new(Presence::default());
+    let traces = Arc::new(Traces::default());
     let router = xmpp_router(Roles {
         jid: jid.clone(),
         registrar: registrar.clone(),
@@ -150,6 +153,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         app_server,
         awaiting: awaiting.clone(),
         presence: presence.clone(),
+        traces: traces.clone(),
         events,
     });
     let link_tasks = Tasks::default();
@@ -167,6 +171,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             presence: presence.clone(),
             store: store.clone(),
             held: held.clone(),
+            traces: traces.clone(),
         },
         config,
     );
@@ -176,7 +181,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             .with(Dialect::Conversations, relay.clone())
             .with(
                 Dialect::Sum7,
-                Arc::new(sum7::Sender::new(link.clone(), jid.clone())),
+                Arc::new(sum7::Sender::new(link.clone(), jid.clone(), traces.clone())),
             ),
     );
     let in_flight = Arc::new(Semaphore::new(config.http.max_in_flight));
@@ -299,6 +304,7 @@ pub struct Roles {
     pub app_server: Option<Arc<AppServer>>,
     pub awaiting: InFlight,
     pub presence: Arc<Presence>,
+    pub traces: Arc<Traces>,
     pub events: Events,
 }
 
@@ -315,6 +321,7 @@ pub fn xmpp_router(roles: Roles) -> Router {
         app_server,
         awaiting,
         presence,
+        traces,
         events,
     } = roles;
     let mut commands: Vec<Arc<dyn commands::AdHoc>> = Vec::new();
@@ -326,6 +333,7 @@ pub fn xmpp_router(roles: Roles) -> Router {
         held,
         revocations_live,
     }));
+    commands.push(Arc::new(commands::trace::DeliveryTrace { traces }));
     let commands = Commands::new(jid.clone(), registrar.clone(), commands);
     let mut router = Router::new(jid, awaiting, presence, events.clone())
         .with(

@@ -90,6 +90,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             app_server: Some(app_server),
             awaiting: InFlight::default(),
             presence: Default::default(),
+            traces: Default::default(),
             events: link_events,
         }),
         runtime,

@@ -415,6 +415,20 @@ impl Peer {
         action: Option<&str>,
         fields: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, IqFailure> {
+        let answer = self.ad_hoc_fields(node, action, fields).await?;
+        Ok(answer
+            .into_iter()
+            .map(|(var, values)| (var, values.into_iter().next().unwrap_or_default()))
+            .collect())
+    }
+
+    /// [`Peer::ad_hoc_as`], with every value of each field (a `text-multi` has many).
+    pub async fn ad_hoc_fields(
+        &mut self,
+        node: &str,
+        action: Option<&str>,
+        fields: &[(&str, &str)],
+    ) -> Result<Vec<(String, Vec<String>)>, IqFailure> {
         let fields: String = fields
             .iter()
             .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
@@ -442,7 +456,7 @@ impl Peer {
             .map(|form| {
                 form.fields
                     .into_iter()
-                    .filter_map(|f| Some((f.var?, f.values.first().cloned().unwrap_or_default())))
+                    .filter_map(|f| Some((f.var?, f.values)))
                     .collect()
             })
             .unwrap_or_default())

@@ -4,6 +4,7 @@
 mod app_server;
 mod basics;
 mod cluster;
+mod diagnostics;
 mod dialects;
 mod fairness;
 mod harness;

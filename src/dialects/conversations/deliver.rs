@@ -463,6 +463,9 @@ impl Deliverer {
                 push,
             } => {
                 let subject = from.to_string();
+                if let Some(push) = &push {
+                    self.parts.relay.trace_late(push, &answer);
+                }
                 match (push, answer) {
                     (push, Answer::Result) => {
                         match self.parts.held.remove(&id, &subject).await {

@@ -43,6 +43,7 @@ use crate::{
     store::held::Notice,
     store::{HoldError, Message, Store, held::HeldMessages},
     token::{Claims, Dialect},
+    trace::{Event, Traces},
     xmpp::{
         Link,
         pending::{Answer, Detached, InFlight, MessageIds, Ticket},
@@ -131,6 +132,7 @@ pub struct Relay {
     presence: Arc<Presence>,
     store: Arc<Store>,
     held: Arc<HeldMessages>,
+    traces: Arc<Traces>,
     component: BareJid,
     answer_within: Duration,
     timeout: Duration,
@@ -148,6 +150,8 @@ pub struct Parts {
     pub presence: Arc<Presence>,
     pub store: Arc<Store>,
     pub held: Arc<HeldMessages>,
+    /// What each account's user may read of what happened to its pushes.
+    pub traces: Arc<Traces>,
 }
 
 impl Relay {
@@ -160,6 +164,7 @@ impl Relay {
             presence: parts.presence,
             store: parts.store,
             held: parts.held,
+            traces: parts.traces,
             component: config.component.jid.clone(),
             answer_within: config.delivery.answer_within,
             timeout: config.delivery.timeout,
@@ -201,19 +206,35 @@ impl Relay {
         // turn behind older ones of its registration rather than overtake them. (The paths that
         // write to the store are boxed: they are rare, and inline they would make every push in
         // flight carry their state; docs/BENCHMARKS.md.)
-        let reachable = self.link.is_up()
-            && !self.presence.is_offline(&message.subject)
-            && message.urgency >= self.presence.minimum_urgency(&message.subject);
-        if !reachable && ttl.is_zero() {
+        self.trace(
+            &message,
+            Event::Accepted {
+                urgency: message.urgency,
+                ttl,
+            },
+        );
+        let unreachable = if !self.link.is_up() {
+            Some("the XMPP server is unreachable")
+        } else if self.presence.is_offline(&message.subject) {
+            Some("the client is offline")
+        } else if message.urgency < self.presence.minimum_urgency(&message.subject) {
+            Some("less urgent than the client takes now")
+        } else {
+            None
+        };
+        if unreachable.is_some() && ttl.is_zero() {
+            self.trace(
+                &message,
+                Event::Dropped("TTL 0 and the client cannot take it now"),
+            );
             return Ok(Outcome::Dropped { id });
         }
-        if !reachable
-            || (!ttl.is_zero()
-                && self
-                    .held
-                    .has_backlog(&message.subject, &message.registration()))
-        {
-            return Box::pin(self.hold(message, ttl, None)).await;
+        let behind = !ttl.is_zero()
+            && self
+                .held
+                .has_backlog(&message.subject, &message.registration());
+        if let Some(why) = unreachable.or(behind.then_some("waiting behind older messages")) {
+            return Box::pin(self.hold(message, ttl, None, why)).await;
         }
         let offered_at = Instant::now();
         let wait = (request.received + self.answer_within).saturating_duration_since(offered_at);
@@ -228,9 +249,14 @@ impl Relay {
             Offered::NotNow(why) => {
                 tracing::debug!(?why, "holding a push");
                 let outcome = if ttl.is_zero() {
+                    self.trace(
+                        &message,
+                        Event::Dropped("TTL 0 and the client did not take it"),
+                    );
                     Outcome::Dropped { id }
                 } else {
-                    Box::pin(self.hold(message.clone(), ttl, Some(offered_at))).await?
+                    let why = "to be offered again";
+                    Box::pin(self.hold(message.clone(), ttl, Some(offered_at), why)).await?
                 };
                 // Silent so far: the client may still answer, up to `delivery.timeout`.
                 let Some(mut ticket) = ticket else {
@@ -262,12 +288,14 @@ impl Relay {
         }
     }
 
-    /// Hold `message`, and tell the deliverer. `offered` is when the client was just offered it.
+    /// Hold `message` (`why`, for its trace), and tell the deliverer. `offered` is when the
+    /// client was just offered it.
     async fn hold(
         &self,
         message: Message,
         ttl: Duration,
         offered: Option<Instant>,
+        why: &'static str,
     ) -> Result<Outcome, RelayError> {
         let notice = Notice::Held {
             id: message.id.clone(),
@@ -276,8 +304,11 @@ impl Relay {
             offered,
         };
         let id = message.id.clone();
+        let traced = (message.subject.clone(), message.application.clone());
+        let trace = |event| self.traces.record(&traced.0, &traced.1, &id, event);
         match self.held.hold(message).await {
             Ok(held) => {
+                trace(Event::Held(why));
                 if held.dropped > 0 {
                     tracing::debug!(
                         dropped = held.dropped,
@@ -289,9 +320,15 @@ impl Relay {
             }
             Err(HoldError::Full) => {
                 tracing::warn!("not holding a push: delivery.max_held messages are held already");
+                trace(Event::Dropped(
+                    "the provider holds all it may; the sender retries",
+                ));
                 Ok(Outcome::Full)
             }
             Err(HoldError::OwnerFull(setting)) => {
+                trace(Event::Dropped(
+                    "your account holds all it may; the sender retries",
+                ));
                 tracing::debug!(
                     setting,
                     "not holding a push: the client's account or domain is full"
@@ -311,6 +348,7 @@ impl Relay {
         ttl: Duration,
         held: Outcome,
     ) -> Result<Outcome, RelayError> {
+        self.trace(message, answered(&answer));
         match answer {
             Answer::Result => {
                 self.held.remove(&message.id, &message.subject).await?;
@@ -340,6 +378,7 @@ impl Relay {
             .store
             .is_revoked_since(subject, application, instance, message.accepted_at)
         {
+            self.trace(message, Event::Revoked);
             return (Offered::Revoked, None);
         }
         let Ok(peer) = message.subject.parse::<Jid>() else {
@@ -371,11 +410,18 @@ impl Relay {
         let exchange = async {
             self.link.send(iq).await.ok()?;
             METRICS.push_iq_sent();
+            self.trace(message, Event::Offered);
             ticket.answer().await
         };
         let answer = match tokio::time::timeout(wait, exchange).await {
-            Err(_) => return (Offered::NotNow(Unavailable::Timeout), Some(ticket)),
-            Ok(None) => return (Offered::NotNow(Unavailable::LinkDown), None),
+            Err(_) => {
+                self.trace(message, Event::NotTaken("no answer yet".into()));
+                return (Offered::NotNow(Unavailable::Timeout), Some(ticket));
+            }
+            Ok(None) => {
+                self.trace(message, Event::NotTaken("the XMPP link went down".into()));
+                return (Offered::NotNow(Unavailable::LinkDown), None);
+            }
             Ok(Some(answer)) => answer,
         };
         METRICS.iq_answered(sent.elapsed());
@@ -386,7 +432,29 @@ impl Relay {
                 Offered::NotNow(Unavailable::Refused(condition_name(&condition)))
             }
         };
+        self.trace(
+            message,
+            match &offered {
+                Offered::Taken => Event::Taken,
+                Offered::Gone => Event::Revoked,
+                Offered::NotNow(Unavailable::Refused(condition)) => {
+                    Event::NotTaken(condition.clone())
+                }
+                Offered::NotNow(_) | Offered::Revoked => Event::NotTaken("no answer".into()),
+            },
+        );
         (offered, None)
+    }
+
+    /// The answer to `push` that came after its sender had heard (the deliverer acts on it).
+    pub fn trace_late(&self, push: &Detached, answer: &Answer) {
+        self.traces
+            .record(&push.subject, &push.application, &push.id, answered(answer));
+    }
+
+    fn trace(&self, message: &Message, event: Event) {
+        self.traces
+            .record(&message.subject, &message.application, &message.id, event);
     }
 
     /// How long a held message's offer waits for its answer: the whole `delivery.timeout`, as
@@ -424,6 +492,15 @@ impl Relay {
         let dropped = self.held.drop_registration(&claims).await?;
         tracing::info!(dropped, "endpoint revoked by its client");
         Ok(())
+    }
+}
+
+/// What a client's answer says, in a trace.
+fn answered(answer: &Answer) -> Event {
+    match answer {
+        Answer::Result => Event::Taken,
+        answer if answer.means_gone() => Event::Revoked,
+        Answer::Error(condition) => Event::NotTaken(condition_name(condition)),
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
     registrar::{self, RegisterError, Registrar, Registration},
     store::Store,
     token::{Claims, Dialect},
+    trace::{Event, Traces},
     xmpp::{Handled, Handler, Link, Refusal, pending::MessageIds},
 };
 use wire::{
@@ -208,14 +209,16 @@ pub struct Sender {
     link: Link,
     component: BareJid,
     ids: MessageIds,
+    traces: Arc<Traces>,
 }
 
 impl Sender {
-    pub fn new(link: Link, component: BareJid) -> Sender {
+    pub fn new(link: Link, component: BareJid, traces: Arc<Traces>) -> Sender {
         Sender {
             link,
             component,
             ids: MessageIds::default(),
+            traces,
         }
     }
 
@@ -245,6 +248,8 @@ impl Sender {
             .send_written(Box::new(Stanza::Message(message)))
             .await
             .map_err(|_| SendError::LinkDown)?;
+        self.traces
+            .record(&claims.subject, &claims.application, &id, Event::Sent);
         Ok(id)
     }
 }
