@@ -144,6 +144,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let awaiting = InFlight::default();
     let presence = Arc::new(Presence::default());
     let traces = Arc::new(Traces::default());
+    let (link, unstarted) = xmpp::link();
     let router = xmpp_router(Roles {
         jid: jid.clone(),
         registrar: registrar.clone(),
@@ -154,11 +155,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         awaiting: awaiting.clone(),
         presence: presence.clone(),
         traces: traces.clone(),
+        link: link.clone(),
         events,
     });
     let link_tasks = Tasks::default();
-    let (link, link_task) =
-        xmpp::start(config.component.clone(), router, permit, link_tasks.token());
+    let link_task = xmpp::start(
+        config.component.clone(),
+        router,
+        unstarted,
+        permit,
+        link_tasks.token(),
+    );
     link_tasks.spawn(async move {
         let _ = link_task.await;
     });
@@ -305,6 +312,8 @@ pub struct Roles {
     pub awaiting: InFlight,
     pub presence: Arc<Presence>,
     pub traces: Arc<Traces>,
+    /// The link, before it runs: a command pings the client through it.
+    pub link: xmpp::Link,
     pub events: Events,
 }
 
@@ -322,6 +331,7 @@ pub fn xmpp_router(roles: Roles) -> Router {
         awaiting,
         presence,
         traces,
+        link,
         events,
     } = roles;
     let mut commands: Vec<Arc<dyn commands::AdHoc>> = Vec::new();
@@ -330,10 +340,17 @@ pub fn xmpp_router(roles: Roles) -> Router {
     }
     commands.push(Arc::new(commands::revoke_all::RevokeAll {
         store: store.clone(),
-        held,
+        held: held.clone(),
         revocations_live,
     }));
     commands.push(Arc::new(commands::trace::DeliveryTrace { traces }));
+    commands.push(Arc::new(commands::check::CheckMyPush::new(
+        jid.clone(),
+        link,
+        awaiting.clone(),
+        presence.clone(),
+        held,
+    )));
     let commands = Commands::new(jid.clone(), registrar.clone(), commands);
     let mut router = Router::new(jid, awaiting, presence, events.clone())
         .with(

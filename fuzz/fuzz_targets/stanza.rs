@@ -91,6 +91,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             awaiting: InFlight::default(),
             presence: Default::default(),
             traces: Default::default(),
+            link: xup::xmpp::link().0,
             events: link_events,
         }),
         runtime,

@@ -151,18 +151,42 @@ impl Link {
     }
 }
 
+/// The link before its task runs: what the task takes to serve the [`Link`] made with it.
+pub struct Unstarted {
+    queue: mpsc::Receiver<Outgoing>,
+    replies: mpsc::Sender<Outgoing>,
+    up: watch::Sender<bool>,
+}
+
+/// A link, down until [`start`] runs its task: made first, so that the roles on the router can
+/// hold it (a command that pings a client) before the router is handed to the task.
+pub fn link() -> (Link, Unstarted) {
+    let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+    let (up_sender, up) = watch::channel(false);
+    let replies = outgoing.clone();
+    let unstarted = Unstarted {
+        queue,
+        replies,
+        up: up_sender,
+    };
+    (Link { outgoing, up }, unstarted)
+}
+
 /// Start the task that keeps the link up until `shutdown` is cancelled, while `permit` is true:
 /// always for a single instance, while it leads for one of several (`cluster/`).
 pub fn start(
     config: ComponentConfig,
     router: Router,
+    unstarted: Unstarted,
     permit: watch::Receiver<bool>,
     shutdown: CancellationToken,
-) -> (Link, JoinHandle<()>) {
-    let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
-    let (up_sender, up) = watch::channel(false);
-    let replies = outgoing.clone();
-    let task = tokio::spawn(async move {
+) -> JoinHandle<()> {
+    let Unstarted {
+        queue,
+        replies,
+        up: up_sender,
+    } = unstarted;
+    tokio::spawn(async move {
         // The answers that wait for something (a store write) are this task's: at shutdown it
         // waits for them, so none is cut off half-way.
         let mut answering = JoinSet::new();
@@ -174,8 +198,7 @@ pub fn start(
         };
         keep_connected(config, router, channels, &mut answering, shutdown).await;
         while answering.join_next().await.is_some() {}
-    });
-    (Link { outgoing, up }, task)
+    })
 }
 
 /// Why a connection attempt failed, in words an operator can act on.

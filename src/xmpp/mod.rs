@@ -12,5 +12,5 @@ pub mod pending;
 pub mod presence;
 pub mod router;
 
-pub use link::{ConnectError, Link, LinkDown, MAX_STANZA, probe, start};
+pub use link::{ConnectError, Link, LinkDown, MAX_STANZA, Unstarted, link, probe, start};
 pub use router::{Events, Handled, Handler, LinkEvent, Outcome, Refusal, Reply, Router};

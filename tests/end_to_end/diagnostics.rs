@@ -66,3 +66,43 @@ async fn the_delivery_trace_tells_a_user_what_became_of_their_pushes() {
     let refused = trace_of(&mut romeo, &[("account", &juliet)]).await;
     assert_eq!(refused.expect_err("forbidden").condition, "forbidden");
 }
+
+#[tokio::test]
+async fn check_my_push_says_what_xup_knows_of_the_client_without_waking_an_app() {
+    let stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    phone.announce_minimum_urgency("high").await;
+    let response = post_with(&endpoint, &[("TTL", "600")], "can wait").await;
+    assert_eq!(response.status(), 201);
+
+    let answer = phone
+        .ad_hoc_fields("check-my-push", Some("execute"), &[])
+        .await
+        .expect("the check");
+    let field = |var: &str| {
+        answer
+            .iter()
+            .find(|(v, _)| v == var)
+            .map(|(_, values)| values.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("client"), [phone.jid.clone()]);
+    assert_eq!(field("presence"), ["not known to be offline"]);
+    assert_eq!(field("minimum-urgency"), ["high"]);
+    let ping = field("ping").concat();
+    assert!(ping.starts_with("answered in "), "{ping}");
+    let held = field("held");
+    assert_eq!(held.len(), 1, "{held:#?}");
+    assert!(
+        held[0].contains(&APP[..8])
+            && held[0].contains("1 held (1 below the minimum urgency)")
+            && held[0].contains("less urgent than this client takes now"),
+        "{held:#?}"
+    );
+
+    // Nothing was offered meanwhile: the next push is one urgent enough, sent after the check.
+    let response = post_with(&endpoint, &[("Urgency", "high")], "urgent").await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(phone.next_push().await.data, b"urgent");
+}

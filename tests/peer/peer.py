@@ -79,6 +79,8 @@ class Peer(slixmpp.ClientXMPP):
         self.dropped = None
         if stream_management:
             self.register_plugin("xep_0198")
+        # Answers pings (XEP-0199), as Conversations does, with no keepalive of its own.
+        self.register_plugin("xep_0199", {"keepalive": False})
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("session_resumed", self.on_resumed)
         self.add_event_handler("disconnected", self.on_disconnected)
