@@ -2,7 +2,8 @@
 //! notifications?" that `unifiedpush-delivery-trace` (`commands/trace.rs`) reads out.
 //!
 //! Each account keeps its last [`EVENTS_PER_ACCOUNT`] events: a message accepted, offered to a
-//! client, answered (and with what), held (and why), dropped, or its app gone. An event names the
+//! client and answered (and with what; one event, as every push is), held (and why), dropped, or
+//! its app gone. Two events for a push delivered at once keep the push path's cost small. An event names the
 //! message by its id and the app by the first characters of its hashed name, never the content,
 //! and is memory only: a restart forgets it, as it forgets nothing anyone relies on.
 //!
@@ -35,13 +36,11 @@ const APP_HINT: usize = 8;
 pub enum Event {
     /// A sender's push was accepted for the client.
     Accepted { urgency: Urgency, ttl: Duration },
-    /// Sent to the client as an IQ, whose answer is awaited.
-    Offered,
     /// Handed to the XMPP server as a `<message>` (sum7's dialect), which nobody answers.
     Sent,
-    /// The client took it.
+    /// Offered to the client (an IQ), and it took it.
     Taken,
-    /// The client did not take it now: the condition it answered, or no answer at all.
+    /// Offered to the client, and it did not take it now: the condition it answered, or no answer.
     NotTaken(String),
     /// Kept for later, and why.
     Held(&'static str),
@@ -71,10 +70,9 @@ impl Entry {
                 urgency.as_str(),
                 ttl.as_secs()
             ),
-            Event::Offered => "offered to the client".into(),
             Event::Sent => "handed to your server as a message (no answer comes)".into(),
-            Event::Taken => "taken by the client".into(),
-            Event::NotTaken(why) => format!("not taken: {why}"),
+            Event::Taken => "offered and taken by the client".into(),
+            Event::NotTaken(why) => format!("offered, not taken: {why}"),
             Event::Held(why) => format!("held: {why}"),
             Event::Dropped(why) => format!("dropped: {why}"),
             Event::Revoked => "not delivered: the app's endpoint is revoked".into(),
@@ -109,20 +107,26 @@ impl Traces {
         let entry = Entry {
             at: SystemTime::now(),
             resource: resource.to_owned(),
-            app: application.chars().take(APP_HINT).collect(),
+            app: match application.get(..APP_HINT) {
+                Some(hint) => hint.to_owned(),
+                None => application.chars().take(APP_HINT).collect(),
+            },
             message: message.to_owned(),
             event,
         };
         let mut generations = self.lock();
         let (current, previous) = &mut *generations;
-        if !current.contains_key(account) {
-            let moved = previous.remove(account).unwrap_or_default();
-            if current.len() >= MAX_ACCOUNTS / 2 {
-                *previous = std::mem::take(current);
+        // On the push path: an account already traced costs no allocation for its key.
+        let events = match current.get_mut(account) {
+            Some(events) => events,
+            None => {
+                let moved = previous.remove(account).unwrap_or_default();
+                if current.len() >= MAX_ACCOUNTS / 2 {
+                    *previous = std::mem::take(current);
+                }
+                current.entry(account.to_owned()).or_insert(moved)
             }
-            current.insert(account.to_owned(), moved);
-        }
-        let events = current.entry(account.to_owned()).or_default();
+        };
         if events.len() == EVENTS_PER_ACCOUNT {
             events.pop_front();
         }
@@ -159,7 +163,7 @@ mod tests {
                 "juliet@example.org/phone",
                 "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=",
                 &format!("p-{n}"),
-                Event::Offered,
+                Event::Taken,
             );
         }
         traces.record("romeo@example.org/pc", "app", "p-x", Event::Taken);
@@ -175,13 +179,13 @@ mod tests {
     #[test]
     fn the_accounts_are_bounded_and_the_recent_ones_kept() {
         let traces = Traces::default();
-        traces.record("kept@example.org/phone", "app", "p-0", Event::Offered);
+        traces.record("kept@example.org/phone", "app", "p-0", Event::Taken);
         for n in 0..MAX_ACCOUNTS * 3 {
             traces.record(
                 &format!("user{n}@example.org/phone"),
                 "app",
                 "p",
-                Event::Offered,
+                Event::Taken,
             );
             // An account that keeps being heard of is never forgotten.
             traces.record("kept@example.org/phone", "app", "p", Event::Taken);
@@ -202,7 +206,8 @@ mod tests {
         };
         assert_eq!(
             entry.line(),
-            "1970-01-02T00:00:00Z phone app bK3sdmrb message p-1: not taken: service-unavailable"
+            "1970-01-02T00:00:00Z phone app bK3sdmrb message p-1: offered, not taken: \
+             service-unavailable"
         );
     }
 }

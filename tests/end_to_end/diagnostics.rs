@@ -31,17 +31,17 @@ async fn the_delivery_trace_tells_a_user_what_became_of_their_pushes() {
     let lines = trace_of(&mut laptop, &[]).await.expect("the trace");
     let taken = lines
         .iter()
-        .position(|l| l.contains("taken by the client"))
+        .position(|l| l.contains("offered and taken by the client"))
         .expect("the first push was taken");
     assert!(
         lines[..taken]
             .iter()
-            .any(|l| l.contains("offered to the client"))
+            .any(|l| l.contains("accepted (urgency normal"))
     );
     let about_refused: Vec<&String> = lines.iter().filter(|l| l.contains(&refused.id)).collect();
     let said = |what: &str| about_refused.iter().any(|l| l.contains(what));
     assert!(said("accepted (urgency high"), "{about_refused:#?}");
-    assert!(said("not taken: service-unavailable"), "{about_refused:#?}");
+    assert!(said("offered, not taken: service-unavailable"), "{about_refused:#?}");
     assert!(said("held: to be offered again"), "{about_refused:#?}");
     assert!(
         lines

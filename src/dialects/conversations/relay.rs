@@ -410,7 +410,6 @@ impl Relay {
         let exchange = async {
             self.link.send(iq).await.ok()?;
             METRICS.push_iq_sent();
-            self.trace(message, Event::Offered);
             ticket.answer().await
         };
         let answer = match tokio::time::timeout(wait, exchange).await {
@@ -419,7 +418,8 @@ impl Relay {
                 return (Offered::NotNow(Unavailable::Timeout), Some(ticket));
             }
             Ok(None) => {
-                self.trace(message, Event::NotTaken("the XMPP link went down".into()));
+                let why = "not sent, or unanswered: the XMPP link is down";
+                self.trace(message, Event::NotTaken(why.into()));
                 return (Offered::NotNow(Unavailable::LinkDown), None);
             }
             Ok(Some(answer)) => answer,
