@@ -41,7 +41,10 @@ async fn the_delivery_trace_tells_a_user_what_became_of_their_pushes() {
     let about_refused: Vec<&String> = lines.iter().filter(|l| l.contains(&refused.id)).collect();
     let said = |what: &str| about_refused.iter().any(|l| l.contains(what));
     assert!(said("accepted (urgency high"), "{about_refused:#?}");
-    assert!(said("offered, not taken: service-unavailable"), "{about_refused:#?}");
+    assert!(
+        said("offered, not taken: service-unavailable"),
+        "{about_refused:#?}"
+    );
     assert!(said("held: to be offered again"), "{about_refused:#?}");
     assert!(
         lines
