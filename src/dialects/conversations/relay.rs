@@ -35,8 +35,7 @@ use xmpp_parsers::{
 use crate::{
     config::Config,
     dialects::conversations::wire::Push,
-    message::Request,
-    message::Urgency,
+    message::{Request, Urgency},
     metrics::METRICS,
     metrics::PushOutcome,
     push::{Deliver, Verdict},
@@ -201,11 +200,11 @@ impl Relay {
             expires_at: SystemTime::now() + ttl,
             accepted_at: SystemTime::now(),
         };
-        // No IQ for a client known to be away, that takes only more urgent messages now, or with no
-        // link to reach it; and a message waits its
-        // turn behind older ones of its registration rather than overtake them. (The paths that
-        // write to the store are boxed: they are rare, and inline they would make every push in
-        // flight carry their state; docs/BENCHMARKS.md.)
+        // No IQ for a client known to be away, for one that takes only more urgent messages now,
+        // or with no link to reach it; and a message waits its turn behind older ones of its
+        // registration rather than overtake them. (The paths that write to the store are boxed:
+        // they are rare, and inline they would make every push in flight carry their state;
+        // docs/BENCHMARKS.md.)
         self.trace(
             &message,
             Event::Accepted {
