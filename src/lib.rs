@@ -123,7 +123,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     }
     let keys = Arc::new(keys);
     let limits = Arc::new(Limits::new(&config.limits));
-    let registrar = Arc::new(Registrar::new(config, keys.clone(), limits.clone()));
+    let registrar = Arc::new(Registrar::new(
+        config,
+        keys.clone(),
+        limits.clone(),
+        store.clone(),
+    ));
     let revocations_live = config.registration.longest_token_life();
     let app_server = match config.app_server.enabled {
         false => None,

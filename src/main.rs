@@ -323,12 +323,13 @@ fn copy_store(config: &Config, target: &xup::config::StoreConfig) -> ExitCode {
         Ok(copied) => {
             println!(
                 "copied from {from} to {into}: {} revocations, {} held messages ({} there \
-                 already), {} VAPID keys, {} app-server nodes",
+                 already), {} VAPID keys, {} app-server nodes, {} registrations",
                 copied.revocations,
                 copied.held,
                 copied.held_already,
                 copied.vapid_keys,
-                copied.nodes
+                copied.nodes,
+                copied.registrations
             );
             if copied.vapid_conflicts.is_empty() {
                 return ExitCode::SUCCESS;

@@ -1,11 +1,17 @@
 //! Who may register, and the endpoint a registration earns, whatever dialect asked.
 //!
-//! Registration is pure computation: check the access list and the account's rate limit, issue a
-//! token, bound the URL. No state is written, which is what lets xup serve any number of endpoints
-//! in constant memory. Each dialect reads its own request (`dialects/`) and comes here with a
+//! Registration checks the access list and the account's rate limit, issues a token and bounds
+//! the URL. The endpoint is stable: while a registration lives, registering it again returns the
+//! same URL with a later expiration (UnifiedPush AND_3: a distributor "SHOULD NOT create a new
+//! endpoint if a valid registration exists"). A token cannot be made again byte for byte, so the
+//! store keeps the one issued, sealed, and until when renewals keep it alive: one row per live
+//! registration, which is what this costs the otherwise stateless tokens (DESIGN.md, "Stable
+//! endpoints"). Each dialect reads its own request (`dialects/`) and comes here with a
 //! [`Registration`]; the ad-hoc commands and the app server ask [`Registrar::admit`] who may act.
 
 use std::{sync::Arc, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use xmpp_parsers::{
     jid::Jid,
@@ -16,7 +22,8 @@ use crate::{
     config::{AllowEntry, Config},
     limits::{Limits, RetryAfter},
     metrics::{METRICS, RegisterOutcome},
-    token::{self, Dialect, KeyRing},
+    store::{RegistrationKey, Series, Store, key_to_hex, micros, registration_key},
+    token::{self, Claims, Dialect, KeyRing, Purpose},
 };
 
 /// UnifiedPush (AND_3.0.0) lets distributors reject endpoint URLs longer than this.
@@ -66,6 +73,7 @@ impl RegisterError {
 pub struct Registrar {
     keys: Arc<KeyRing>,
     limits: Arc<Limits>,
+    store: Arc<Store>,
     allow: Vec<AllowEntry>,
     lifetime: std::time::Duration,
     /// `public_url` + `/push/`.
@@ -73,10 +81,16 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    pub fn new(config: &Config, keys: Arc<KeyRing>, limits: Arc<Limits>) -> Registrar {
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyRing>,
+        limits: Arc<Limits>,
+        store: Arc<Store>,
+    ) -> Registrar {
         Registrar {
             keys,
             limits,
+            store,
             allow: config.registration.allow.clone(),
             lifetime: config.registration.lifetime,
             endpoint_prefix: format!("{}/push/", config.http.public_url),
@@ -86,13 +100,13 @@ impl Registrar {
     /// Issue an endpoint for `registration` to `from`, whatever dialect asked: the access list,
     /// the rate limit, the token, the length bound. Counted in the metrics either way; a dialect
     /// that refuses a request before this counts it with [`refused`].
-    pub fn issue(
+    pub async fn issue(
         &self,
         from: Option<&Jid>,
         registration: Registration,
         now: SystemTime,
     ) -> Result<Issued, RegisterError> {
-        let result = self.admit_and_issue(from, registration, now);
+        let result = self.admit_and_issue(from, registration, now).await;
         METRICS.registration(match result {
             Ok(_) => RegisterOutcome::Registered,
             Err(_) => RegisterOutcome::Refused,
@@ -118,7 +132,7 @@ impl Registrar {
         Ok(from)
     }
 
-    fn admit_and_issue(
+    async fn admit_and_issue(
         &self,
         from: Option<&Jid>,
         registration: Registration,
@@ -134,19 +148,91 @@ impl Registrar {
             self.lifetime,
         );
         claims.dialect = registration.dialect;
-        let token = self.keys.issue(&claims).map_err(|e| {
-            tracing::error!(error = %e, "cannot issue endpoint token");
-            RegisterError::Internal
-        })?;
+        let key = registration_key(&claims);
+        let token = self.keys.issue(&claims).map_err(internal)?;
         let endpoint = format!("{}{token}", self.endpoint_prefix);
         if endpoint.len() > MAX_ENDPOINT_LEN {
             return Err(RegisterError::EndpointTooLong);
         }
+
+        // The endpoint issued before, if it may be handed out again; else this one from now on.
+        let earlier = self.store.series(key).await.map_err(internal)?;
+        let earlier = earlier.and_then(|series| self.reusable(key, series, &claims, now));
+        let fresh = Series {
+            account: from.to_bare().to_string(),
+            issued_at_us: micros(now),
+            renewed_at_us: micros(now),
+            expires_at_us: micros(claims.expires_at),
+            kept: self.seal(key, &token).map_err(internal)?,
+        };
+        let keep = earlier.as_ref().map(|(issued_at_us, _)| *issued_at_us);
+        let renewed = self.store.renew(key, keep, fresh).await.map_err(internal)?;
+        let endpoint = match earlier {
+            Some((_, earlier)) if renewed => earlier,
+            _ => endpoint,
+        };
         Ok(Issued {
             endpoint,
             expires_at: claims.expires_at,
         })
     }
+
+    /// The endpoint `series` keeps for `key`, and when it was issued, if a client asking for
+    /// `wanted` may have it again: alive at `now`, not revoked since, sealed by xup for this very
+    /// key, under a key still configured, and issued for the same request.
+    fn reusable(
+        &self,
+        key: RegistrationKey,
+        series: Series,
+        wanted: &Claims,
+        now: SystemTime,
+    ) -> Option<(i64, String)> {
+        if series.expires_at_us <= micros(now) {
+            return None;
+        }
+        let kept: Kept =
+            serde_json::from_str(&self.keys.unseal(Purpose::Kept, &series.kept).ok()?).ok()?;
+        let claims = self.keys.read(&kept.token).ok()?;
+        let same = kept.registration == key_to_hex(&key)
+            && micros(claims.issued_at) == series.issued_at_us
+            && claims.subject == wanted.subject
+            && claims.application == wanted.application
+            && claims.instance == wanted.instance
+            && claims.dialect == wanted.dialect
+            && claims.renewable;
+        if !same || self.store.is_revoked(&claims) {
+            return None;
+        }
+        Some((
+            series.issued_at_us,
+            format!("{}{}", self.endpoint_prefix, kept.token),
+        ))
+    }
+
+    /// `token` as the store keeps it: sealed, so no one who can read the database can push with
+    /// it, and bound to `key`, so no row can be moved to another registration.
+    fn seal(&self, key: RegistrationKey, token: &str) -> Result<String, token::TokenError> {
+        let kept = serde_json::to_vec(&Kept {
+            registration: key_to_hex(&key),
+            token: token.to_owned(),
+        })
+        .map_err(|e| token::TokenError::Create(e.to_string()))?;
+        self.keys.seal(Purpose::Kept, &kept)
+    }
+}
+
+/// An issued token as the store keeps it, inside a [`Purpose::Kept`] seal.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    #[serde(rename = "reg")]
+    registration: String,
+    #[serde(rename = "tok")]
+    token: String,
+}
+
+fn internal(e: impl std::fmt::Display) -> RegisterError {
+    tracing::error!(error = %e, "cannot issue an endpoint");
+    RegisterError::Internal
 }
 
 /// What a client asks an endpoint for, in any dialect.

@@ -44,6 +44,9 @@ pub enum Purpose {
     Node,
     /// A notice one instance sends another through PostgreSQL (`cluster/notice.rs`).
     Cluster,
+    /// An issued endpoint token as the store keeps it, so a renewal can return it again
+    /// (`store/`, the registrations table): no other database role can read the endpoint there.
+    Kept,
 }
 
 /// Longer strings are not tokens xup made; refuse them before any base64 or crypto work. The
@@ -64,6 +67,9 @@ pub struct Claims {
     pub expires_at: SystemTime,
     /// How the client that registered wants its pushes.
     pub dialect: Dialect,
+    /// Whether the token outlives `expires_at` while its registration is renewed: the store then
+    /// says until when (`Store::renewed_until`). Tokens issued before stable endpoints are not.
+    pub renewable: bool,
 }
 
 /// The two XMPP dialects of UnifiedPush that xup speaks to clients.
@@ -87,6 +93,9 @@ struct Payload {
     exp: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dia: Option<String>,
+    /// Renewable: `exp` is then the end of the first lifetime, not of the endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ren: bool,
 }
 
 /// The JSON inside a token the Java `up` issued.
@@ -119,6 +128,10 @@ pub enum TokenError {
     Forged,
     #[error("token expired")]
     Expired,
+    /// A renewable token past its first lifetime: alive only if its registration was renewed,
+    /// which only the store knows.
+    #[error("token past its first lifetime")]
+    Lapsed(Box<Claims>),
     #[error("token could not be created: {0}")]
     Create(String),
 }
@@ -194,6 +207,7 @@ impl KeyRing {
                 Dialect::Conversations => None,
                 Dialect::Sum7 => Some(SUM7.to_owned()),
             },
+            ren: claims.renewable,
         })
         .map_err(|e| TokenError::Create(e.to_string()))?;
         self.seal(Purpose::Endpoint, &payload)
@@ -260,6 +274,7 @@ impl KeyRing {
             Purpose::Endpoint => self.audience.as_bytes().to_vec(),
             Purpose::Node => format!("{} app-server node", self.audience).into_bytes(),
             Purpose::Cluster => format!("{} cluster notice", self.audience).into_bytes(),
+            Purpose::Kept => format!("{} kept endpoint", self.audience).into_bytes(),
         }
     }
 
@@ -270,7 +285,7 @@ impl KeyRing {
             return Err(TokenError::Malformed);
         }
         let claims = if token.starts_with("v4.local.") {
-            self.open_own(token)?
+            self.read(token)?
         } else if token.starts_with("v2.local.")
             && let Some(key) = &self.legacy
         {
@@ -279,12 +294,17 @@ impl KeyRing {
             return Err(TokenError::Malformed);
         };
         if claims.expires_at <= now {
-            return Err(TokenError::Expired);
+            return Err(match claims.renewable {
+                true => TokenError::Lapsed(Box::new(claims)),
+                false => TokenError::Expired,
+            });
         }
         Ok(claims)
     }
 
-    fn open_own(&self, token: &str) -> Result<Claims, TokenError> {
+    /// The claims of a token xup issued, authenticated, whether or not it has expired: for
+    /// listing a registration the store keeps.
+    pub fn read(&self, token: &str) -> Result<Claims, TokenError> {
         let payload = self.unseal(Purpose::Endpoint, token)?;
         // Authenticated from here on: a payload that does not parse is our own bug, not an attack.
         let payload: Payload = serde_json::from_str(&payload).map_err(|_| TokenError::Malformed)?;
@@ -300,6 +320,7 @@ impl KeyRing {
                 Some(SUM7) => Dialect::Sum7,
                 Some(_) => return Err(TokenError::Malformed),
             },
+            renewable: payload.ren,
         })
     }
 }
@@ -321,10 +342,11 @@ fn open_legacy(key: &SymmetricKey<V2>, token: &str) -> Result<Claims, TokenError
         issued_at: SystemTime::UNIX_EPOCH,
         expires_at: SystemTime::UNIX_EPOCH + Duration::from_millis(payload.exp),
         dialect: Dialect::Conversations,
+        renewable: false,
     })
 }
 
-/// Claims for a registration made `now` that lives `lifetime`.
+/// Claims for a registration made `now` that lives `lifetime` unless renewed.
 pub fn claims_for(
     subject: &str,
     application: &str,
@@ -339,6 +361,7 @@ pub fn claims_for(
         issued_at: now,
         expires_at: now + lifetime,
         dialect: Dialect::Conversations,
+        renewable: true,
     }
 }
 
@@ -389,12 +412,19 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_token_is_refused() {
+    fn an_expired_token_is_refused_and_a_renewable_one_lapses() {
         let now = SystemTime::now();
         let keys = ring(&["first secret 0123"]);
-        let token = keys.issue(&sample(now)).expect("issued");
         let later = now + Duration::from_secs(7 * 86400);
+        let mut claims = sample(now);
+        claims.renewable = false;
+        let token = keys.issue(&claims).expect("issued");
         assert_eq!(keys.open(&token, later), Err(TokenError::Expired));
+        let renewable = keys.issue(&sample(now)).expect("issued");
+        assert!(matches!(
+            keys.open(&renewable, later),
+            Err(TokenError::Lapsed(claims)) if claims.renewable && claims.issued_at <= now
+        ));
     }
 
     #[test]

@@ -308,7 +308,7 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     use xup::{
         message::Urgency,
         store::{
-            Bounds, Message, PushNode, Store,
+            Bounds, Message, PushNode, Series, Store,
             held::HeldMessages,
             postgres::{Postgres, Target},
             sqlite::Sqlite,
@@ -316,6 +316,13 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
         token::claims_for,
     };
     const DAY: Duration = Duration::from_secs(86400);
+    let series = |now: SystemTime| Series {
+        account: "juliet@localhost".into(),
+        issued_at_us: xup::store::micros(now),
+        renewed_at_us: xup::store::micros(now),
+        expires_at_us: xup::store::micros(now + DAY),
+        kept: "sealed".into(),
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let store_dir = dir.path().join("store");
     let now = SystemTime::now();
@@ -335,6 +342,10 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
             .index_node("juliet@localhost", node)
             .await
             .expect("node");
+        store
+            .renew([3; 32], None, series(now))
+            .await
+            .expect("registration");
         let held = HeldMessages::open(engine, Bounds::only(10, 10))
             .await
             .expect("held");
@@ -376,7 +387,8 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     assert!(ok, "{first}");
     assert!(
         first.contains(
-            "1 revocations, 2 held messages (0 there already), 1 VAPID keys, 1 app-server nodes"
+            "1 revocations, 2 held messages (0 there already), 1 VAPID keys, 1 app-server nodes, \
+             1 registrations"
         ),
         "{first}"
     );
@@ -409,6 +421,11 @@ async fn copy_store_moves_everything_from_sqlite_to_postgresql_once() {
     assert!(
         store.is_revoked(&revoked),
         "the revoked endpoint stays dead"
+    );
+    assert_eq!(
+        store.series([3; 32]).await.expect("series"),
+        Some(series(now)),
+        "a renewed endpoint outlives its first lifetime on the new store too"
     );
     assert_eq!(
         store.vapid_key(1, || vec![9; 32]).await.expect("vapid"),

@@ -13,6 +13,7 @@ use xup::{
     dialects::conversations::{register::register, wire::Register},
     limits::Limits,
     registrar::{MAX_ENDPOINT_LEN, RegisterError, Registrar},
+    store::{Store, sqlite::Sqlite},
     token::{KeyRing, claims_for},
 };
 
@@ -87,7 +88,14 @@ fn full_jid() -> impl Strategy<Value = Jid> {
     )
 }
 
-fn registrar() -> (Registrar, Arc<KeyRing>) {
+/// A registrar on a store in a fresh directory, which lives as long as the returned one, and the
+/// runtime its registrations run on.
+fn registrar() -> (
+    Registrar,
+    Arc<KeyRing>,
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+) {
     let config = Config::parse(&format!(
         r#"{{
           "component":    {{ "jid": "{COMPONENT}", "secret": "s" }},
@@ -100,7 +108,17 @@ fn registrar() -> (Registrar, Arc<KeyRing>) {
     .expect("config");
     let keys = Arc::new(KeyRing::new(&config.registration.secrets, COMPONENT).expect("keys"));
     let limits = Arc::new(Limits::new(&config.limits));
-    (Registrar::new(&config, keys.clone(), limits), keys)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Sqlite::open(dir.path()).expect("sqlite");
+    let store = runtime
+        .block_on(Store::new(Arc::new(engine)))
+        .expect("store");
+    let registrar = Registrar::new(&config, keys.clone(), limits, Arc::new(store));
+    (registrar, keys, runtime, dir)
 }
 
 proptest! {
@@ -108,7 +126,7 @@ proptest! {
 
     #[test]
     fn a_token_opens_to_exactly_what_was_sealed(jid in full_jid()) {
-        let (_, keys) = registrar();
+        let (_, keys, _, _) = registrar();
         // Whole seconds: a token keeps its times to the microsecond or millisecond, not below.
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs(),
@@ -120,9 +138,9 @@ proptest! {
 
     #[test]
     fn an_endpoint_is_at_most_1000_bytes_or_refused(jid in full_jid()) {
-        let (registrar, keys) = registrar();
+        let (registrar, keys, runtime, _dir) = registrar();
         let request = Element::from(Register { application: APP.into(), instance: INS.into() });
-        match register(&registrar, Some(&jid), request, SystemTime::now()) {
+        match runtime.block_on(register(&registrar, Some(&jid), request, SystemTime::now())) {
             Ok(registered) => {
                 prop_assert!(registered.endpoint.len() <= MAX_ENDPOINT_LEN);
                 let token = registered.endpoint.rsplit('/').next().expect("a token");
@@ -139,7 +157,7 @@ fn tokens_of_one_registration_are_unlinkable() {
     // Two endpoints for the same JID, app and instance, issued in the same microsecond, share
     // nothing but the fixed prefix and the key id: a sender holding both cannot tell they are
     // one user's without the key.
-    let (_, keys) = registrar();
+    let (_, keys, _, _) = registrar();
     let now = SystemTime::now();
     let claims = claims_for(
         "juliet@example.org/phone",

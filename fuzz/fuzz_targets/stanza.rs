@@ -52,7 +52,6 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let limits = Arc::new(Limits::new(&config.limits));
     let (keys_for_app_server, limits_for_app_server) = (keys.clone(), limits.clone());
     let (link_events, events) = xup::xmpp::Events::channel();
-    let registrar = Arc::new(Registrar::new(&config, keys, limits));
     let store = std::env::temp_dir().join(format!("xup-fuzz-stanza-{}", std::process::id()));
     let (store, held) = runtime.block_on(async {
         let engine = Sqlite::open(&store).expect("a store in the temporary directory");
@@ -63,6 +62,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         (store, Arc::new(held))
     });
     drop(entered);
+    let registrar = Arc::new(Registrar::new(&config, keys, limits, store.clone()));
     // The app server, with nowhere it may send: every endpoint a command submits is checked, and
     // a publish to a node the fuzzer makes up never opens.
     let web_push = WebPush::new(

@@ -143,6 +143,8 @@ impl Handoff {
             } else {
                 Dialect::Conversations
             },
+            // The standby found it alive, renewed or not; the leader only delivers.
+            renewable: false,
         };
         let waited = Duration::from_millis(self.waited_ms);
         let now = tokio::time::Instant::now();

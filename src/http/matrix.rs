@@ -172,7 +172,7 @@ impl Gateway {
             return true;
         };
         let pushes = &self.pushes;
-        let verdict = match pushes.open(sender, token) {
+        let verdict = match pushes.open(sender, token).await {
             Ok(claims) => match pushes.admit(claims) {
                 Ok(admitted) => pushes.deliver(admitted, request).await,
                 Err(verdict) => verdict,

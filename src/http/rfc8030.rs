@@ -65,10 +65,11 @@ async fn discover(
 ) -> Response {
     let sender = sender_address(peer.ip(), &headers, &state.trusted_proxies);
     let pushes = &state.pushes;
-    match pushes
-        .admit_sender(sender)
-        .and_then(|()| pushes.open(sender, &token))
-    {
+    let opened = match pushes.admit_sender(sender) {
+        Ok(()) => pushes.open(sender, &token).await,
+        Err(verdict) => Err(verdict),
+    };
+    match opened {
         Ok(_) => (
             [(header::CONTENT_TYPE, "application/json")],
             r#"{"unifiedpush":{"version":1}}"#,
@@ -125,10 +126,10 @@ async fn accept_push(
     let (ttl, topic, urgency, claims, body) = {
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
-        let claims = match pushes
-            .admit_sender(sender)
-            .and_then(|()| pushes.open(sender, &token))
-        {
+        if let Err(verdict) = pushes.admit_sender(sender) {
+            return verdict;
+        }
+        let claims = match pushes.open(sender, &token).await {
             Ok(claims) => claims,
             Err(verdict) => return verdict,
         };

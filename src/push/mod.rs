@@ -4,7 +4,8 @@
 //!
 //! Checks run cheapest first, so a flood costs as little as it can: the sender's address against
 //! its rate limit, then the token (decrypted in memory; a forgery is counted against its sender
-//! and never reaches the store), then revocation. The door then reads the body, and only a push
+//! and never reaches the store; only a genuine token past its first lifetime may, to learn
+//! whether it was renewed), then revocation. The door then reads the body, and only a push
 //! whose body has come passes the endpoint's own rate limit and takes a slot among the pushes in
 //! flight ([`Pushes::admit`]): a slow body holds no slot. Then it crosses the one seam between the
 //! doors and XMPP, [`Deliver`]: the endpoint's dialect decides (`dialects/`), or, on a standby
@@ -118,9 +119,11 @@ impl Pushes {
 
     /// The live endpoint `token` names, or why it is dead to `sender`. A token that does not
     /// decrypt is counted against its sender, who is refused with `429` once past
-    /// `limits.forged_tokens_per_address`.
-    pub fn open(&self, sender: IpAddr, token: &str) -> Result<Claims, Verdict> {
-        let claims = match self.keys.open(token, SystemTime::now()) {
+    /// `limits.forged_tokens_per_address`. Memory only, but for a renewable token past its first
+    /// lifetime that xup has not seen renewed lately: the store then says whether it was.
+    pub async fn open(&self, sender: IpAddr, token: &str) -> Result<Claims, Verdict> {
+        let now = SystemTime::now();
+        let claims = match self.keys.open(token, now) {
             Ok(claims) => claims,
             Err(e @ (TokenError::Malformed | TokenError::Forged)) => {
                 tracing::debug!(error = %e, "forged endpoint");
@@ -133,6 +136,7 @@ impl Pushes {
                     })?;
                 return Err(Verdict::Gone);
             }
+            Err(TokenError::Lapsed(claims)) => self.renewed(*claims, now).await?,
             Err(e) => {
                 tracing::debug!(error = %e, "dead endpoint");
                 return Err(Verdict::Gone);
@@ -143,6 +147,25 @@ impl Pushes {
             return Err(Verdict::Gone);
         }
         Ok(claims)
+    }
+
+    /// `claims` of a token past its first lifetime, alive until its registration's end if the
+    /// client has renewed it since.
+    async fn renewed(&self, mut claims: Claims, now: SystemTime) -> Result<Claims, Verdict> {
+        match self.store.renewed_until(&claims, now).await {
+            Ok(Some(until)) => {
+                claims.expires_at = until;
+                Ok(claims)
+            }
+            Ok(None) => {
+                tracing::debug!("endpoint not renewed");
+                Err(Verdict::Gone)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a registration's renewal");
+                Err(Verdict::Internal)
+            }
+        }
     }
 
     /// The endpoint's own rate limit, and a slot among the pushes in flight.

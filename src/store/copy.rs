@@ -5,7 +5,8 @@
 //! Revocations merge with whatever the target has; held messages keep their ids and their order
 //! per registration (a message already in the target is counted, not copied twice); VAPID keys are
 //! kept where the target has none for that generation, and a different one there is reported, since
-//! the subscriptions made with the source's key would break. Expired entries are left behind.
+//! the subscriptions made with the source's key would break. Registrations (stable endpoints) take
+//! the place of the target's for the same key. Expired entries are left behind.
 
 use std::time::SystemTime;
 
@@ -23,6 +24,8 @@ pub struct Copied {
     /// Generations whose VAPID key differs in the target, which keeps its own.
     pub vapid_conflicts: Vec<u32>,
     pub nodes: usize,
+    /// Registrations whose endpoint stays the same when renewed.
+    pub registrations: usize,
 }
 
 /// Copy what `from` keeps into `to`. Run it while no xup uses `from`, or what changes meanwhile
@@ -65,6 +68,11 @@ pub async fn copy(from: &dyn Engine, to: &dyn Engine) -> Result<Copied, StoreErr
     for (account, node) in from.all_nodes(now_us).await? {
         to.index_node(&account, &node).await?;
         copied.nodes += 1;
+    }
+    // Without them, every renewed endpoint would die at the end of its first lifetime.
+    for (key, series) in from.all_series(now_us).await? {
+        to.renew(key, None, series).await?;
+        copied.registrations += 1;
     }
     Ok(copied)
 }

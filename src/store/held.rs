@@ -589,6 +589,33 @@ mod tests {
         async fn prune(&self, _: i64) -> Result<(), StoreError> {
             unreachable!()
         }
+        async fn series(
+            &self,
+            _: RegistrationKey,
+        ) -> Result<Option<crate::store::Series>, StoreError> {
+            unreachable!()
+        }
+        async fn renew(
+            &self,
+            _: RegistrationKey,
+            _: Option<i64>,
+            _: crate::store::Series,
+        ) -> Result<bool, StoreError> {
+            unreachable!()
+        }
+        async fn series_of(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<Vec<(RegistrationKey, crate::store::Series)>, StoreError> {
+            unreachable!()
+        }
+        async fn all_series(
+            &self,
+            _: i64,
+        ) -> Result<Vec<(RegistrationKey, crate::store::Series)>, StoreError> {
+            unreachable!()
+        }
         async fn index_node(&self, _: &str, _: &crate::store::PushNode) -> Result<(), StoreError> {
             unreachable!()
         }
@@ -843,6 +870,7 @@ mod tests {
             issued_at: SystemTime::now(),
             expires_at: SystemTime::now() + DAY,
             dialect: Default::default(),
+            renewable: false,
         };
         assert_eq!(held.drop_registration(&claims).await.expect("drop"), 1);
         assert!(ids(&held).await.is_empty());

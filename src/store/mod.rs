@@ -111,7 +111,7 @@ pub enum StoreError {
 }
 
 /// The schema version this xup writes: the number of steps in either engine's migrations.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Where a store stands against this xup, as `xup check` says it.
 #[derive(Debug, PartialEq)]
@@ -163,6 +163,20 @@ pub struct PushNode {
     pub expires_at: SystemTime,
 }
 
+/// One registration whose endpoint stays the same while the client renews it (`registrar.rs`):
+/// the token it was issued, sealed for the store ([`crate::token::Purpose::Kept`]), and until when
+/// renewals have kept it alive. Times in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The bare JID that registered, for listing its registrations.
+    pub account: String,
+    /// The token's `iat`: a token of an earlier or later series of the same key is not this one.
+    pub issued_at_us: i64,
+    pub renewed_at_us: i64,
+    pub expires_at_us: i64,
+    pub kept: String,
+}
+
 /// How many messages one registration of one client has held.
 #[derive(Debug, PartialEq)]
 pub struct HeldCount {
@@ -191,8 +205,28 @@ pub trait Engine: Send + Sync {
         account: &str,
         cap: usize,
     ) -> Result<bool, StoreError>;
-    /// Forget revocations and nodes that are past mattering at `now_us`.
+    /// Forget revocations, registrations and nodes that are past mattering at `now_us`.
     async fn prune(&self, now_us: i64) -> Result<(), StoreError>;
+
+    /// The registration kept for `key`, if any, expired or not.
+    async fn series(&self, key: RegistrationKey) -> Result<Option<Series>, StoreError>;
+    /// Renew the registration of `key` if it is the series issued at `keep` and still alive at
+    /// `fresh.renewed_at_us`: it then expires at `fresh.expires_at_us` (or later, if it already
+    /// did) and true is returned. Otherwise `fresh` takes the key's place, and false.
+    async fn renew(
+        &self,
+        key: RegistrationKey,
+        keep: Option<i64>,
+        fresh: Series,
+    ) -> Result<bool, StoreError>;
+    /// The registrations of `account` that live past `now_us`, oldest first.
+    async fn series_of(
+        &self,
+        account: &str,
+        now_us: i64,
+    ) -> Result<Vec<(RegistrationKey, Series)>, StoreError>;
+    /// Every registration that lives past `now_us`: for copying a store.
+    async fn all_series(&self, now_us: i64) -> Result<Vec<(RegistrationKey, Series)>, StoreError>;
 
     async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError>;
     /// The nodes of `account` that live past `now_us`, oldest first.
@@ -316,7 +350,16 @@ impl Bounds {
 pub struct Store {
     engine: Arc<dyn Engine>,
     revoked: RwLock<HashMap<RegistrationKey, Revocation>>,
+    /// What the database said lately about renewed registrations: key → (`iat`, alive until),
+    /// both in microseconds. Only ever a lower bound of the truth (a renewal moves the end later,
+    /// a new series has another `iat`, a revocation is in `revoked`), so a push trusts it
+    /// without asking the database, and asks when it says the registration is over.
+    renewed: RwLock<HashMap<RegistrationKey, (i64, i64)>>,
 }
+
+/// How many renewed registrations [`Store`] remembers before it starts again from empty: about
+/// 3 MiB, after which a lapsed token costs one database read until it is remembered again.
+const RENEWED_REMEMBERED: usize = 65_536;
 
 impl Store {
     /// The store on `engine`, with the revocations still in force loaded.
@@ -324,6 +367,7 @@ impl Store {
         let store = Store {
             engine,
             revoked: RwLock::default(),
+            renewed: RwLock::default(),
         };
         store.reload().await?;
         Ok(store)
@@ -466,6 +510,77 @@ impl Store {
             .entry(key)
             .and_modify(|r| r.merge(revocation))
             .or_insert(revocation);
+    }
+
+    /// The registration kept for `key`, expired or not.
+    pub async fn series(&self, key: RegistrationKey) -> Result<Option<Series>, StoreError> {
+        self.engine.series(key).await
+    }
+
+    /// Renew the series of `key` issued at `keep`, or start `fresh` in its place; true when
+    /// renewed ([`Engine::renew`]).
+    pub async fn renew(
+        &self,
+        key: RegistrationKey,
+        keep: Option<i64>,
+        fresh: Series,
+    ) -> Result<bool, StoreError> {
+        let (fresh_iat_us, expires_at_us) = (fresh.issued_at_us, fresh.expires_at_us);
+        let renewed = self.engine.renew(key, keep, fresh).await?;
+        let issued_at_us = match (renewed, keep) {
+            (true, Some(kept_iat_us)) => kept_iat_us,
+            _ => fresh_iat_us,
+        };
+        self.remember_renewal(key, issued_at_us, expires_at_us);
+        Ok(renewed)
+    }
+
+    /// Until when a renewable token past its first lifetime lives: the end of its series, if the
+    /// series it was issued in is still the one kept and has not ended by `now`.
+    pub async fn renewed_until(
+        &self,
+        claims: &Claims,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let key = registration_key(claims);
+        let (issued_at_us, now_us) = (micros(claims.issued_at), micros(now));
+        let remembered = self
+            .renewed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some((iat, until_us)) = remembered
+            && iat == issued_at_us
+            && until_us > now_us
+        {
+            return Ok(Some(from_micros(until_us)));
+        }
+        let Some(series) = self.engine.series(key).await? else {
+            return Ok(None);
+        };
+        if series.issued_at_us != issued_at_us || series.expires_at_us <= now_us {
+            return Ok(None);
+        }
+        self.remember_renewal(key, series.issued_at_us, series.expires_at_us);
+        Ok(Some(from_micros(series.expires_at_us)))
+    }
+
+    fn remember_renewal(&self, key: RegistrationKey, issued_at_us: i64, until_us: i64) {
+        let mut renewed = self.renewed.write().unwrap_or_else(|e| e.into_inner());
+        if renewed.len() >= RENEWED_REMEMBERED && !renewed.contains_key(&key) {
+            renewed.clear();
+        }
+        renewed.insert(key, (issued_at_us, until_us));
+    }
+
+    /// The registrations of `account` (a bare JID) alive at `now`, oldest first.
+    pub async fn series_of(
+        &self,
+        account: &str,
+        now: SystemTime,
+    ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
+        self.engine.series_of(account, micros(now)).await
     }
 
     /// Note an app-server node of `account`, for listing and unregistering by device.

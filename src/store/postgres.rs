@@ -27,8 +27,8 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, StoreError,
-    from_micros, key_from_hex, key_to_hex, micros,
+    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, Series,
+    StoreError, from_micros, key_from_hex, key_to_hex, micros,
 };
 use crate::{
     message::Urgency,
@@ -91,7 +91,34 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 4: whose request a revocation was, where one account's are bounded (sum7's `<unregister>`).
     "ALTER TABLE revocations ADD COLUMN account TEXT;
      CREATE INDEX revocations_by_account ON revocations (account) WHERE account IS NOT NULL;",
+    // 5: registrations whose endpoint stays the same when renewed (`registrar.rs`).
+    "CREATE TABLE registrations (
+         registration BYTEA PRIMARY KEY,
+         account TEXT NOT NULL,
+         issued_at_us BIGINT NOT NULL,
+         renewed_at_us BIGINT NOT NULL,
+         expires_at_us BIGINT NOT NULL,
+         kept TEXT NOT NULL
+     );
+     CREATE INDEX registrations_by_account ON registrations (account);",
 ];
+
+/// A registrations row, read in the column order every query here selects.
+fn series_from(row: &tokio_postgres::Row) -> Series {
+    Series {
+        account: row.get(0),
+        issued_at_us: row.get(1),
+        renewed_at_us: row.get(2),
+        expires_at_us: row.get(3),
+        kept: row.get(4),
+    }
+}
+
+/// A registrations row with its key in the sixth column; `None` for a key xup did not write.
+fn keyed_series_from(row: &tokio_postgres::Row) -> Option<(RegistrationKey, Series)> {
+    let key: &[u8] = row.get(5);
+    Some((RegistrationKey::try_from(key).ok()?, series_from(row)))
+}
 
 /// How xup reaches PostgreSQL: the parsed URL, and TLS for when it asks for it. Cheap to clone.
 #[derive(Clone)]
@@ -433,11 +460,113 @@ impl Engine for Postgres {
             .await?;
         client
             .execute(
+                "DELETE FROM registrations WHERE expires_at_us <= $1",
+                &[&now_us],
+            )
+            .await?;
+        client
+            .execute(
                 "DELETE FROM push_nodes WHERE expires_at_us <= $1",
                 &[&now_us],
             )
             .await?;
         Ok(())
+    }
+
+    async fn series(&self, key: RegistrationKey) -> Result<Option<Series>, StoreError> {
+        let client = self.client().await?;
+        let query = client
+            .prepare_cached(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept
+                 FROM registrations WHERE registration = $1",
+            )
+            .await?;
+        let row = client.query_opt(&query, &[&key.as_slice()]).await?;
+        Ok(row.map(|row| series_from(&row)))
+    }
+
+    async fn renew(
+        &self,
+        key: RegistrationKey,
+        keep: Option<i64>,
+        fresh: Series,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        let key = key.as_slice();
+        let renewed = match keep {
+            Some(issued_at_us) => {
+                transaction
+                    .execute(
+                        "UPDATE registrations
+                         SET renewed_at_us = $3, expires_at_us = GREATEST(expires_at_us, $4)
+                         WHERE registration = $1 AND issued_at_us = $2 AND expires_at_us > $3",
+                        &[
+                            &key,
+                            &issued_at_us,
+                            &fresh.renewed_at_us,
+                            &fresh.expires_at_us,
+                        ],
+                    )
+                    .await?
+                    == 1
+            }
+            None => false,
+        };
+        if !renewed {
+            transaction
+                .execute(
+                    "INSERT INTO registrations
+                     (registration, account, issued_at_us, renewed_at_us, expires_at_us, kept)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (registration) DO UPDATE SET
+                         account = EXCLUDED.account,
+                         issued_at_us = EXCLUDED.issued_at_us,
+                         renewed_at_us = EXCLUDED.renewed_at_us,
+                         expires_at_us = EXCLUDED.expires_at_us,
+                         kept = EXCLUDED.kept",
+                    &[
+                        &key,
+                        &fresh.account,
+                        &fresh.issued_at_us,
+                        &fresh.renewed_at_us,
+                        &fresh.expires_at_us,
+                        &fresh.kept,
+                    ],
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(renewed)
+    }
+
+    async fn series_of(
+        &self,
+        account: &str,
+        now_us: i64,
+    ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
+                 FROM registrations WHERE account = $1 AND expires_at_us > $2
+                 ORDER BY issued_at_us",
+                &[&account, &now_us],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(keyed_series_from).collect())
+    }
+
+    async fn all_series(&self, now_us: i64) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
+                 FROM registrations WHERE expires_at_us > $1",
+                &[&now_us],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(keyed_series_from).collect())
     }
 
     async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError> {

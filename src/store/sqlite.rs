@@ -14,8 +14,8 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, StoreError,
-    from_micros, micros,
+    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, Series,
+    StoreError, from_micros, micros,
 };
 use crate::{
     message::Urgency,
@@ -66,6 +66,16 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 4: whose request a revocation was, where one account's are bounded (sum7's `<unregister>`).
     "ALTER TABLE revocations ADD COLUMN account TEXT;
      CREATE INDEX revocations_by_account ON revocations (account) WHERE account IS NOT NULL;",
+    // 5: registrations whose endpoint stays the same when renewed (`registrar.rs`).
+    "CREATE TABLE registrations (
+         registration BLOB PRIMARY KEY,
+         account TEXT NOT NULL,
+         issued_at_us INTEGER NOT NULL,
+         renewed_at_us INTEGER NOT NULL,
+         expires_at_us INTEGER NOT NULL,
+         kept TEXT NOT NULL
+     );
+     CREATE INDEX registrations_by_account ON registrations (account);",
 ];
 
 /// Bring `db` to [`SCHEMA_VERSION`], in one transaction; refuse a database from a newer xup.
@@ -101,6 +111,26 @@ pub fn schema_at(dir: &Path) -> Result<Schema, StoreError> {
     }
     let db = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Ok(Schema::of(Some(schema_version(&db)?)))
+}
+
+/// A registrations row, read in the column order every query here selects.
+fn series_from(row: &rusqlite::Row) -> rusqlite::Result<Series> {
+    Ok(Series {
+        account: row.get(0)?,
+        issued_at_us: row.get(1)?,
+        renewed_at_us: row.get(2)?,
+        expires_at_us: row.get(3)?,
+        kept: row.get(4)?,
+    })
+}
+
+/// A registrations row with its key in the sixth column; `None` for a key xup did not write.
+fn keyed_series_from(row: &rusqlite::Row) -> rusqlite::Result<Option<(RegistrationKey, Series)>> {
+    let key: Vec<u8> = row.get(5)?;
+    let Ok(key) = RegistrationKey::try_from(key.as_slice()) else {
+        return Ok(None);
+    };
+    Ok(Some((key, series_from(row)?)))
 }
 
 /// The SQLite engine. Cheap to clone.
@@ -229,12 +259,103 @@ impl Engine for Sqlite {
                 params![now_us],
             )?;
             db.execute(
+                "DELETE FROM registrations WHERE expires_at_us <= ?1",
+                params![now_us],
+            )?;
+            db.execute(
                 "DELETE FROM push_nodes WHERE expires_at_us <= ?1",
                 params![now_us],
             )
         })
         .await?;
         Ok(())
+    }
+
+    async fn series(&self, key: RegistrationKey) -> Result<Option<Series>, StoreError> {
+        self.run(move |db| {
+            db.prepare_cached(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept
+                 FROM registrations WHERE registration = ?1",
+            )?
+            .query_row([key.as_slice()], series_from)
+            .optional()
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        key: RegistrationKey,
+        keep: Option<i64>,
+        fresh: Series,
+    ) -> Result<bool, StoreError> {
+        self.run(move |db| {
+            let transaction = db.transaction()?;
+            let renewed = match keep {
+                Some(issued_at_us) => {
+                    transaction.execute(
+                        "UPDATE registrations
+                     SET renewed_at_us = ?3, expires_at_us = MAX(expires_at_us, ?4)
+                     WHERE registration = ?1 AND issued_at_us = ?2 AND expires_at_us > ?3",
+                        params![
+                            key.as_slice(),
+                            issued_at_us,
+                            fresh.renewed_at_us,
+                            fresh.expires_at_us
+                        ],
+                    )? == 1
+                }
+                None => false,
+            };
+            if !renewed {
+                transaction.execute(
+                    "INSERT OR REPLACE INTO registrations
+                     (registration, account, issued_at_us, renewed_at_us, expires_at_us, kept)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        key.as_slice(),
+                        fresh.account,
+                        fresh.issued_at_us,
+                        fresh.renewed_at_us,
+                        fresh.expires_at_us,
+                        fresh.kept
+                    ],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn series_of(
+        &self,
+        account: &str,
+        now_us: i64,
+    ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
+        let account = account.to_owned();
+        self.run(move |db| {
+            let mut query = db.prepare(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
+                 FROM registrations WHERE account = ?1 AND expires_at_us > ?2
+                 ORDER BY issued_at_us",
+            )?;
+            let rows = query.query_map(params![account, now_us], keyed_series_from)?;
+            rows.filter_map(Result::transpose).collect()
+        })
+        .await
+    }
+
+    async fn all_series(&self, now_us: i64) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
+        self.run(move |db| {
+            let mut query = db.prepare(
+                "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
+                 FROM registrations WHERE expires_at_us > ?1",
+            )?;
+            let rows = query.query_map(params![now_us], keyed_series_from)?;
+            rows.filter_map(Result::transpose).collect()
+        })
+        .await
     }
 
     async fn index_node(&self, account: &str, node: &PushNode) -> Result<(), StoreError> {

@@ -1,6 +1,8 @@
 //! The `<register>` IQ of Conversations' dialect: what a valid request looks like, and the
 //! `<registered>` it earns (the endpoint and when it expires).
 
+#[cfg(test)]
+use std::time::Duration;
 use std::{sync::Arc, time::SystemTime};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -31,11 +33,12 @@ impl Handler for Registry {
         if !payload.is("register", NS) {
             return Handled::Now(Err(unsupported().into()));
         }
-        Handled::Now(
-            match register(&self.registrar, from.as_ref(), payload, SystemTime::now()) {
+        let (registrar, events) = (self.registrar.clone(), self.events.clone());
+        Handled::Later(Box::pin(async move {
+            match register(&registrar, from.as_ref(), payload, SystemTime::now()).await {
                 Ok(registered) => {
                     if let Some(from) = from {
-                        self.events.tell(LinkEvent::Alive(from));
+                        events.tell(LinkEvent::Alive(from));
                     }
                     Ok(Some(registered.into()))
                 }
@@ -43,28 +46,30 @@ impl Handler for Registry {
                     tracing::debug!(error = %e, "register refused");
                     Err(e.to_stanza_error().into())
                 }
-            },
-        )
+            }
+        }))
     }
 }
 
 /// Answer the `<register>` payload of an IQ-set from `from`, as of `now`.
-pub fn register(
+pub async fn register(
     registrar: &Registrar,
     from: Option<&Jid>,
     payload: Element,
     now: SystemTime,
 ) -> Result<Registered, RegisterError> {
     let request = parse(payload).inspect_err(|_| registrar::refused())?;
-    let issued = registrar.issue(
-        from,
-        Registration {
-            dialect: Dialect::Conversations,
-            application: request.application,
-            instance: request.instance,
-        },
-        now,
-    )?;
+    let issued = registrar
+        .issue(
+            from,
+            Registration {
+                dialect: Dialect::Conversations,
+                application: request.application,
+                instance: request.instance,
+            },
+            now,
+        )
+        .await?;
     Ok(Registered {
         expiration: humantime::format_rfc3339_millis(issued.expires_at).to_string(),
         endpoint: issued.endpoint,
@@ -99,12 +104,24 @@ fn is_digest(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, limits::Limits, registrar::MAX_ENDPOINT_LEN, token::KeyRing};
+    use crate::{
+        config::Config,
+        limits::Limits,
+        registrar::MAX_ENDPOINT_LEN,
+        store::{Store, sqlite::Sqlite},
+        token::KeyRing,
+    };
 
     const APP: &str = "bK3sdmrbtj3bf6XA2S12b8jJUA5TT1dhPEyeoZfVSRM=";
     const INS: &str = "EtD/1XPLmoIph7W73CZ/uyv6FAnhEAXY1GySHX17vAw=";
 
-    fn registrar() -> Registrar {
+    /// A registrar on a store of its own, which lives as long as the directory returned.
+    async fn registrar() -> (Registrar, tempfile::TempDir) {
+        let (registrar, _, _, dir) = registrar_and_store().await;
+        (registrar, dir)
+    }
+
+    async fn registrar_and_store() -> (Registrar, Arc<Store>, Arc<KeyRing>, tempfile::TempDir) {
         let config = Config::parse(
             r#"{
               "component":    { "jid": "up.example.org", "secret": "s" },
@@ -116,7 +133,12 @@ mod tests {
         .expect("config");
         let keys = KeyRing::new(&config.registration.secrets, "up.example.org").expect("keys");
         let limits = Limits::new(&config.limits);
-        Registrar::new(&config, Arc::new(keys), Arc::new(limits))
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Sqlite::open(dir.path()).expect("sqlite");
+        let store = Arc::new(Store::new(Arc::new(engine)).await.expect("store"));
+        let keys = Arc::new(keys);
+        let registrar = Registrar::new(&config, keys.clone(), Arc::new(limits), store.clone());
+        (registrar, store, keys, dir)
     }
 
     fn request(application: &str, instance: &str) -> Element {
@@ -130,14 +152,15 @@ mod tests {
         s.parse().expect("jid")
     }
 
-    #[test]
-    fn a_valid_request_earns_an_endpoint_with_a_z_timestamp() {
+    #[tokio::test]
+    async fn a_valid_request_earns_an_endpoint_with_a_z_timestamp() {
         let registered = register(
-            &registrar(),
+            &registrar().await.0,
             Some(&jid("juliet@example.org/phone")),
             request(APP, INS),
             SystemTime::now(),
         )
+        .await
         .expect("registered");
         assert!(
             registered.expiration.ends_with('Z'),
@@ -152,8 +175,9 @@ mod tests {
         assert!(registered.endpoint.len() <= MAX_ENDPOINT_LEN);
     }
 
-    #[test]
-    fn malformed_digests_are_bad_requests() {
+    #[tokio::test]
+    async fn malformed_digests_are_bad_requests() {
+        let (registrar, _dir) = registrar().await;
         let from = jid("juliet@example.org/phone");
         let unpadded = APP.trim_end_matches('=');
         let short = STANDARD.encode([0u8; 31]);
@@ -164,11 +188,12 @@ mod tests {
             (APP, ""),
         ] {
             let e = register(
-                &registrar(),
+                &registrar,
                 Some(&from),
                 request(app, ins),
                 SystemTime::now(),
             )
+            .await
             .expect_err("refused");
             assert!(
                 matches!(e, RegisterError::BadRequest(_)),
@@ -177,25 +202,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn strangers_and_bare_jids_are_forbidden() {
-        let r = registrar();
+    #[tokio::test]
+    async fn strangers_and_bare_jids_are_forbidden() {
+        let (r, _dir) = registrar().await;
         let now = SystemTime::now();
-        let stranger = register(&r, Some(&jid("eve@example.net/x")), request(APP, INS), now);
+        let stranger = register(&r, Some(&jid("eve@example.net/x")), request(APP, INS), now).await;
         assert_eq!(stranger, Err(RegisterError::NotAllowed));
-        let bare = register(&r, Some(&jid("juliet@example.org")), request(APP, INS), now);
+        let bare = register(&r, Some(&jid("juliet@example.org")), request(APP, INS), now).await;
         assert_eq!(bare, Err(RegisterError::NotFullJid));
     }
 
-    #[test]
-    fn a_huge_resource_is_refused_not_truncated() {
+    #[tokio::test]
+    async fn a_huge_resource_is_refused_not_truncated() {
         let from = jid(&format!("juliet@example.org/{}", "r".repeat(900)));
         let e = register(
-            &registrar(),
+            &registrar().await.0,
             Some(&from),
             request(APP, INS),
             SystemTime::now(),
-        );
+        )
+        .await;
         assert_eq!(e, Err(RegisterError::EndpointTooLong));
+    }
+
+    #[tokio::test]
+    async fn a_renewal_keeps_the_endpoint_alive_past_its_first_lifetime_and_no_longer() {
+        const DAY: Duration = Duration::from_secs(86400);
+        let (registrar, store, keys, _dir) = registrar_and_store().await;
+        let from = jid("juliet@example.org/phone");
+        let t0 = SystemTime::now();
+        let at = |at: SystemTime| register(&registrar, Some(&from), request(APP, INS), at);
+        let first = at(t0).await.expect("registered");
+        let renewed = at(t0 + DAY).await.expect("renewed");
+        assert_eq!(renewed.endpoint, first.endpoint, "the same endpoint");
+        assert!(
+            renewed.expiration > first.expiration,
+            "{renewed:?} {first:?}"
+        );
+
+        let token = first.endpoint.rsplit('/').next().expect("token");
+        let lifetime = Duration::from_secs(7 * 86400);
+        let lapsed = match keys.open(token, t0 + lifetime + DAY / 2) {
+            Err(crate::token::TokenError::Lapsed(claims)) => *claims,
+            other => panic!("{other:?}"),
+        };
+        let alive = |at| store.renewed_until(&lapsed, at);
+        assert_eq!(
+            alive(t0 + lifetime + DAY / 2).await.expect("read"),
+            Some(t0 + DAY + lifetime).map(|t| crate::store::from_micros(crate::store::micros(t)))
+        );
+        assert_eq!(alive(t0 + DAY + lifetime).await.expect("read"), None);
+
+        let other = register(&registrar, Some(&from), request(APP, APP), t0 + DAY)
+            .await
+            .expect("registered");
+        assert_ne!(other.endpoint, first.endpoint, "another instance");
+        let later = at(t0 + 2 * DAY + lifetime).await.expect("registered");
+        assert_ne!(later.endpoint, first.endpoint, "expired without renewal");
+        store
+            .revoke(&lapsed, t0 + 2 * DAY + lifetime, lifetime)
+            .await
+            .expect("revoke");
+        let revoked = at(t0 + 3 * DAY + lifetime).await.expect("registered");
+        assert_ne!(revoked.endpoint, later.endpoint, "revoked");
     }
 }

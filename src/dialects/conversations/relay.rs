@@ -486,6 +486,7 @@ impl Relay {
             // Revocations live until every token they kill has expired; none outlives `lifetime`.
             expires_at: now,
             dialect: Dialect::Conversations,
+            renewable: false,
         };
         self.store.revoke(&claims, now, self.lifetime).await?;
         let dropped = self.held.drop_registration(&claims).await?;

@@ -59,11 +59,14 @@ impl Handler for Registry {
 
     fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
         if payload.is("register", NS) {
-            let registered = self.register(from.as_ref(), payload);
-            if let Err(refusal) = &registered {
-                tracing::debug!(error = ?refusal.error, "sum7 register refused");
-            }
-            return Handled::Now(registered.map(Some));
+            let answer = self.register(from, payload);
+            return Handled::Later(Box::pin(async move {
+                let registered = answer.await;
+                if let Err(refusal) = &registered {
+                    tracing::debug!(error = ?refusal.error, "sum7 register refused");
+                }
+                registered.map(Some)
+            }));
         }
         if payload.is("unregister", NS) {
             let answer = self.unregister(from.as_ref(), payload);
@@ -75,7 +78,11 @@ impl Handler for Registry {
 
 impl Registry {
     /// Answer a `<register>` from `from`.
-    pub fn register(&self, from: Option<&Jid>, payload: Element) -> Result<Element, Box<Refusal>> {
+    pub fn register(
+        &self,
+        from: Option<Jid>,
+        payload: Element,
+    ) -> impl Future<Output = Result<Element, Box<Refusal>>> + Send + 'static {
         let refuse = |e: RegisterError| {
             Box::new(Refusal {
                 error: e.to_stanza_error(),
@@ -88,24 +95,23 @@ impl Registry {
             })
         };
         let token = public_token(Register::try_from(payload).map(|r| r.token).ok())
-            .inspect_err(|_| registrar::refused())
-            .map_err(refuse)?;
-        let issued = self
-            .registrar
-            .issue(
-                from,
-                Registration {
-                    dialect: Dialect::Sum7,
-                    application: token,
-                    instance: String::new(),
-                },
-                SystemTime::now(),
-            )
-            .map_err(refuse)?;
-        Ok(Registered {
-            endpoint: issued.endpoint,
+            .inspect_err(|_| registrar::refused());
+        let registrar = self.registrar.clone();
+        async move {
+            let registration = Registration {
+                dialect: Dialect::Sum7,
+                application: token.map_err(refuse)?,
+                instance: String::new(),
+            };
+            let issued = registrar
+                .issue(from.as_ref(), registration, SystemTime::now())
+                .await
+                .map_err(refuse)?;
+            Ok(Registered {
+                endpoint: issued.endpoint,
+            }
+            .into())
         }
-        .into())
     }
 
     /// Answer an `<unregister>` from `from`, once the revocation is on disk.
@@ -143,6 +149,7 @@ impl Registry {
                 issued_at: now,
                 expires_at: now,
                 dialect: Dialect::Sum7,
+                renewable: false,
             };
             let kept = store
                 .revoke_within(
