@@ -119,6 +119,55 @@ async fn pushes_to_either_instance_arrive_and_a_revocation_holds_on_both_at_once
     assert_eq!(kept, "2", "both revocations are in the shared store");
 }
 
+/// A renewal through either leader returns the same endpoint, and an endpoint past its first
+/// lifetime is alive at the standby as long as the shared store says it was renewed.
+#[tokio::test]
+async fn an_endpoint_stays_the_same_whoever_leads_and_lives_at_both_while_renewed() {
+    let mut pair = Pair::start().await;
+    let mut phone = Peer::connect(&pair.server, "juliet", DOMAIN, "phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    assert_eq!(phone.register(APP, INSTANCE).await.endpoint, endpoint);
+
+    // A token a week and a day old, renewed (as the row says) until tomorrow.
+    let now = std::time::SystemTime::now();
+    let (day, week) = (Duration::from_secs(86400), Duration::from_secs(7 * 86400));
+    let issued = now - week - day;
+    let old = xup::token::KeyRing::new(&[SECRET_A.to_owned()], COMPONENT)
+        .expect("keys")
+        .issue(&xup::token::claims_for(
+            &phone.jid,
+            APP,
+            &other_app(),
+            issued,
+            week,
+        ))
+        .expect("token");
+    let old = format!("{}/push/{old}", pair.second.base_url);
+    assert_eq!(post(&old, "not renewed").await.status(), 404);
+    let key = xup::store::registration_key_of(&phone.jid, APP, &other_app());
+    pair.postgres.psql(&format!(
+        "INSERT INTO registrations
+         (registration, account, issued_at_us, renewed_at_us, expires_at_us, kept)
+         VALUES (decode('{}', 'hex'), 'juliet@{DOMAIN}', {}, {}, {}, 'not needed')",
+        xup::store::key_to_hex(&key),
+        xup::store::micros(issued),
+        xup::store::micros(now),
+        xup::store::micros(now + day),
+    ));
+    assert_delivered(&old, &mut phone, b"renewed, through the standby").await;
+
+    pair.first.kill().await;
+    pair.second.wait_log("component link up").await;
+    // Each instance here has its own public URL; behind one load balancer they would share it.
+    let endpoint = via(&endpoint, &pair.first, &pair.second);
+    assert_eq!(
+        phone.register(APP, INSTANCE).await.endpoint,
+        endpoint,
+        "the new leader hands out the same endpoint"
+    );
+    assert_delivered(&endpoint, &mut phone, b"through the new leader").await;
+}
+
 /// What the senders were told, and what the client received.
 #[derive(Default)]
 struct Ledger {

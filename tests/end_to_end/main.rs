@@ -12,4 +12,5 @@ mod holding;
 mod operations;
 mod package;
 mod protection;
+mod stable;
 mod urgency;
