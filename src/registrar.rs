@@ -179,7 +179,8 @@ impl Registrar {
 
     /// The endpoint `series` keeps for `key`, and when it was issued, if a client asking for
     /// `wanted` may have it again: alive at `now`, not revoked since, sealed by xup for this very
-    /// key, under a key still configured, and issued for the same request.
+    /// key, issued under the key that issues now (after a rotation, each registration moves to
+    /// the new key at its next renewal), and for the same request.
     fn reusable(
         &self,
         key: RegistrationKey,
@@ -194,6 +195,7 @@ impl Registrar {
             serde_json::from_str(&self.keys.unseal(Purpose::Kept, &series.kept).ok()?).ok()?;
         let claims = self.keys.read(&kept.token).ok()?;
         let same = kept.registration == key_to_hex(&key)
+            && self.keys.is_current(&kept.token)
             && micros(claims.issued_at) == series.issued_at_us
             && claims.subject == wanted.subject
             && claims.application == wanted.application

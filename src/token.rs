@@ -257,6 +257,15 @@ impl KeyRing {
         Ok(URL_SAFE_NO_PAD.encode(secret))
     }
 
+    /// Whether `token` was sealed under the key that issues tokens now: a renewal hands out the
+    /// same endpoint only then, so that a rotated secret can be removed one lifetime later.
+    pub fn is_current(&self, token: &str) -> bool {
+        UntrustedToken::<Local, V4>::try_from(token)
+            .ok()
+            .and_then(|untrusted| self.key_of(&untrusted).ok())
+            .is_some_and(|key| key.id == self.keys[0].id)
+    }
+
     /// The key a token's footer names.
     fn key_of(&self, untrusted: &UntrustedToken<Local, V4>) -> Result<&Key, TokenError> {
         let footer: Footer = serde_json::from_slice(untrusted.untrusted_footer())
