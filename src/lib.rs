@@ -21,6 +21,7 @@ pub mod store;
 pub mod tasks;
 pub mod token;
 pub mod trace;
+pub mod vapid;
 pub mod xmpp;
 
 use std::{sync::Arc, time::Duration};
@@ -42,6 +43,7 @@ use crate::{
     tasks::Tasks,
     token::{Dialect, KeyRing},
     trace::Traces,
+    vapid::Vapid,
     xmpp::{Events, Router, pending::InFlight, presence::Presence},
 };
 
@@ -208,6 +210,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         keys,
         store: store.clone(),
         limits: limits.clone(),
+        vapid: Vapid::new(config.http.origin()),
+        blocked: config.limits.blocked_vapid_keys.iter().copied().collect(),
         in_flight: in_flight.clone(),
         route,
     });

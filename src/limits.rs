@@ -9,9 +9,11 @@
 //! not every address ever seen.
 
 use std::{
+    collections::HashMap,
     hash::Hash,
     net::{IpAddr, Ipv6Addr},
-    time::Duration,
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use axum::http::HeaderMap;
@@ -27,6 +29,7 @@ use crate::{
     config::{LimitsConfig, Rate},
     metrics::{self, METRICS},
     store::RegistrationKey,
+    vapid::KeyDigest,
 };
 
 /// How often buckets that are full again are dropped.
@@ -38,8 +41,11 @@ pub struct Limits {
     pub per_endpoint: Limiter<RegistrationKey>,
     /// Requests per sender, keyed by [`address_key`].
     pub per_address: Limiter<IpAddr>,
-    /// Tokens that fail to decrypt, per sender.
+    /// Tokens that fail to decrypt, and VAPID signatures that fail to verify, per sender.
     pub forged_tokens: Limiter<IpAddr>,
+    /// Pushes per application server that signed them (RFC 8292), by its key's digest: in place
+    /// of its address's limit, with the same quota.
+    pub per_vapid_key: Limiter<KeyDigest>,
     /// `<register>` requests per account.
     pub registrations: Limiter<BareJid>,
     /// XEP-0357 publishes per app-server node (by its id).
@@ -51,6 +57,7 @@ impl Limits {
         Limits {
             per_endpoint: Limiter::new(metrics::Limit::PerEndpoint, config.per_endpoint),
             per_address: Limiter::new(metrics::Limit::PerAddress, config.per_address),
+            per_vapid_key: Limiter::new(metrics::Limit::PerVapidKey, config.per_address),
             forged_tokens: Limiter::new(
                 metrics::Limit::ForgedTokens,
                 config.forged_tokens_per_address,
@@ -67,6 +74,7 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.per_endpoint.forget_idle();
         self.per_address.forget_idle();
+        self.per_vapid_key.forget_idle();
         self.forged_tokens.forget_idle();
         self.registrations.forget_idle();
         self.publishes.forget_idle();
@@ -78,6 +86,9 @@ pub struct Limiter<K: Hash + Eq + Clone> {
     /// Which limit this is, for the metrics.
     limit: metrics::Limit,
     buckets: DefaultKeyedRateLimiter<K>,
+    /// Keys refused lately, and until when: so that costly work (a signature to verify) can be
+    /// turned away before it is done. As many as the keys over their limit now.
+    refused: Mutex<HashMap<K, Instant>>,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
@@ -89,6 +100,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         Limiter {
             limit,
             buckets: RateLimiter::keyed(quota),
+            refused: Mutex::default(),
         }
     }
 
@@ -96,13 +108,27 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn check(&self, key: &K) -> Result<(), RetryAfter> {
         self.buckets.check_key(key).map_err(|not_until| {
             METRICS.rate_limited(self.limit);
-            RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            refused.insert(key.clone(), Instant::now() + wait);
+            RetryAfter(wait)
         })
+    }
+
+    /// How long `key` still waits, if it was refused lately, without taking from its bucket.
+    pub fn refusing(&self, key: &K) -> Option<RetryAfter> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = refused.get(key)?.checked_duration_since(Instant::now())?;
+        Some(RetryAfter(wait))
     }
 
     fn forget_idle(&self) {
         self.buckets.retain_recent();
         self.buckets.shrink_to_fit();
+        let now = Instant::now();
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.retain(|_, until| *until > now);
+        refused.shrink_to_fit();
     }
 }
 

@@ -40,6 +40,10 @@ pub enum PushOutcome {
     NotFound,
     /// `400`: a malformed header, an empty or unreadable body, or (sum7's dialect) not text.
     BadRequest,
+    /// `401`: a VAPID header that does not verify, or none where the endpoint needs one.
+    Unauthorized,
+    /// `403`: a VAPID key the endpoint is not bound to, or one the operator blocked.
+    Forbidden,
     /// `408`: the body did not arrive in time.
     Timeout,
     /// `413`.
@@ -66,6 +70,8 @@ impl PushOutcome {
             PushOutcome::Revoked => "revoked",
             PushOutcome::NotFound => "not_found",
             PushOutcome::BadRequest => "bad_request",
+            PushOutcome::Unauthorized => "unauthorized",
+            PushOutcome::Forbidden => "forbidden",
             PushOutcome::Timeout => "timeout",
             PushOutcome::TooLarge => "too_large",
             PushOutcome::RateLimited => "rate_limited",
@@ -110,6 +116,7 @@ struct RegisterLabels {
 pub enum Limit {
     PerEndpoint,
     PerAddress,
+    PerVapidKey,
     ForgedTokens,
     Registrations,
     Publishes,
@@ -120,6 +127,7 @@ impl Limit {
         match self {
             Limit::PerEndpoint => "per_endpoint",
             Limit::PerAddress => "per_address",
+            Limit::PerVapidKey => "per_vapid_key",
             Limit::ForgedTokens => "forged_tokens_per_address",
             Limit::Registrations => "registrations_per_account",
             Limit::Publishes => "publishes_per_node",

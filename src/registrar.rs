@@ -24,7 +24,15 @@ use crate::{
     metrics::{METRICS, RegisterOutcome},
     store::{RegistrationKey, Series, Store, key_to_hex, micros, registration_key},
     token::{self, Claims, Dialect, KeyRing, Purpose},
+    vapid::KeyDigest,
 };
+
+/// The disco#info feature that says a `<register>` may name the application server's key
+/// (Conversations' `vapid` attribute, sum7's `<vapid>` child). xup's own.
+pub const VAPID_FEATURE: &str = "urn:xup:vapid:0";
+/// Also advertised when `registration.require_vapid` is on: a `<register>` without a key is
+/// refused (`VAPID_REQUIRED`).
+pub const VAPID_REQUIRED_FEATURE: &str = "urn:xup:vapid:0#required";
 
 /// UnifiedPush (AND_3.0.0) lets distributors reject endpoint URLs longer than this.
 pub const MAX_ENDPOINT_LEN: usize = 1000;
@@ -47,6 +55,12 @@ pub enum RegisterError {
          expires by itself"
     )]
     TooManyUnregistered(usize),
+    /// The AND_3 reason's name leads the text, so a distributor can map it to `VAPID_REQUIRED`.
+    #[error(
+        "VAPID_REQUIRED: this provider only issues endpoints bound to the application server's \
+         key; register with its VAPID public key"
+    )]
+    VapidRequired,
     #[error("internal error while issuing the endpoint")]
     Internal,
 }
@@ -60,6 +74,9 @@ impl RegisterError {
                 (ErrorType::Auth, DefinedCondition::Forbidden)
             }
             RegisterError::EndpointTooLong => (ErrorType::Modify, DefinedCondition::NotAcceptable),
+            // Not policy-violation, which fits better: clients built on RFC 3920's list of
+            // conditions (slixmpp, for one) drop a stanza that carries it.
+            RegisterError::VapidRequired => (ErrorType::Modify, DefinedCondition::NotAcceptable),
             RegisterError::TooMany(_) | RegisterError::TooManyUnregistered(_) => {
                 (ErrorType::Wait, DefinedCondition::ResourceConstraint)
             }
@@ -76,6 +93,7 @@ pub struct Registrar {
     store: Arc<Store>,
     allow: Vec<AllowEntry>,
     lifetime: std::time::Duration,
+    require_vapid: bool,
     /// `public_url` + `/push/`.
     endpoint_prefix: String,
 }
@@ -93,7 +111,16 @@ impl Registrar {
             store,
             allow: config.registration.allow.clone(),
             lifetime: config.registration.lifetime,
+            require_vapid: config.registration.require_vapid,
             endpoint_prefix: format!("{}/push/", config.http.public_url),
+        }
+    }
+
+    /// What every dialect's registration adds to disco#info.
+    pub fn features(&self) -> Vec<&'static str> {
+        match self.require_vapid {
+            true => vec![VAPID_FEATURE, VAPID_REQUIRED_FEATURE],
+            false => vec![VAPID_FEATURE],
         }
     }
 
@@ -139,6 +166,9 @@ impl Registrar {
         now: SystemTime,
     ) -> Result<Issued, RegisterError> {
         let from = self.admit(from)?;
+        if self.require_vapid && registration.vapid.is_none() {
+            return Err(RegisterError::VapidRequired);
+        }
 
         let mut claims = token::claims_for(
             from.as_str(),
@@ -148,6 +178,7 @@ impl Registrar {
             self.lifetime,
         );
         claims.dialect = registration.dialect;
+        claims.vapid = registration.vapid;
         let key = registration_key(&claims);
         let token = self.keys.issue(&claims).map_err(internal)?;
         let endpoint = format!("{}{token}", self.endpoint_prefix);
@@ -180,7 +211,8 @@ impl Registrar {
     /// The endpoint `series` keeps for `key`, and when it was issued, if a client asking for
     /// `wanted` may have it again: alive at `now`, not revoked since, sealed by xup for this very
     /// key, issued under the key that issues now (after a rotation, each registration moves to
-    /// the new key at its next renewal), and for the same request.
+    /// the new key at its next renewal), and for the same request, bound to the same application
+    /// server key (a client that names another gets an endpoint bound to that one).
     fn reusable(
         &self,
         key: RegistrationKey,
@@ -201,6 +233,7 @@ impl Registrar {
             && claims.application == wanted.application
             && claims.instance == wanted.instance
             && claims.dialect == wanted.dialect
+            && claims.vapid == wanted.vapid
             && claims.renewable;
         if !same || self.store.is_revoked(&claims) {
             return None;
@@ -242,6 +275,8 @@ pub struct Registration {
     pub dialect: Dialect,
     pub application: String,
     pub instance: String,
+    /// The application server's key the endpoint is to be bound to (RFC 8292 §4).
+    pub vapid: Option<KeyDigest>,
 }
 
 /// An endpoint, and when it stops working.

@@ -70,6 +70,9 @@ pub struct Claims {
     /// Whether the token outlives `expires_at` while its registration is renewed: the store then
     /// says until when (`Store::renewed_until`). Tokens issued before stable endpoints are not.
     pub renewable: bool,
+    /// The digest of the application server's key the endpoint is bound to (RFC 8292 §4), if the
+    /// client named one: only a push signed with it is taken.
+    pub vapid: Option<[u8; 32]>,
 }
 
 /// The two XMPP dialects of UnifiedPush that xup speaks to clients.
@@ -96,6 +99,9 @@ struct Payload {
     /// Renewable: `exp` is then the end of the first lifetime, not of the endpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     ren: bool,
+    /// The bound VAPID key's digest, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vap: Option<String>,
 }
 
 /// The JSON inside a token the Java `up` issued.
@@ -208,6 +214,7 @@ impl KeyRing {
                 Dialect::Sum7 => Some(SUM7.to_owned()),
             },
             ren: claims.renewable,
+            vap: claims.vapid.map(|digest| URL_SAFE_NO_PAD.encode(digest)),
         })
         .map_err(|e| TokenError::Create(e.to_string()))?;
         self.seal(Purpose::Endpoint, &payload)
@@ -330,6 +337,16 @@ impl KeyRing {
                 Some(_) => return Err(TokenError::Malformed),
             },
             renewable: payload.ren,
+            vapid: match payload.vap {
+                Some(digest) => Some(
+                    URL_SAFE_NO_PAD
+                        .decode(digest)
+                        .ok()
+                        .and_then(|digest| digest.try_into().ok())
+                        .ok_or(TokenError::Malformed)?,
+                ),
+                None => None,
+            },
         })
     }
 }
@@ -352,6 +369,7 @@ fn open_legacy(key: &SymmetricKey<V2>, token: &str) -> Result<Claims, TokenError
         expires_at: SystemTime::UNIX_EPOCH + Duration::from_millis(payload.exp),
         dialect: Dialect::Conversations,
         renewable: false,
+        vapid: None,
     })
 }
 
@@ -371,6 +389,7 @@ pub fn claims_for(
         expires_at: now + lifetime,
         dialect: Dialect::Conversations,
         renewable: true,
+        vapid: None,
     }
 }
 

@@ -139,7 +139,7 @@ proptest! {
     #[test]
     fn an_endpoint_is_at_most_1000_bytes_or_refused(jid in full_jid()) {
         let (registrar, keys, runtime, _dir) = registrar();
-        let request = Element::from(Register { application: APP.into(), instance: INS.into() });
+        let request = Element::from(Register { application: APP.into(), instance: INS.into(), vapid: None });
         match runtime.block_on(register(&registrar, Some(&jid), request, SystemTime::now())) {
             Ok(registered) => {
                 prop_assert!(registered.endpoint.len() <= MAX_ENDPOINT_LEN);

@@ -145,6 +145,7 @@ impl Handoff {
             },
             // The standby found it alive, renewed or not; the leader only delivers.
             renewable: false,
+            vapid: None,
         };
         let waited = Duration::from_millis(self.waited_ms);
         let now = tokio::time::Instant::now();

@@ -47,6 +47,22 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+impl HttpConfig {
+    /// The origin of `public_url` (RFC 6454: scheme, host, and the port unless it is the
+    /// scheme's own), as an application server puts it in its VAPID JWT's `aud`.
+    pub fn origin(&self) -> String {
+        let (scheme, rest) = self.public_url.split_once("://").unwrap_or(("https", ""));
+        let host = rest
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let default_port = if scheme == "https" { ":443" } else { ":80" };
+        let host = host.strip_suffix(default_port).unwrap_or(&host);
+        format!("{scheme}://{host}")
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {

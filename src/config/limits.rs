@@ -39,6 +39,8 @@ pub struct LimitsConfig {
     pub registrations_per_account: Rate,
     /// XEP-0357 publishes to one app-server node.
     pub publishes_per_node: Rate,
+    /// Application servers refused whatever they sign: the digests of their VAPID keys.
+    pub blocked_vapid_keys: Vec<crate::vapid::KeyDigest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +58,7 @@ pub struct RawLimits {
     pub forged_tokens_per_address: Option<RawRate>,
     pub registrations_per_account: Option<RawRate>,
     pub publishes_per_node: Option<RawRate>,
+    pub blocked_vapid_keys: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +95,21 @@ pub(super) fn validate(limits: RawLimits) -> Result<LimitsConfig, ConfigError> {
             limits.publishes_per_node,
             DEFAULT_PUBLISHES_PER_NODE,
         )?,
+        blocked_vapid_keys: limits
+            .blocked_vapid_keys
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                crate::vapid::key_digest(key.trim()).ok_or_else(|| {
+                    invalid(
+                        format!("limits.blocked_vapid_keys[{i}]"),
+                        "expected an application server's VAPID public key as it sends it in \
+                         k=: base64url of a P-256 point, 87 characters",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -26,6 +26,9 @@ pub struct RegistrationConfig {
     pub allow: Vec<AllowEntry>,
     /// The endpoints the Java `up` issued, still honoured after a switch to xup.
     pub legacy_up: Option<LegacyUp>,
+    /// Refuse a registration that names no application server key (UnifiedPush's
+    /// `VAPID_REQUIRED`): every endpoint is then bound to one.
+    pub require_vapid: bool,
 }
 
 impl RegistrationConfig {
@@ -90,6 +93,7 @@ pub struct RawRegistration {
     pub legacy_up_secret: Option<String>,
     pub legacy_up_secret_file: Option<PathBuf>,
     pub legacy_up_uri: Option<String>,
+    pub require_vapid: Option<bool>,
 }
 
 /// Secrets shorter than this are too easy to guess offline from one captured token.
@@ -208,6 +212,7 @@ pub(super) fn validate(
         lifetime,
         allow,
         legacy_up,
+        require_vapid: raw.require_vapid.unwrap_or(false),
     })
 }
 

@@ -124,7 +124,7 @@ async fn notify(
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let sender = sender_address(peer.ip(), &parts.headers, &gateway.trusted_proxies);
-    if let Err(verdict) = gateway.pushes.admit_sender(sender) {
+    if let Err(verdict) = gateway.pushes.admit_sender(sender, None) {
         METRICS.push(verdict.outcome());
         return verdict.into_response();
     }
@@ -172,7 +172,13 @@ impl Gateway {
             return true;
         };
         let pushes = &self.pushes;
-        let verdict = match pushes.open(sender, token).await {
+        // A homeserver signs nothing: an endpoint bound to an application server's key is no
+        // pushkey for it.
+        let opened = match pushes.open(sender, token).await {
+            Ok(claims) => pushes.authorize(&claims, None).map(|()| claims),
+            Err(verdict) => Err(verdict),
+        };
+        let verdict = match opened {
             Ok(claims) => match pushes.admit(claims) {
                 Ok(admitted) => pushes.deliver(admitted, request).await,
                 Err(verdict) => verdict,

@@ -58,6 +58,15 @@ impl IntoResponse for Verdict {
             Verdict::BadHeader(reason) => {
                 (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
             }
+            Verdict::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("vapid"))],
+                format!("{reason}\n"),
+            )
+                .into_response(),
+            Verdict::Forbidden(reason) => {
+                (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response()
+            }
             Verdict::NotText(reason) => {
                 (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
             }

@@ -65,8 +65,9 @@ async fn discover(
 ) -> Response {
     let sender = sender_address(peer.ip(), &headers, &state.trusted_proxies);
     let pushes = &state.pushes;
-    let opened = match pushes.admit_sender(sender) {
-        Ok(()) => pushes.open(sender, &token).await,
+    // Discovery is no push: it needs no signature, and costs no verification.
+    let opened = match pushes.admit_sender(sender, None) {
+        Ok(_) => pushes.open(sender, &token).await,
         Err(verdict) => Err(verdict),
     };
     match opened {
@@ -126,13 +127,19 @@ async fn accept_push(
     let (ttl, topic, urgency, claims, body) = {
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
-        if let Err(verdict) = pushes.admit_sender(sender) {
-            return verdict;
-        }
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        let identity =
+            match pushes.admit_sender(sender, authorization.and_then(|h| h.to_str().ok())) {
+                Ok(identity) => identity,
+                Err(verdict) => return verdict,
+            };
         let claims = match pushes.open(sender, &token).await {
             Ok(claims) => claims,
             Err(verdict) => return verdict,
         };
+        if let Err(verdict) = pushes.authorize(&claims, identity.as_ref()) {
+            return verdict;
+        }
         drop(token);
         match rfc8030_headers(&parts.headers) {
             Ok((ttl, topic, urgency)) => (ttl, topic, urgency, claims, body),

@@ -2,10 +2,11 @@
 //! homeserver's notify): the checks every push passes, and the hand-off to the dialect its
 //! endpoint speaks.
 //!
-//! Checks run cheapest first, so a flood costs as little as it can: the sender's address against
-//! its rate limit, then the token (decrypted in memory; a forgery is counted against its sender
+//! Checks run cheapest first, so a flood costs as little as it can: the sender against its rate
+//! limit (its address, or the application server's key if it signs with VAPID, `vapid.rs`; a
+//! signature is verified only for an address not refused for bad ones), then the token (decrypted in memory; a forgery is counted against its sender
 //! and never reaches the store; only a genuine token past its first lifetime may, to learn
-//! whether it was renewed), then revocation. The door then reads the body, and only a push
+//! whether it was renewed), then revocation, then the endpoint's binding to a key. The door then reads the body, and only a push
 //! whose body has come passes the endpoint's own rate limit and takes a slot among the pushes in
 //! flight ([`Pushes::admit`]): a slow body holds no slot. Then it crosses the one seam between the
 //! doors and XMPP, [`Deliver`]: the endpoint's dialect decides (`dialects/`), or, on a standby
@@ -15,7 +16,7 @@
 //! (`http/`) call it and say a verdict in their own words, the dialects implement [`Deliver`].
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -29,6 +30,7 @@ use crate::{
     metrics::PushOutcome,
     store::{Store, registration_key},
     token::{Claims, Dialect, KeyRing, TokenError},
+    vapid::{self, Identity, KeyDigest, Vapid, VapidError},
 };
 
 /// What every door shares.
@@ -36,6 +38,10 @@ pub struct Pushes {
     pub keys: Arc<KeyRing>,
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
+    /// Checks the senders' VAPID headers.
+    pub vapid: Vapid,
+    /// `limits.blocked_vapid_keys`.
+    pub blocked: HashSet<KeyDigest>,
     /// One permit per push waiting for its client: `http.max_in_flight`.
     pub in_flight: Arc<Semaphore>,
     /// Where an admitted push goes: the dialects, or the cluster in front of them.
@@ -67,6 +73,11 @@ pub enum Verdict {
     },
     /// `http.max_in_flight` pushes are already waiting for their clients.
     Busy,
+    /// No valid VAPID identity where one is needed, or one that does not verify: the reason says
+    /// which (RFC 8292 §4.2).
+    Unauthorized(VapidError),
+    /// A VAPID key the endpoint is not bound to, or one the operator blocked; the reason says which.
+    Forbidden(&'static str),
     /// A `TTL`, `Topic` or `Urgency` header that RFC 8030 does not allow; the reason names it.
     BadHeader(&'static str),
     /// The endpoint's client takes text only (sum7's dialect); the reason says what is wrong.
@@ -91,6 +102,8 @@ impl Verdict {
             }
             Verdict::SlowBody => PushOutcome::Timeout,
             Verdict::TooMany { .. } => PushOutcome::RateLimited,
+            Verdict::Unauthorized(_) => PushOutcome::Unauthorized,
+            Verdict::Forbidden(_) => PushOutcome::Forbidden,
             Verdict::Busy => PushOutcome::Busy,
             Verdict::Full => PushOutcome::Full,
             Verdict::LinkDown => PushOutcome::LinkDown,
@@ -106,15 +119,68 @@ pub struct Admitted {
 }
 
 impl Pushes {
-    /// Whether `sender` is within its rate limit: once per request, however many pushes it holds.
-    pub fn admit_sender(&self, sender: IpAddr) -> Result<(), Verdict> {
+    /// Who sent a request, and whether it is within its rate limit: once per request, however
+    /// many pushes it holds. A sender that signs with VAPID (`authorization`, the header) is its
+    /// key, which has a rate limit of its own and may be blocked; any other is its address. A
+    /// signature that does not verify is counted against the address like a forged token, and an
+    /// address over that limit is refused before its next signature costs a verification.
+    pub fn admit_sender(
+        &self,
+        sender: IpAddr,
+        authorization: Option<&str>,
+    ) -> Result<Option<Identity>, Verdict> {
+        let Some(header) = authorization.filter(|h| vapid::is_vapid(h)) else {
+            self.limits
+                .per_address
+                .check(&address_key(sender))
+                .map_err(|wait| Verdict::TooMany {
+                    what: "from this address",
+                    wait,
+                })?;
+            return Ok(None);
+        };
+        let address = address_key(sender);
+        let forged = |wait| Verdict::TooMany {
+            what: "with invalid endpoints or signatures from this address",
+            wait,
+        };
+        if let Some(wait) = self.limits.forged_tokens.refusing(&address) {
+            return Err(forged(wait));
+        }
+        let identity = match self.vapid.verify(header, SystemTime::now()) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::debug!(error = %e, "a VAPID header that does not verify");
+                self.limits.forged_tokens.check(&address).map_err(forged)?;
+                return Err(Verdict::Unauthorized(e));
+            }
+        };
+        if self.blocked.contains(&identity.key) {
+            return Err(Verdict::Forbidden(
+                "this application server's key is blocked by the push provider",
+            ));
+        }
         self.limits
-            .per_address
-            .check(&address_key(sender))
+            .per_vapid_key
+            .check(&identity.key)
             .map_err(|wait| Verdict::TooMany {
-                what: "from this address",
+                what: "from this application server key",
                 wait,
-            })
+            })?;
+        Ok(Some(identity))
+    }
+
+    /// Whether a push from `identity` may go to the endpoint of `claims`: any may, unless the
+    /// endpoint is bound to an application server's key (RFC 8292 §4.2).
+    pub fn authorize(&self, claims: &Claims, identity: Option<&Identity>) -> Result<(), Verdict> {
+        match (claims.vapid, identity) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(Verdict::Unauthorized(VapidError::Missing)),
+            (Some(bound), Some(identity)) if bound == identity.key => Ok(()),
+            (Some(_), Some(_)) => Err(Verdict::Forbidden(
+                "this endpoint is bound to another application server's key",
+            )),
+        }
     }
 
     /// The live endpoint `token` names, or why it is dead to `sender`. A token that does not

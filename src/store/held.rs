@@ -871,6 +871,7 @@ mod tests {
             expires_at: SystemTime::now() + DAY,
             dialect: Default::default(),
             renewable: false,
+            vapid: None,
         };
         assert_eq!(held.drop_registration(&claims).await.expect("drop"), 1);
         assert!(ids(&held).await.is_empty());

@@ -259,7 +259,10 @@ async fn rotated_secrets_keep_old_endpoints_until_the_old_secret_is_removed() {
         .await;
     assert_delivered(&old, &mut phone, b"old endpoint, rotated ring").await;
     let new = phone.register(APP, INSTANCE).await.endpoint;
-    assert_ne!(new, old, "a renewal moves the registration to the new key, once");
+    assert_ne!(
+        new, old,
+        "a renewal moves the registration to the new key, once"
+    );
     assert_eq!(phone.register(APP, INSTANCE).await.endpoint, new);
     assert_delivered(&new, &mut phone, b"new endpoint").await;
 

@@ -262,21 +262,39 @@ impl Peer {
             xml += &format!(" instance='{i}'");
         }
         xml += "/>";
-        let answer = self.iq("set", COMPONENT, &xml).await;
-        if answer["type"] == "result" {
-            let attrs = &answer["payload"]["attrs"];
-            assert_eq!(answer["payload"]["name"], "registered");
-            assert_eq!(answer["payload"]["ns"], UP_NS);
-            Ok(Registered {
-                endpoint: attrs["endpoint"].as_str().expect("endpoint").to_owned(),
-                expiration: attrs["expiration"].as_str().expect("expiration").to_owned(),
-            })
-        } else {
-            Err(IqFailure {
-                condition: answer["condition"].as_str().unwrap_or_default().to_owned(),
-                error_type: answer["error_type"].as_str().unwrap_or_default().to_owned(),
-            })
+        self.register_xml(&xml).await.map_err(|answer| IqFailure {
+            condition: answer["condition"].as_str().unwrap_or_default().to_owned(),
+            error_type: answer["error_type"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// `<register>` bound to the application server key `vapid`: the endpoint, or the whole
+    /// error answer (its `condition`, `error_type` and `text`).
+    pub async fn register_vapid(
+        &mut self,
+        application: &str,
+        instance: &str,
+        vapid: &str,
+    ) -> Result<Registered, Value> {
+        let xml = format!(
+            "<register xmlns='{UP_NS}' application='{application}' instance='{instance}' \
+             vapid='{vapid}'/>"
+        );
+        self.register_xml(&xml).await
+    }
+
+    async fn register_xml(&mut self, xml: &str) -> Result<Registered, Value> {
+        let answer = self.iq("set", COMPONENT, xml).await;
+        if answer["type"] != "result" {
+            return Err(answer);
         }
+        let attrs = &answer["payload"]["attrs"];
+        assert_eq!(answer["payload"]["name"], "registered");
+        assert_eq!(answer["payload"]["ns"], UP_NS);
+        Ok(Registered {
+            endpoint: attrs["endpoint"].as_str().expect("endpoint").to_owned(),
+            expiration: attrs["expiration"].as_str().expect("expiration").to_owned(),
+        })
     }
 
     pub async fn register(&mut self, application: &str, instance: &str) -> Registered {
@@ -288,7 +306,17 @@ impl Peer {
     /// sum7's `<register>` (or `<unregister>`, by `element`) with `token`: the text of the answer's
     /// first child (`<endpoint>` or `<success>`), or the refusal.
     async fn sum7(&mut self, element: &str, token: &str) -> Result<(String, String), Sum7Failure> {
-        let xml = format!("<{element} xmlns='{SUM7_NS}'><token>{token}</token></{element}>");
+        self.sum7_with(element, &format!("<token>{token}</token>"))
+            .await
+    }
+
+    /// [`Peer::sum7`] with these children.
+    async fn sum7_with(
+        &mut self,
+        element: &str,
+        children: &str,
+    ) -> Result<(String, String), Sum7Failure> {
+        let xml = format!("<{element} xmlns='{SUM7_NS}'>{children}</{element}>");
         let answer = self.iq("set", COMPONENT, &xml).await;
         let payload = &answer["payload"];
         let child = &payload["children"][0];
@@ -317,6 +345,18 @@ impl Peer {
     /// sum7's `<register>`: the endpoint, or the refusal.
     pub async fn sum7_register(&mut self, token: &str) -> Result<String, Sum7Failure> {
         let (name, endpoint) = self.sum7("register", token).await?;
+        assert_eq!(name, "endpoint");
+        Ok(endpoint)
+    }
+
+    /// sum7's `<register>` with a `<vapid>` key: the endpoint, or the refusal.
+    pub async fn sum7_register_vapid(
+        &mut self,
+        token: &str,
+        vapid: &str,
+    ) -> Result<String, Sum7Failure> {
+        let children = format!("<token>{token}</token><vapid>{vapid}</vapid>");
+        let (name, endpoint) = self.sum7_with("register", &children).await?;
         assert_eq!(name, "endpoint");
         Ok(endpoint)
     }
@@ -584,6 +624,61 @@ impl Peer {
         }
         watcher.quit().await;
     }
+}
+
+/// An application server's VAPID key pair, kept and used by py_vapid (`tests/peer/vapid.py`), as
+/// a Python application server signs.
+pub struct VapidSigner {
+    pem: PathBuf,
+    /// The public key as it goes in `k=` and in a client's registration.
+    pub key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl VapidSigner {
+    pub fn new() -> VapidSigner {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("vapid.pem");
+        let key = vapid_py(&["new", pem.to_str().expect("utf-8")]);
+        VapidSigner {
+            pem,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// `Authorization` for a push to `url`'s origin (or to `audience`, when given), whose JWT
+    /// expires `seconds` from now.
+    pub fn header(&self, url: &str, seconds: i64) -> String {
+        let origin = reqwest::Url::parse(url)
+            .expect("a URL")
+            .origin()
+            .ascii_serialization();
+        self.header_for(&origin, seconds)
+    }
+
+    pub fn header_for(&self, audience: &str, seconds: i64) -> String {
+        let pem = self.pem.to_str().expect("utf-8");
+        vapid_py(&["sign", pem, audience, &seconds.to_string()])
+    }
+}
+
+fn vapid_py(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/vapid.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("the test's Python runs");
+    assert!(
+        out.status.success(),
+        "vapid.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 /// POST `body` to `url` with extra request headers (`TTL`, `Topic`, …).

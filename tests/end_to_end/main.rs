@@ -14,3 +14,4 @@ mod package;
 mod protection;
 mod stable;
 mod urgency;
+mod vapid;

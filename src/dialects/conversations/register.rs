@@ -12,6 +12,7 @@ use crate::{
     dialects::conversations::wire::{DIGEST_B64_LEN, NS, Register, Registered},
     registrar::{self, RegisterError, Registrar, Registration},
     token::Dialect,
+    vapid::{self, KeyDigest},
     xmpp::{Events, Handled, Handler, LinkEvent, presence::URGENCY_NS, router::unsupported},
 };
 
@@ -23,10 +24,12 @@ pub struct Registry {
 }
 
 impl Handler for Registry {
-    /// The draft's namespace, and xup's minimum-urgency presence (`xmpp/presence.rs`), which
-    /// only this dialect's pushes follow.
+    /// The draft's namespace, xup's minimum-urgency presence (`xmpp/presence.rs`), which only
+    /// this dialect's pushes follow, and what registration adds (VAPID).
     fn features(&self) -> Vec<&'static str> {
-        vec![NS, URGENCY_NS]
+        let mut features = vec![NS, URGENCY_NS];
+        features.extend(self.registrar.features());
+        features
     }
 
     fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
@@ -66,6 +69,7 @@ pub async fn register(
                 dialect: Dialect::Conversations,
                 application: request.application,
                 instance: request.instance,
+                vapid: request.vapid,
             },
             now,
         )
@@ -76,11 +80,19 @@ pub async fn register(
     })
 }
 
-/// A Conversations `<register>`: both attributes, each the base64 of a SHA-256 digest.
-fn parse(payload: Element) -> Result<Register, RegisterError> {
+/// What a Conversations `<register>` asks for.
+struct Request {
+    application: String,
+    instance: String,
+    vapid: Option<KeyDigest>,
+}
+
+/// A Conversations `<register>`: both attributes, each the base64 of a SHA-256 digest, and
+/// maybe the application server's key.
+fn parse(payload: Element) -> Result<Request, RegisterError> {
     let request = Register::try_from(payload).map_err(|_| {
         RegisterError::BadRequest(
-            "<register> needs exactly the attributes application and instance",
+            "<register> needs the attributes application and instance, and may have vapid",
         )
     })?;
     if !is_digest(&request.application) {
@@ -93,7 +105,18 @@ fn parse(payload: Element) -> Result<Register, RegisterError> {
             "instance must be padded base64 of 32 bytes (44 characters)",
         ));
     }
-    Ok(request)
+    let vapid = match &request.vapid {
+        Some(key) => Some(vapid::key_digest(key).ok_or(RegisterError::BadRequest(
+            "vapid must be the application server's P-256 public key, base64url of its \
+             65-byte uncompressed point (87 characters)",
+        ))?),
+        None => None,
+    };
+    Ok(Request {
+        application: request.application,
+        instance: request.instance,
+        vapid,
+    })
 }
 
 /// Padded standard base64 of exactly 32 bytes, as a SHA-256 digest is.
@@ -145,6 +168,7 @@ mod tests {
         Element::from(Register {
             application: application.into(),
             instance: instance.into(),
+            vapid: None,
         })
     }
 

@@ -487,6 +487,7 @@ impl Relay {
             expires_at: now,
             dialect: Dialect::Conversations,
             renewable: false,
+            vapid: None,
         };
         self.store.revoke(&claims, now, self.lifetime).await?;
         let dropped = self.held.drop_registration(&claims).await?;

@@ -18,6 +18,10 @@ pub struct Register {
     pub application: String,
     #[xml(attribute)]
     pub instance: String,
+    /// The application server's VAPID public key (base64url, 87 characters), to bind the
+    /// endpoint to (RFC 8292 §4; UnifiedPush AND_3's `vapid`). xup's own extension of the draft.
+    #[xml(attribute(default))]
+    pub vapid: Option<String>,
 }
 
 /// xup's answer to [`Register`]: where to POST, and until when.

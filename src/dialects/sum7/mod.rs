@@ -33,6 +33,7 @@ use crate::{
     store::Store,
     token::{Claims, Dialect},
     trace::{Event, Traces},
+    vapid,
     xmpp::{Handled, Handler, Link, Refusal, pending::MessageIds},
 };
 use wire::{
@@ -54,7 +55,9 @@ pub struct Registry {
 
 impl Handler for Registry {
     fn features(&self) -> Vec<&'static str> {
-        vec![NS]
+        let mut features = vec![NS];
+        features.extend(self.registrar.features());
+        features
     }
 
     fn set(&self, from: Option<Jid>, payload: Element) -> Handled {
@@ -94,14 +97,27 @@ impl Registry {
                 ),
             })
         };
-        let token = public_token(Register::try_from(payload).map(|r| r.token).ok())
+        let request = Register::try_from(payload).ok();
+        let vapid = match request.as_ref().map(|r| r.vapid.trim()) {
+            None | Some("") => Ok(None),
+            Some(key) => vapid::key_digest(key)
+                .map(Some)
+                .ok_or(RegisterError::BadRequest(
+                    "the <vapid> must be the application server's P-256 public key, base64url of \
+                 its 65-byte uncompressed point (87 characters)",
+                )),
+        };
+        let token = public_token(request.map(|r| r.token))
+            .and_then(|token| Ok((token, vapid?)))
             .inspect_err(|_| registrar::refused());
         let registrar = self.registrar.clone();
         async move {
+            let (token, vapid) = token.map_err(refuse)?;
             let registration = Registration {
                 dialect: Dialect::Sum7,
-                application: token.map_err(refuse)?,
+                application: token,
                 instance: String::new(),
+                vapid,
             };
             let issued = registrar
                 .issue(from.as_ref(), registration, SystemTime::now())
@@ -150,6 +166,7 @@ impl Registry {
                 expires_at: now,
                 dialect: Dialect::Sum7,
                 renewable: false,
+                vapid: None,
             };
             let kept = store
                 .revoke_within(

@@ -18,6 +18,10 @@ pub const MAX_TOKEN_LEN: usize = 256;
 pub struct Register {
     #[xml(extract(default, name = "token", fields(text)))]
     pub token: String,
+    /// `<vapid>KEY</vapid>`: the application server's VAPID public key (base64url), to bind the
+    /// endpoint to (RFC 8292 §4). xup's own extension; empty or left out means none.
+    #[xml(extract(default, name = "vapid", fields(text)))]
+    pub vapid: String,
 }
 
 /// The answer to [`Register`]: `<register><endpoint>URL</endpoint></register>`.
