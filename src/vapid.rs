@@ -13,17 +13,20 @@
 //! 65-byte uncompressed point, 87 characters); `t`, a JWT signed ES256 with it, whose `aud` is the
 //! origin of `http.public_url`, and whose `exp` is in the future and at most 24 hours ahead
 //! (RFC 8292 §2), each with a minute of clock skew. `sub`, the sender's contact, is kept for the
-//! client's own diagnostics, never checked.
+//! client's own diagnostics, never checked. A header that verified is remembered until its JWT
+//! expires (a bounded map), so a sender that reuses its JWT costs one verification, not one a push.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use web_push_native::jwt_simple::{
-    self, JWTError,
-    algorithms::{ECDSAP256PublicKeyLike, ES256PublicKey},
-    prelude::{HashSet, NoCustomClaims, VerificationOptions},
-};
+use web_push_native::jwt_simple::algorithms::ES256PublicKey;
 
 /// The digest an endpoint is bound by: SHA-256 of the key's uncompressed point. Shorter than the
 /// key in a token, and it names the key as surely.
@@ -70,72 +73,124 @@ pub struct Identity {
 }
 
 /// The digest of a key given as base64url, if it is a P-256 public key: for a client's
-/// registration, for the block list, and for `k`.
+/// registration and for the block list, where a key that is no point on the curve is refused at
+/// once rather than at the first push.
 pub fn key_digest(key: &str) -> Option<KeyDigest> {
-    let bytes = parse_key(key)?.1;
+    let bytes = point(key)?;
+    ES256PublicKey::from_bytes(&bytes).ok()?;
     Some(Sha256::digest(bytes).into())
 }
 
-fn parse_key(key: &str) -> Option<(ES256PublicKey, Vec<u8>)> {
+/// The bytes of a key given as base64url, if they can be an uncompressed P-256 point (as RFC 8292
+/// §3.2 and every sender give it); whether it is on the curve, the verification finds out.
+fn point(key: &str) -> Option<Vec<u8>> {
     if key.len() != KEY_B64_LEN {
         return None;
     }
     let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
-    let public = ES256PublicKey::from_bytes(&bytes).ok()?;
-    // Only the uncompressed point, as RFC 8292 §3.2 and every sender give it.
-    (bytes.first() == Some(&4)).then_some((public, bytes))
+    (bytes.len() == 65 && bytes[0] == 4).then_some(bytes)
+}
+
+/// The claims xup reads from the JWT; `aud` is checked by the validation.
+#[derive(Deserialize)]
+struct VapidClaims {
+    exp: u64,
+    sub: Option<String>,
 }
 
 /// Checks the VAPID header of pushes to this provider.
 pub struct Vapid {
     /// The origin of `http.public_url`, as `aud` must say it.
     audience: String,
+    /// Headers that verified lately, by their SHA-256, with what they proved and when their JWT
+    /// expires: a sender that keeps its JWT (RFC 8292 lets it, for up to a day) pays for one
+    /// verification, not one a push. Emptied when full.
+    verified: Mutex<HashMap<[u8; 32], (Identity, Duration)>>,
 }
+
+/// How many verified headers [`Vapid`] remembers: a few hundred bytes each.
+const VERIFIED_REMEMBERED: usize = 4096;
 
 impl Vapid {
     /// `audience`: the origin (scheme, host and port) endpoints are served at.
     pub fn new(audience: String) -> Vapid {
-        Vapid { audience }
+        Vapid {
+            audience,
+            verified: Mutex::default(),
+        }
     }
 
     /// The identity `header` (an `Authorization` value) proves at `now`.
     pub fn verify(&self, header: &str, now: SystemTime) -> Result<Identity, VapidError> {
+        let digest: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        let remembered = self.remembered().get(&digest).cloned();
+        if let Some((identity, expires)) = remembered {
+            check_expiry(expires, now)?;
+            return Ok(identity);
+        }
+        let (identity, expires) = self.verify_signature(header, now)?;
+        let mut verified = self.remembered();
+        if verified.len() >= VERIFIED_REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(digest, (identity.clone(), expires));
+        Ok(identity)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Identity, Duration)>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Vapid::verify`] without memory: the header's identity, and when its JWT expires.
+    fn verify_signature(
+        &self,
+        header: &str,
+        now: SystemTime,
+    ) -> Result<(Identity, Duration), VapidError> {
         let (jwt, key) = parse_header(header).ok_or(VapidError::Malformed)?;
         if jwt.len() > MAX_JWT_LEN {
             return Err(VapidError::Malformed);
         }
-        let (public, bytes) = parse_key(key).ok_or(VapidError::BadKey)?;
-        let options = VerificationOptions {
-            allowed_audiences: Some(HashSet::from([self.audience.clone()])),
-            time_tolerance: Some(SKEW.into()),
-            max_token_length: Some(MAX_JWT_LEN),
-            artificial_time: Some(unix(now).into()),
-            ..Default::default()
-        };
-        let claims = public
-            .verify_token::<NoCustomClaims>(jwt, Some(options))
-            .map_err(|e| reason(&e))?;
-        let expires = claims.expires_at.ok_or(VapidError::Expired)?;
-        if Duration::from(expires) > unix(now) + LONGEST_EXPIRY + SKEW {
+        let bytes = point(key).ok_or(VapidError::BadKey)?;
+        // ring, which verifies, takes the uncompressed point as it is, whatever the name says.
+        let public = DecodingKey::from_ec_der(&bytes);
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["aud", "exp"]);
+        // `exp` is checked below, against `now` and both of RFC 8292's bounds.
+        validation.validate_exp = false;
+        let claims = jsonwebtoken::decode::<VapidClaims>(jwt, &public, &validation)
+            .map_err(|e| reason(e.kind()))?
+            .claims;
+        let expires = Duration::from_secs(claims.exp);
+        check_expiry(expires, now)?;
+        if expires > unix(now) + LONGEST_EXPIRY + SKEW {
             return Err(VapidError::TooFarAhead);
         }
-        Ok(Identity {
+        let identity = Identity {
             key: Sha256::digest(bytes).into(),
-            contact: claims.subject,
-        })
+            contact: claims.sub,
+        };
+        Ok((identity, expires))
     }
 }
 
-/// What jwt-simple's refusal means to the sender.
-fn reason(e: &jwt_simple::Error) -> VapidError {
-    match e.downcast_ref::<JWTError>() {
-        Some(JWTError::TokenHasExpired) => VapidError::Expired,
-        Some(
-            JWTError::RequiredAudienceMissing
-            | JWTError::RequiredAudienceMismatch
-            | JWTError::TooManyAudiences,
-        ) => VapidError::WrongAudience,
-        Some(JWTError::InvalidSignature) => VapidError::BadSignature,
+/// A JWT that expires at `expires` (since the epoch) is still good at `now`.
+fn check_expiry(expires: Duration, now: SystemTime) -> Result<(), VapidError> {
+    match expires + SKEW <= unix(now) {
+        true => Err(VapidError::Expired),
+        false => Ok(()),
+    }
+}
+
+/// What the JWT library's refusal means to the sender.
+fn reason(e: &ErrorKind) -> VapidError {
+    match e {
+        ErrorKind::InvalidAudience => VapidError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => VapidError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => VapidError::Expired,
+        ErrorKind::InvalidSignature => VapidError::BadSignature,
+        ErrorKind::InvalidEcdsaKey => VapidError::BadKey,
         _ => VapidError::Malformed,
     }
 }
@@ -179,7 +234,7 @@ fn unix(t: SystemTime) -> Duration {
 mod tests {
     use super::*;
     use web_push_native::jwt_simple::{
-        algorithms::{ECDSAP256KeyPairLike, ES256KeyPair},
+        algorithms::{ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair},
         claims::Claims,
         prelude::Duration as JwtDuration,
     };
@@ -204,6 +259,17 @@ mod tests {
         let key = URL_SAFE_NO_PAD.encode(pair.public_key().public_key().to_bytes_uncompressed());
         assert_eq!(Some(identity.key), key_digest(&key));
         assert_eq!(identity.contact.as_deref(), Some("mailto:ops@example.net"));
+    }
+
+    #[test]
+    fn a_remembered_header_still_expires() {
+        let vapid = Vapid::new(ORIGIN.into());
+        let now = SystemTime::now();
+        let good = header(&ES256KeyPair::generate(), ORIGIN, 3600);
+        assert!(vapid.verify(&good, now).is_ok());
+        assert!(vapid.verify(&good, now).is_ok(), "remembered");
+        let later = now + Duration::from_secs(3600) + 2 * SKEW;
+        assert_eq!(vapid.verify(&good, later), Err(VapidError::Expired));
     }
 
     #[test]

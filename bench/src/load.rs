@@ -41,6 +41,8 @@ pub struct Target {
     pub host: String,
     /// Endpoint paths; message `seq` goes to `paths[seq % paths.len()]`.
     pub paths: Vec<String>,
+    /// VAPID headers, when the run signs: message `seq` carries `authorization[seq % len]`.
+    pub authorization: Vec<String>,
 }
 
 impl Target {
@@ -60,6 +62,7 @@ impl Target {
             addr,
             host: host.context("no endpoints")?,
             paths,
+            authorization: Vec::new(),
         })
     }
 }
@@ -257,11 +260,15 @@ async fn exchange(
         None => connection.insert(connect(target).await?),
     };
     let path = &target.paths[(seq % target.paths.len() as u64) as usize];
-    let request = Request::post(path.as_str())
+    let mut request = Request::post(path.as_str())
         .header(hyper::header::HOST, target.host.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-        .header("TTL", ttl)
-        .body(Full::new(Bytes::from(body)))?;
+        .header("TTL", ttl);
+    if !target.authorization.is_empty() {
+        let header = &target.authorization[(seq % target.authorization.len() as u64) as usize];
+        request = request.header(hyper::header::AUTHORIZATION, header.as_str());
+    }
+    let request = request.body(Full::new(Bytes::from(body)))?;
     // The clock starts once the request can go: connecting, and waiting for an HTTP/2 stream the
     // provider's stream limit has not yet freed, are the sender's own queueing.
     let (response, sent) = match connection {

@@ -22,6 +22,7 @@ mod scaling;
 mod session;
 mod soak;
 mod tokens;
+mod vapid;
 
 use std::{
     collections::HashSet,
@@ -112,12 +113,24 @@ struct Args {
     /// sending its pushes one after the other), http1-per-push (all at once, a connection each).
     #[arg(long, value_delimiter = ',', default_values_t = ["http2".to_owned(), "http1".to_owned()])]
     in_flight_over: Vec<String>,
+    /// Sign every push to xup with VAPID (RFC 8292): `reused` sends one header all run, as a
+    /// sender that keeps its JWT does; `fresh` cycles through more headers than xup remembers, as
+    /// a sender that signs every push does. For the cost of verifying, against a run without.
+    #[arg(long)]
+    vapid: Option<VapidHeaders>,
     /// Providers to measure, in this order.
     #[arg(long, value_delimiter = ',', default_values_t = ["xup".to_owned(), "mod_unified_push".to_owned()])]
     providers: Vec<String>,
     /// Append one JSON line per measurement here.
     #[arg(long, default_value = "target/xup-bench.jsonl")]
     json: PathBuf,
+}
+
+/// How the pushes of a signed run carry their VAPID headers.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VapidHeaders {
+    Reused,
+    Fresh,
 }
 
 #[derive(clap::Subcommand)]
@@ -242,17 +255,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }))?;
         let (urls, applications): (Vec<String>, Vec<String>) =
             endpoints.into_iter().take(args.endpoints).unzip();
-        provider.target = Some(Arc::new(Target::new(provider.http, &urls)?));
+        let mut target = Target::new(provider.http, &urls)?;
+        if let Some(headers) = args.vapid
+            && provider.name == "xup"
+        {
+            let origin = format!("http://{}", target.host);
+            let signer = vapid::Signer::new();
+            let count = match headers {
+                VapidHeaders::Reused => 1,
+                VapidHeaders::Fresh => vapid::MORE_THAN_REMEMBERED,
+            };
+            target.authorization = (0..count)
+                .map(|_| signer.header(&origin))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        provider.target = Some(Arc::new(target));
         provider.applications = applications;
     }
     if args.token_iterations > 0 {
         let rates = tokens::measure(args.token_iterations)?;
+        let rate = |name: &str| rates[name].as_f64().unwrap_or_default();
         println!(
-            "  token code alone: {:.0} registrations/s, {:.0} token opens/s (in process)",
-            rates["registrations_per_second"]
-                .as_f64()
-                .unwrap_or_default(),
-            rates["token_opens_per_second"].as_f64().unwrap_or_default(),
+            "  in process: {:.0} token issues/s, {:.0} token opens/s, {:.0} VAPID verifications/s",
+            rate("token_issues_per_second"),
+            rate("token_opens_per_second"),
+            rate("vapid_verifications_per_second"),
         );
         out.line(json!({ "context": context, "measurement": rates }))?;
     }

@@ -296,6 +296,7 @@ impl Worker {
                 let register = Register {
                     application,
                     instance,
+                    vapid: None,
                 };
                 out.push(
                     Element::builder("iq", ns::JABBER_CLIENT)
