@@ -234,6 +234,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     link_tasks.spawn(prune_forever(
         store.clone(),
         held.clone(),
+        traces.clone(),
         link_tasks.token(),
     ));
     link_tasks.spawn(forget_idle_forever(limits, link_tasks.token()));
@@ -431,7 +432,12 @@ impl Started {
 }
 
 /// Forget, hourly, revocations that can no longer kill a token and messages past their TTL.
-async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>, stop: CancellationToken) {
+async fn prune_forever(
+    store: Arc<Store>,
+    held: Arc<HeldMessages>,
+    traces: Arc<Traces>,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tokio::select! {
@@ -445,8 +451,16 @@ async fn prune_forever(store: Arc<Store>, held: Arc<HeldMessages>, stop: Cancell
             Err(e) => tracing::warn!(error = %e, "cannot prune revocations"),
         }
         match held.prune(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "dropped held messages whose TTL ran out"),
+            Ok(pruned) if pruned.count == 0 => {}
+            Ok(pruned) => {
+                tracing::info!(
+                    expired = pruned.count,
+                    "dropped held messages whose TTL ran out"
+                );
+                for (subject, application, id) in &pruned.named {
+                    traces.record(subject, application, id, trace::Event::Expired);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot prune held messages"),
         }
     }

@@ -72,6 +72,9 @@ pub struct Request {
     pub urgency: Urgency,
     /// When xup began to handle the request: `delivery.answer_within` counts from then.
     pub received: Instant,
+    /// The contact (`sub`) of the application server that signed the push with VAPID, if it
+    /// did and said one: for the user's own diagnostics.
+    pub sender: Option<String>,
 }
 
 #[cfg(test)]

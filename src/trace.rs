@@ -35,9 +35,16 @@ const APP_HINT: usize = 8;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A sender's push was accepted for the client.
-    Accepted { urgency: Urgency, ttl: Duration },
+    Accepted {
+        urgency: Urgency,
+        ttl: Duration,
+        /// Its sender's VAPID contact, when it signed and said one.
+        sender: Option<String>,
+    },
     /// Handed to the XMPP server as a `<message>` (sum7's dialect), which nobody answers.
-    Sent,
+    Sent { sender: Option<String> },
+    /// Held until its `TTL` ran out, and never taken.
+    Expired,
     /// Offered to the client (an IQ), and it took it.
     Taken,
     /// Offered to the client, and it did not take it now: the condition it answered, or no answer.
@@ -65,12 +72,13 @@ impl Entry {
     /// One line a user can read.
     pub fn line(&self) -> String {
         let what = match &self.event {
-            Event::Accepted { urgency, ttl } => format!(
+            Event::Accepted { urgency, ttl, .. } => format!(
                 "accepted (urgency {}, kept up to {} s)",
                 urgency.as_str(),
                 ttl.as_secs()
             ),
-            Event::Sent => "handed to your server as a message (no answer comes)".into(),
+            Event::Sent { .. } => "handed to your server as a message (no answer comes)".into(),
+            Event::Expired => "expired: its TTL ran out before the client took it".into(),
             Event::Taken => "offered and taken by the client".into(),
             Event::NotTaken(why) => format!("offered, not taken: {why}"),
             Event::Held(why) => format!("held: {why}"),

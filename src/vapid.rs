@@ -38,6 +38,8 @@ const LONGEST_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 const SKEW: Duration = Duration::from_secs(60);
 /// A JWT longer than this is no VAPID token (they are about 250 bytes); refused before any work.
 const MAX_JWT_LEN: usize = 2048;
+/// The longest contact (`sub`) kept: a `mailto:` or `https:` URI is far shorter.
+const MAX_CONTACT: usize = 128;
 /// The length of a P-256 key in base64url: 65 bytes.
 pub const KEY_B64_LEN: usize = 87;
 
@@ -169,7 +171,10 @@ impl Vapid {
         }
         let identity = Identity {
             key: Sha256::digest(bytes).into(),
-            contact: claims.sub,
+            // A contact is for reading; a longer one is cut rather than kept whole.
+            contact: claims
+                .sub
+                .map(|sub| sub.chars().take(MAX_CONTACT).collect()),
         };
         Ok((identity, expires))
     }

@@ -116,6 +116,9 @@ pub struct Handoff {
     /// How long the standby had the request already: `delivery.answer_within` counts from its
     /// arrival there.
     waited_ms: u64,
+    /// The VAPID contact of its sender; missing from an older instance's hand-off.
+    #[serde(default)]
+    sender: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ impl Handoff {
             topic: self.topic,
             urgency: Urgency::parse(&self.urgency).unwrap_or_default(),
             received: now.checked_sub(waited).unwrap_or(now).into_std(),
+            sender: self.sender,
         };
         Some((claims, request))
     }
@@ -306,6 +310,7 @@ impl Cluster {
             topic: request.topic.clone(),
             urgency: request.urgency.as_str().to_owned(),
             waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            sender: request.sender.clone(),
         };
         let (answer, answered) = oneshot::channel();
         self.waiting().insert(ticket, answer);

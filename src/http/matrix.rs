@@ -147,6 +147,7 @@ async fn notify(
                 topic: None,
                 urgency,
                 received,
+                sender: None,
             };
             let rejected = gateway.relay(sender, &pushkey, request).await;
             rejected.then_some(pushkey)

@@ -124,7 +124,7 @@ async fn accept_push(
     let pushes = &state.pushes;
     // What a push in flight keeps is kept for up to `delivery.answer_within`, so the token and
     // the request head (headers, URI) are let go of as soon as they have been read.
-    let (ttl, topic, urgency, claims, body) = {
+    let (ttl, topic, urgency, claims, body, sender) = {
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
         let authorization = parts.headers.get(header::AUTHORIZATION);
@@ -142,7 +142,10 @@ async fn accept_push(
         }
         drop(token);
         match rfc8030_headers(&parts.headers) {
-            Ok((ttl, topic, urgency)) => (ttl, topic, urgency, claims, body),
+            Ok((ttl, topic, urgency)) => {
+                let sender = identity.and_then(|identity| identity.contact);
+                (ttl, topic, urgency, claims, body, sender)
+            }
             Err(reason) => return Verdict::BadHeader(reason),
         }
     };
@@ -165,6 +168,7 @@ async fn accept_push(
         topic,
         urgency,
         received,
+        sender,
     };
     pushes.deliver(admitted, request).await
 }

@@ -33,7 +33,7 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::{
     store::{
-        Bounds, Engine, Held, HoldError, Message, RegistrationKey, StoreError, micros,
+        Bounds, Engine, Held, HoldError, Message, Pruned, RegistrationKey, StoreError, micros,
         registration_key,
     },
     token::Claims,
@@ -244,7 +244,7 @@ impl HeldMessages {
     }
 
     /// Forget messages whose TTL has run out.
-    pub async fn prune(&self, now: SystemTime) -> Result<usize, StoreError> {
+    pub async fn prune(&self, now: SystemTime) -> Result<Pruned, StoreError> {
         let pruned = self.engine.prune_held(micros(now)).await?;
         self.recount().await?;
         Ok(pruned)
@@ -547,7 +547,7 @@ mod tests {
         async fn held_counts(&self) -> Result<Vec<crate::store::HeldCount>, StoreError> {
             self.inner.held_counts().await
         }
-        async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
+        async fn prune_held(&self, now_us: i64) -> Result<Pruned, StoreError> {
             self.inner.prune_held(now_us).await
         }
         async fn hold_all(
@@ -853,7 +853,9 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(waiting.len(), 1);
-        assert_eq!(held.prune(later).await.expect("prune"), 1);
+        let pruned = held.prune(later).await.expect("prune");
+        assert_eq!(pruned.count, 1);
+        assert_eq!(pruned.named[0].2, "old", "named, for the client's trace");
         assert_eq!(held.total(), 1);
     }
 

@@ -177,6 +177,18 @@ pub struct Series {
     pub kept: String,
 }
 
+/// What a prune of held messages dropped: how many, and who the first [`PRUNED_NAMED`] were for,
+/// so each user's trace can say that a message expired (`trace.rs`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Pruned {
+    pub count: usize,
+    /// (client's full JID, application, message id).
+    pub named: Vec<(String, String, String)>,
+}
+
+/// How many pruned messages are named at most: more than the traces keep, and a bounded read.
+pub const PRUNED_NAMED: usize = 1000;
+
 /// How many messages one registration of one client has held.
 #[derive(Debug, PartialEq)]
 pub struct HeldCount {
@@ -269,7 +281,8 @@ pub trait Engine: Send + Sync {
     async fn drop_registration(&self, registration: RegistrationKey) -> Result<usize, StoreError>;
     /// Drop what is held for every resource of `account`, a bare JID.
     async fn drop_account(&self, account: &str) -> Result<usize, StoreError>;
-    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError>;
+    /// Drop the held messages that expire by `now_us`.
+    async fn prune_held(&self, now_us: i64) -> Result<Pruned, StoreError>;
 
     /// When the oldest message still held was held (`None`: none, or only messages held before
     /// the schema kept the time): for `xup status`.

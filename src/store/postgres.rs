@@ -27,8 +27,8 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, Series,
-    StoreError, from_micros, key_from_hex, key_to_hex, micros,
+    Engine, HeldCount, PRUNED_NAMED, Pruned, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION,
+    Schema, Series, StoreError, from_micros, key_from_hex, key_to_hex, micros,
 };
 use crate::{
     message::Urgency,
@@ -839,12 +839,27 @@ impl Engine for Postgres {
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
-        let client = self.client().await?;
-        let pruned = client
+    async fn prune_held(&self, now_us: i64) -> Result<Pruned, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        let named = transaction
+            .query(
+                "SELECT subject, application, id FROM held WHERE expires_at_us <= $1
+                 ORDER BY seq LIMIT $2",
+                &[&now_us, &(PRUNED_NAMED as i64)],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        let pruned = transaction
             .execute("DELETE FROM held WHERE expires_at_us <= $1", &[&now_us])
             .await?;
-        Ok(count(pruned))
+        transaction.commit().await?;
+        Ok(Pruned {
+            count: count(pruned),
+            named,
+        })
     }
 }
 

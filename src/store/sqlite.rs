@@ -14,8 +14,8 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Engine, HeldCount, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION, Schema, Series,
-    StoreError, from_micros, micros,
+    Engine, HeldCount, PRUNED_NAMED, Pruned, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION,
+    Schema, Series, StoreError, from_micros, micros,
 };
 use crate::{
     message::Urgency,
@@ -603,12 +603,24 @@ impl Engine for Sqlite {
         .await
     }
 
-    async fn prune_held(&self, now_us: i64) -> Result<usize, StoreError> {
+    async fn prune_held(&self, now_us: i64) -> Result<Pruned, StoreError> {
         self.run(move |db| {
-            db.execute(
+            let transaction = db.transaction()?;
+            let named = transaction
+                .prepare(
+                    "SELECT subject, application, id FROM held WHERE expires_at_us <= ?1
+                     ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![now_us, PRUNED_NAMED as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let count = transaction.execute(
                 "DELETE FROM held WHERE expires_at_us <= ?1",
                 params![now_us],
-            )
+            )?;
+            transaction.commit()?;
+            Ok(Pruned { count, named })
         })
         .await
     }

@@ -210,6 +210,7 @@ impl Relay {
             Event::Accepted {
                 urgency: message.urgency,
                 ttl,
+                sender: request.sender.clone(),
             },
         );
         let unreachable = if !self.link.is_up() {

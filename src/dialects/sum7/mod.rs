@@ -250,7 +250,12 @@ impl Sender {
     /// stanza is written to the link. Nobody answers a `<message>`, so this is all the sender's
     /// `201` can say: a message still queued when the link breaks is dropped with the queue, and
     /// its sender hears `503`, not `201`.
-    pub async fn send(&self, claims: &Claims, body: &[u8]) -> Result<String, SendError> {
+    pub async fn send(
+        &self,
+        claims: &Claims,
+        body: &[u8],
+        sender: Option<String>,
+    ) -> Result<String, SendError> {
         let text = text_of(body)?;
         // Only a token we issued gets here, and we issued it for a parsed JID.
         let to: Jid = claims
@@ -272,8 +277,12 @@ impl Sender {
             .send_written(Box::new(Stanza::Message(message)))
             .await
             .map_err(|_| SendError::LinkDown)?;
-        self.traces
-            .record(&claims.subject, &claims.application, &id, Event::Sent);
+        self.traces.record(
+            &claims.subject,
+            &claims.application,
+            &id,
+            Event::Sent { sender },
+        );
         Ok(id)
     }
 }
@@ -281,7 +290,7 @@ impl Sender {
 #[async_trait::async_trait]
 impl Deliver for Sender {
     async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
-        match self.send(&claims, &request.body).await {
+        match self.send(&claims, &request.body, request.sender).await {
             Ok(id) => Verdict::Accepted {
                 id,
                 ttl: Duration::ZERO,
