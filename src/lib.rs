@@ -353,14 +353,23 @@ pub fn xmpp_router(roles: Roles) -> Router {
         held: held.clone(),
         revocations_live,
     }));
-    commands.push(Arc::new(commands::trace::DeliveryTrace { traces }));
+    commands.push(Arc::new(commands::trace::DeliveryTrace {
+        traces: traces.clone(),
+    }));
     commands.push(Arc::new(commands::check::CheckMyPush::new(
         jid.clone(),
         link,
         awaiting.clone(),
         presence.clone(),
-        held,
+        held.clone(),
     )));
+    commands.push(Arc::new(commands::registrations::Registrations {
+        store: store.clone(),
+        registrar: registrar.clone(),
+        held,
+        traces,
+        revocations_live,
+    }));
     let commands = Commands::new(jid.clone(), registrar.clone(), commands);
     let mut router = Router::new(jid, awaiting, presence, events.clone())
         .with(

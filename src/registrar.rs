@@ -223,12 +223,8 @@ impl Registrar {
         if series.expires_at_us <= micros(now) {
             return None;
         }
-        let kept: Kept =
-            serde_json::from_str(&self.keys.unseal(Purpose::Kept, &series.kept).ok()?).ok()?;
-        let claims = self.keys.read(&kept.token).ok()?;
-        let same = kept.registration == key_to_hex(&key)
-            && self.keys.is_current(&kept.token)
-            && micros(claims.issued_at) == series.issued_at_us
+        let (claims, token) = self.open_kept(key, &series)?;
+        let same = self.keys.is_current(&token)
             && claims.subject == wanted.subject
             && claims.application == wanted.application
             && claims.instance == wanted.instance
@@ -240,8 +236,20 @@ impl Registrar {
         }
         Some((
             series.issued_at_us,
-            format!("{}{}", self.endpoint_prefix, kept.token),
+            format!("{}{token}", self.endpoint_prefix),
         ))
+    }
+
+    /// The claims and token of the endpoint `series` keeps for `key`, if xup sealed it for this
+    /// very key, under a secret still configured.
+    pub fn open_kept(&self, key: RegistrationKey, series: &Series) -> Option<(Claims, String)> {
+        let kept = self.keys.unseal(Purpose::Kept, &series.kept).ok()?;
+        let kept: Kept = serde_json::from_str(&kept).ok()?;
+        if kept.registration != key_to_hex(&key) {
+            return None;
+        }
+        let claims = self.keys.read(&kept.token).ok()?;
+        (micros(claims.issued_at) == series.issued_at_us).then_some((claims, kept.token))
     }
 
     /// `token` as the store keeps it: sealed, so no one who can read the database can push with

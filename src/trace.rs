@@ -95,6 +95,14 @@ impl Entry {
     }
 }
 
+/// How an event names an app: the first characters of its hashed name.
+pub fn app_hint(application: &str) -> String {
+    match application.get(..APP_HINT) {
+        Some(hint) => hint.to_owned(),
+        None => application.chars().take(APP_HINT).collect(),
+    }
+}
+
 type Accounts = HashMap<String, VecDeque<Entry>>;
 
 /// The accounts' events. Shared by whoever records (the dialects) and the command that reads.
@@ -115,10 +123,7 @@ impl Traces {
         let entry = Entry {
             at: SystemTime::now(),
             resource: resource.to_owned(),
-            app: match application.get(..APP_HINT) {
-                Some(hint) => hint.to_owned(),
-                None => application.chars().take(APP_HINT).collect(),
-            },
+            app: app_hint(application),
             message: message.to_owned(),
             event,
         };
@@ -150,6 +155,24 @@ impl Traces {
             .or_else(|| previous.get(account))
             .map(|events| events.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// When `account`'s client `resource` was last pushed a message for `application`, and by
+    /// whom (a VAPID contact), as far as the trace still tells.
+    pub fn last_push(
+        &self,
+        account: &str,
+        resource: &str,
+        application: &str,
+    ) -> Option<(SystemTime, Option<String>)> {
+        let app = app_hint(application);
+        self.of(account).into_iter().rev().find_map(|entry| {
+            let sender = match entry.event {
+                Event::Accepted { sender, .. } | Event::Sent { sender } => sender,
+                _ => return None,
+            };
+            (entry.resource == resource && entry.app == app).then_some((entry.at, sender))
+        })
     }
 
     /// How many accounts are traced now.

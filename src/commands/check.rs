@@ -23,6 +23,7 @@ use xmpp_parsers::{
 use crate::{
     commands::AdHoc,
     store::held::HeldMessages,
+    trace::app_hint,
     xmpp::{
         Link,
         pending::{Answer, InFlight},
@@ -35,9 +36,6 @@ pub const NODE: &str = "check-my-push";
 
 /// How long the ping waits for the client: a phone that is reachable answers in well under this.
 const PING_WAIT: Duration = Duration::from_secs(5);
-
-/// How many characters of an app's hashed name are shown, as in the delivery trace.
-const APP_HINT: usize = 8;
 
 pub struct CheckMyPush {
     pub component: BareJid,
@@ -135,7 +133,7 @@ impl AdHoc for CheckMyPush {
             } else {
                 "waiting for the next offer, after one that was not taken"
             };
-            let app: String = first.application.chars().take(APP_HINT).collect();
+            let app = app_hint(&first.application);
             held.values.push(format!(
                 "app {app}: {} held ({below} below the minimum urgency): {why}",
                 waiting.len()

@@ -6,8 +6,9 @@
 //! (`register-push-webpush`, `unregister-push-webpush`, `list-push-registrations`) are in
 //! `app_server/commands.rs`, there when that role is on; `revoke-all-push-endpoints`, for a user
 //! who lost a phone, is the UnifiedPush side's and is always there (`revoke_all.rs`), as is
-//! `unifiedpush-delivery-trace` (`trace.rs`) and `check-my-push` (`check.rs`), for one who does
-//! not get their notifications.
+//! `unifiedpush-delivery-trace` (`trace.rs`), `check-my-push` (`check.rs`) and
+//! `list-unifiedpush-registrations` (`registrations.rs`), for one who does not get their
+//! notifications.
 //!
 //! The list and the dispatch come from one table of [`AdHoc`] commands, built at start-up: a role
 //! that brings commands (the app server) hands its own in. Nothing here knows what a command
@@ -29,6 +30,7 @@ use crate::{
 };
 
 pub mod check;
+pub mod registrations;
 pub mod revoke_all;
 pub mod trace;
 pub mod wire;

@@ -607,6 +607,7 @@ mod tests {
             &self,
             _: &str,
             _: i64,
+            _: usize,
         ) -> Result<Vec<(RegistrationKey, crate::store::Series)>, StoreError> {
             unreachable!()
         }

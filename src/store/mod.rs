@@ -231,11 +231,12 @@ pub trait Engine: Send + Sync {
         keep: Option<i64>,
         fresh: Series,
     ) -> Result<bool, StoreError>;
-    /// The registrations of `account` that live past `now_us`, oldest first.
+    /// The first `limit` registrations of `account` that live past `now_us`, oldest first.
     async fn series_of(
         &self,
         account: &str,
         now_us: i64,
+        limit: usize,
     ) -> Result<Vec<(RegistrationKey, Series)>, StoreError>;
     /// Every registration that lives past `now_us`: for copying a store.
     async fn all_series(&self, now_us: i64) -> Result<Vec<(RegistrationKey, Series)>, StoreError>;
@@ -587,13 +588,14 @@ impl Store {
         renewed.insert(key, (issued_at_us, until_us));
     }
 
-    /// The registrations of `account` (a bare JID) alive at `now`, oldest first.
+    /// The first `limit` registrations of `account` (a bare JID) alive at `now`, oldest first.
     pub async fn series_of(
         &self,
         account: &str,
         now: SystemTime,
+        limit: usize,
     ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
-        self.engine.series_of(account, micros(now)).await
+        self.engine.series_of(account, micros(now), limit).await
     }
 
     /// Note an app-server node of `account`, for listing and unregistering by device.

@@ -544,14 +544,16 @@ impl Engine for Postgres {
         &self,
         account: &str,
         now_us: i64,
+        limit: usize,
     ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
         let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(
                 "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
                  FROM registrations WHERE account = $1 AND expires_at_us > $2
-                 ORDER BY issued_at_us",
-                &[&account, &now_us],
+                 ORDER BY issued_at_us LIMIT $3",
+                &[&account, &now_us, &limit],
             )
             .await?;
         Ok(rows.iter().filter_map(keyed_series_from).collect())

@@ -332,15 +332,17 @@ impl Engine for Sqlite {
         &self,
         account: &str,
         now_us: i64,
+        limit: usize,
     ) -> Result<Vec<(RegistrationKey, Series)>, StoreError> {
         let account = account.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |db| {
             let mut query = db.prepare(
                 "SELECT account, issued_at_us, renewed_at_us, expires_at_us, kept, registration
                  FROM registrations WHERE account = ?1 AND expires_at_us > ?2
-                 ORDER BY issued_at_us",
+                 ORDER BY issued_at_us LIMIT ?3",
             )?;
-            let rows = query.query_map(params![account, now_us], keyed_series_from)?;
+            let rows = query.query_map(params![account, now_us, limit], keyed_series_from)?;
             rows.filter_map(Result::transpose).collect()
         })
         .await

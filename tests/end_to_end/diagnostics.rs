@@ -109,3 +109,109 @@ async fn check_my_push_says_what_xup_knows_of_the_client_without_waking_an_app()
     assert_eq!(response.status(), 201);
     assert_eq!(phone.next_push().await.data, b"urgent");
 }
+
+/// The caller's registrations: every line of `list-unifiedpush-registrations`, after it has
+/// unregistered what `fields` name.
+async fn registrations_of(
+    peer: &mut Peer,
+    fields: &[(&str, &str)],
+) -> Result<Vec<String>, IqFailure> {
+    let answer = peer
+        .ad_hoc_fields("list-unifiedpush-registrations", Some("execute"), fields)
+        .await?;
+    Ok(answer
+        .into_iter()
+        .find(|(var, _)| var == "registrations")
+        .map(|(_, lines)| lines)
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_user_lists_their_registrations_and_unregisters_one() {
+    let stack = Stack::start().await;
+    let mut phone = stack.juliet("phone").await;
+    let app_server = VapidSigner::new();
+    let signed = phone
+        .register_vapid(APP, INSTANCE, &app_server.key)
+        .await
+        .expect("registered")
+        .endpoint;
+    let other = phone.register(&other_app(), INSTANCE).await.endpoint;
+    let mut laptop = stack.juliet("laptop").await;
+    laptop
+        .sum7_register("public-token")
+        .await
+        .expect("registered");
+
+    let header = app_server.header(&signed, 600);
+    let response = post_with(&signed, &[("Authorization", header.as_str())], "hi").await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(phone.next_push().await.data, b"hi");
+    phone.announce_minimum_urgency("high").await;
+    assert_eq!(post(&other, "waits").await.status(), 201);
+
+    let lines = registrations_of(&mut laptop, &[]).await.expect("the list");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let line_of = |app: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("app {} ", &app[..8])))
+            .unwrap_or_else(|| panic!("no {app} in {lines:#?}"))
+            .clone()
+    };
+    let signed_line = line_of(APP);
+    for what in [
+        " on phone: registered ",
+        "by mailto:ops@app.example",
+        "0 held",
+        "only for its application server's key",
+    ] {
+        assert!(signed_line.contains(what), "{what}: {signed_line}");
+    }
+    let other_line = line_of(&other_app());
+    assert!(other_line.contains("1 held"), "{other_line}");
+    assert!(other_line.contains("not pushed lately") || other_line.contains("last pushed"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("(unifiedpush.org) on laptop")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("waits") && !l.contains("hi;"))
+    );
+
+    // Unregistering one kills its endpoint and drops what it held; the next registration of the
+    // app is a new endpoint.
+    let id = other_line.split(':').next().expect("an id");
+    let after = registrations_of(&mut laptop, &[("unregister", id)])
+        .await
+        .expect("unregistered");
+    assert_eq!(after.len(), 2, "{after:#?}");
+    assert_eq!(post(&other, "gone").await.status(), 404);
+    let refused = registrations_of(&mut laptop, &[("unregister", id)]).await;
+    assert_eq!(
+        refused.expect_err("no longer listed").condition,
+        "bad-request"
+    );
+    phone.announce_minimum_urgency("very-low").await;
+    let fresh = phone.register(&other_app(), INSTANCE).await.endpoint;
+    assert_ne!(fresh, other);
+    assert_delivered(&fresh, &mut phone, b"registered again").await;
+
+    // Another account sees none of it, and may not ask for it.
+    let mut romeo = Peer::connect(&stack.server, "romeo", DOMAIN, "pc").await;
+    assert!(
+        registrations_of(&mut romeo, &[])
+            .await
+            .expect("romeo's own")
+            .is_empty()
+    );
+    let juliet = format!("juliet@{DOMAIN}");
+    let refused = registrations_of(&mut romeo, &[("account", &juliet)]).await;
+    assert_eq!(refused.expect_err("forbidden").condition, "forbidden");
+    let refused = registrations_of(&mut romeo, &[("unregister", id)]).await;
+    assert_eq!(refused.expect_err("not romeo's").condition, "bad-request");
+}
