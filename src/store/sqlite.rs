@@ -8,7 +8,7 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -135,7 +135,7 @@ fn keyed_series_from(row: &rusqlite::Row) -> rusqlite::Result<Option<(Registrati
 
 /// The SQLite engine. Cheap to clone.
 #[derive(Clone)]
-pub struct Sqlite(Arc<Mutex<Connection>>);
+pub struct Sqlite(Arc<tokio::sync::Mutex<Connection>>);
 
 impl Sqlite {
     /// Open (or create) the database in directory `dir` and bring its schema up to date.
@@ -149,7 +149,7 @@ impl Sqlite {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut db)?;
-        Ok(Sqlite(Arc::new(Mutex::new(db))))
+        Ok(Sqlite(Arc::new(tokio::sync::Mutex::new(db))))
     }
 
     /// Open the database in `dir` to read only, as it is: for `xup status` beside a running xup.
@@ -158,20 +158,18 @@ impl Sqlite {
             dir.join(DATABASE_FILE),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
-        Ok(Sqlite(Arc::new(Mutex::new(db))))
+        Ok(Sqlite(Arc::new(tokio::sync::Mutex::new(db))))
     }
 
     /// Run `work` on the connection in tokio's blocking pool. Returns once `work` has finished:
-    /// with `synchronous=FULL`, a write is then on disk.
+    /// with `synchronous=FULL`, a write is then on disk. The connection is waited for here, not
+    /// in the pool: a burst of requests waits as tasks, not as a thread each.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
-            work(&mut db)
-        })
+        let mut db = self.0.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || work(&mut db))
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
         .map_err(StoreError::from)
