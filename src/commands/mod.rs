@@ -149,6 +149,28 @@ impl Handler for Dispatch {
     }
 }
 
+/// The caller's account (a bare JID), which is all a command tells about: a submitted `account`
+/// naming another is `forbidden`, with `refusal` as its text.
+// The error is what every command answers with (`AdHoc::run`); boxing it here would only unbox it.
+#[allow(clippy::result_large_err)]
+pub fn own_account(from: &Jid, form: &DataForm, refusal: &str) -> Result<String, StanzaError> {
+    let account = from.to_bare().to_string();
+    let asked = form
+        .fields
+        .iter()
+        .find(|f| f.var.as_deref() == Some("account"))
+        .and_then(|f| f.values.first());
+    match asked {
+        Some(asked) if *asked != account => Err(StanzaError::new(
+            ErrorType::Auth,
+            DefinedCondition::Forbidden,
+            "en",
+            refusal,
+        )),
+        _ => Ok(account),
+    }
+}
+
 /// A request that is not what a one-step command takes.
 pub fn bad_request(text: &str) -> StanzaError {
     StanzaError::new(ErrorType::Modify, DefinedCondition::BadRequest, "en", text)

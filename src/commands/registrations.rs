@@ -19,7 +19,7 @@ use xmpp_parsers::{
 };
 
 use crate::{
-    commands::{AdHoc, bad_request},
+    commands::{AdHoc, bad_request, own_account},
     registrar::Registrar,
     store::{RegistrationKey, Series, Store, StoreError, from_micros, held::HeldMessages},
     token::{Claims, Dialect},
@@ -135,19 +135,11 @@ impl AdHoc for Registrations {
     /// The caller's own account only: a submitted `account` naming another is `forbidden`. A
     /// submitted `unregister` names registrations (by the ids listed) to revoke first.
     async fn run(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
-        let account = from.to_bare().to_string();
-        let field = |var: &str| form.fields.iter().find(|f| f.var.as_deref() == Some(var));
-        if field("account")
-            .and_then(|f| f.values.first())
-            .is_some_and(|a| *a != account)
-        {
-            return Err(StanzaError::new(
-                ErrorType::Auth,
-                DefinedCondition::Forbidden,
-                "en",
-                "you may only list your own account's registrations",
-            ));
-        }
+        let account = own_account(
+            from,
+            form,
+            "you may only list your own account's registrations",
+        )?;
         let internal = |e: StoreError| {
             tracing::error!(error = %e, "cannot list an account's registrations");
             StanzaError::new(
@@ -159,7 +151,11 @@ impl AdHoc for Registrations {
         };
         let now = SystemTime::now();
         let mut listed = self.listed(&account, now).await.map_err(internal)?;
-        let unregister = field("unregister").map_or(&[][..], |f| &f.values[..]);
+        let unregister = form
+            .fields
+            .iter()
+            .find(|f| f.var.as_deref() == Some("unregister"))
+            .map_or(&[][..], |f| &f.values[..]);
         let mut unregistered = 0;
         for id in unregister {
             let Some(at) = listed.iter().position(|l| l.id == *id) else {

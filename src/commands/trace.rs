@@ -6,10 +6,13 @@ use std::sync::Arc;
 use xmpp_parsers::{
     data_forms::{DataForm, DataFormType, Field, FieldType},
     jid::Jid,
-    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+    stanza_error::StanzaError,
 };
 
-use crate::{commands::AdHoc, trace::Traces};
+use crate::{
+    commands::{AdHoc, own_account},
+    trace::Traces,
+};
 
 /// The command's node.
 pub const NODE: &str = "unifiedpush-delivery-trace";
@@ -30,20 +33,7 @@ impl AdHoc for DeliveryTrace {
 
     /// The caller's own account only: a submitted `account` naming another is `forbidden`.
     async fn run(&self, from: &Jid, form: &DataForm) -> Result<DataForm, StanzaError> {
-        let account = from.to_bare().to_string();
-        let asked = form
-            .fields
-            .iter()
-            .find(|f| f.var.as_deref() == Some("account"))
-            .and_then(|f| f.values.first());
-        if asked.is_some_and(|asked| *asked != account) {
-            return Err(StanzaError::new(
-                ErrorType::Auth,
-                DefinedCondition::Forbidden,
-                "en",
-                "you may only read your own account's trace",
-            ));
-        }
+        let account = own_account(from, form, "you may only read your own account's trace")?;
         let entries = self.traces.of(&account);
         let mut events = Field::new("events", FieldType::TextMulti);
         events.values = entries.iter().map(|entry| entry.line()).collect();

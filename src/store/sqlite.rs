@@ -6,10 +6,7 @@
 //! pool, so async threads never wait on the disk. SQLite's `user_version` says which schema step
 //! the file is at.
 
-use std::{
-    path::Path,
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -170,9 +167,9 @@ impl Sqlite {
     ) -> Result<T, StoreError> {
         let mut db = self.0.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || work(&mut db))
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(StoreError::from)
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(StoreError::from)
     }
 }
 
