@@ -353,8 +353,20 @@ async fn a_flooded_endpoint_gets_429_and_others_are_unaffected() {
     let mut phone = stack.juliet("phone").await;
     let flooded = phone.register(APP, INSTANCE).await.endpoint;
     let other = phone.register(&other_app(), INSTANCE).await.endpoint;
-    // A fresh token of the same registration shares its bucket.
-    let flooded_again = phone.register(APP, INSTANCE).await.endpoint;
+    // Another token of the same registration (a re-register returns the same endpoint now, but
+    // an endpoint issued before stable endpoints, or at an earlier renewal, is another) shares
+    // its bucket.
+    let token = xup::token::KeyRing::new(&[SECRET_A.to_owned()], COMPONENT)
+        .expect("keys")
+        .issue(&xup::token::claims_for(
+            &phone.jid,
+            APP,
+            INSTANCE,
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(86400),
+        ))
+        .expect("token");
+    let flooded_again = format!("{}/push/{token}", stack.xup.base_url);
     assert_ne!(flooded, flooded_again);
 
     for i in 0..5 {
