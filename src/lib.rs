@@ -41,7 +41,7 @@ use crate::{
     registrar::Registrar,
     store::{Store, held::HeldMessages},
     tasks::Tasks,
-    token::{Dialect, KeyRing},
+    token::{Dialect, KeyRing, Opened},
     trace::Traces,
     vapid::Vapid,
     xmpp::{Events, Router, pending::InFlight, presence::Presence},
@@ -208,6 +208,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     };
     let pushes = Arc::new(Pushes {
         keys,
+        opened: Opened::default(),
         store: store.clone(),
         limits: limits.clone(),
         vapid: Vapid::new(config.http.origin()),

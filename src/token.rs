@@ -16,7 +16,11 @@
 //! claims `sub`, `application`, `instance` and `exp` in epoch milliseconds. xup never issues such
 //! a token; clients move to xup's own at their next renewal.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hkdf::Hkdf;
@@ -297,25 +301,24 @@ impl KeyRing {
     /// Decrypt and check a token as of `now`. Costs one decryption at most, and nothing at all for
     /// strings that cannot be tokens.
     pub fn open(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+        alive(self.authenticate(token)?, now)
+    }
+
+    /// The claims of any token this ring opens (its own, or the Java `up`'s), whether or not
+    /// they have expired.
+    fn authenticate(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        let claims = if token.starts_with("v4.local.") {
-            self.read(token)?
+        if token.starts_with("v4.local.") {
+            self.read(token)
         } else if token.starts_with("v2.local.")
             && let Some(key) = &self.legacy
         {
-            open_legacy(key, token)?
+            open_legacy(key, token)
         } else {
-            return Err(TokenError::Malformed);
-        };
-        if claims.expires_at <= now {
-            return Err(match claims.renewable {
-                true => TokenError::Lapsed(Box::new(claims)),
-                false => TokenError::Expired,
-            });
+            Err(TokenError::Malformed)
         }
-        Ok(claims)
     }
 
     /// The claims of a token xup issued, authenticated, whether or not it has expired: for
@@ -348,6 +351,64 @@ impl KeyRing {
                 None => None,
             },
         })
+    }
+}
+
+/// `claims` if they are alive at `now`; else why not.
+fn alive(claims: Claims, now: SystemTime) -> Result<Claims, TokenError> {
+    if claims.expires_at > now {
+        return Ok(claims);
+    }
+    Err(match claims.renewable {
+        true => TokenError::Lapsed(Box::new(claims)),
+        false => TokenError::Expired,
+    })
+}
+
+/// What the endpoint tokens pushed to lately opened to, so that a push to an endpoint pushed to
+/// before costs a lookup, not a decryption (`docs/BENCHMARKS.md`: opening a token was the largest
+/// cost of a push that is xup's alone). Only tokens that authenticated are kept, by the whole
+/// token, so nothing forged or altered can be found here; expiry is checked at every push as
+/// before. Bounded: two generations of [`OPENED_REMEMBERED`] tokens each, the older dropped whole
+/// when the newer fills, so an endpoint pushed to lately is always there.
+#[derive(Default)]
+pub struct Opened {
+    generations: Mutex<(HashMap<String, Claims>, HashMap<String, Claims>)>,
+}
+
+/// Tokens per generation: a token and its claims take under a kilobyte, so both generations
+/// together stay under about 8 MiB.
+pub const OPENED_REMEMBERED: usize = 4096;
+
+impl Opened {
+    /// [`KeyRing::open`], remembering what `keys` opened.
+    pub fn open(&self, keys: &KeyRing, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.remembered(token) {
+            return alive(claims, now);
+        }
+        let claims = keys.authenticate(token)?;
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let (current, previous) = &mut *generations;
+        if current.len() >= OPENED_REMEMBERED {
+            *previous = std::mem::take(current);
+        }
+        current.insert(token.to_owned(), claims.clone());
+        drop(generations);
+        alive(claims, now)
+    }
+
+    fn remembered(&self, token: &str) -> Option<Claims> {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let (current, previous) = &mut *generations;
+        if let Some(claims) = current.get(token) {
+            return Some(claims.clone());
+        }
+        // Lately pushed to again: into the current generation, so it outlives the previous one.
+        let (token, claims) = previous.remove_entry(token)?;
+        if current.len() < OPENED_REMEMBERED {
+            current.insert(token, claims.clone());
+        }
+        Some(claims)
     }
 }
 
@@ -523,6 +584,50 @@ mod tests {
             keys.open(&plain, now).expect("opens").dialect,
             Dialect::Conversations
         );
+    }
+
+    #[test]
+    fn an_opened_token_is_remembered_and_still_expires() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let opened = Opened::default();
+        let token = keys.issue(&sample(now)).expect("issued");
+        let first = opened.open(&keys, &token, now).expect("opens");
+        // Another ring cannot open it: a second open that succeeds came from memory.
+        let stranger = ring(&["another secret 0123"]);
+        assert_eq!(opened.open(&stranger, &token, now), Ok(first));
+        let later = now + Duration::from_secs(7 * 86400);
+        assert!(matches!(
+            opened.open(&stranger, &token, later),
+            Err(TokenError::Lapsed(_))
+        ));
+        // What does not open is not remembered.
+        assert_eq!(
+            opened.open(&keys, "v4.local.AAAA", now),
+            Err(TokenError::Malformed)
+        );
+        let mut tampered = token.clone().into_bytes();
+        tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        for _ in 0..2 {
+            assert_eq!(opened.open(&keys, &tampered, now), Err(TokenError::Forged));
+        }
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded_and_the_latest_kept() {
+        let now = SystemTime::now();
+        let keys = ring(&["first secret 0123"]);
+        let opened = Opened::default();
+        let first = keys.issue(&sample(now)).expect("issued");
+        opened.open(&keys, &first, now).expect("opens");
+        for _ in 0..2 * OPENED_REMEMBERED {
+            let token = keys.issue(&sample(now)).expect("issued");
+            opened.open(&keys, &token, now).expect("opens");
+        }
+        let generations = opened.generations.lock().expect("lock");
+        assert!(generations.0.len() + generations.1.len() <= 2 * OPENED_REMEMBERED);
+        assert!(!generations.0.contains_key(&first) && !generations.1.contains_key(&first));
     }
 
     /// A token as the Java `up` makes it: v2.local, no footer, `exp` in epoch milliseconds.

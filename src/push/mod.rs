@@ -29,13 +29,15 @@ use crate::{
     message::Request,
     metrics::PushOutcome,
     store::{Store, registration_key},
-    token::{Claims, Dialect, KeyRing, TokenError},
+    token::{Claims, Dialect, KeyRing, Opened, TokenError},
     vapid::{self, Identity, KeyDigest, Vapid, VapidError},
 };
 
 /// What every door shares.
 pub struct Pushes {
     pub keys: Arc<KeyRing>,
+    /// What the tokens pushed to lately opened to.
+    pub opened: Opened,
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
     /// Checks the senders' VAPID headers.
@@ -189,7 +191,7 @@ impl Pushes {
     /// lifetime that xup has not seen renewed lately: the store then says whether it was.
     pub async fn open(&self, sender: IpAddr, token: &str) -> Result<Claims, Verdict> {
         let now = SystemTime::now();
-        let claims = match self.keys.open(token, now) {
+        let claims = match self.opened.open(&self.keys, token, now) {
             Ok(claims) => claims,
             Err(e @ (TokenError::Malformed | TokenError::Forged)) => {
                 tracing::debug!(error = %e, "forged endpoint");
