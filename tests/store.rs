@@ -9,7 +9,7 @@ use std::{
 use xup::{
     message::Urgency,
     store::{
-        Bounds, Engine, Held, HoldError, Message, PushNode, Store,
+        Bounds, Engine, Held, HoldError, Message, PushNode, Revocation, Store,
         held::HeldMessages,
         postgres::{Postgres, Target},
         sqlite::Sqlite,
@@ -159,6 +159,31 @@ async fn keeps_its_promises(engine: Arc<dyn Engine>) {
     assert!(!third.is_revoked(&bob), "not yet heard of");
     assert!(third.take_announced(announced(&bob)).await.expect("read"));
     assert!(third.is_revoked(&bob));
+    // Many at once, each merged with what is kept: the later of the two times wins.
+    let many: Vec<_> = (0..500u16)
+        .map(|n| {
+            let mut key = [7; 32];
+            key[..2].copy_from_slice(&n.to_le_bytes());
+            let revocation = Revocation {
+                revoked_at_us: 1_000 + i64::from(n),
+                forget_at_us: i64::MAX,
+            };
+            (key, revocation)
+        })
+        .collect();
+    engine.revoke_all(many.clone()).await.expect("revoke many");
+    let (key, first) = many[3];
+    let earlier = Revocation {
+        revoked_at_us: 1,
+        ..first
+    };
+    engine
+        .revoke_all(vec![(key, earlier)])
+        .await
+        .expect("again");
+    assert_eq!(engine.revocation(key).await.expect("read"), Some(first));
+    let kept = engine.revocations().await.expect("read all");
+    assert!(many.iter().all(|one| kept.contains(one)));
 
     // The VAPID key is made once, and the node index lists, expires and forgets.
     let key = store.vapid_key(1, || vec![1; 32]).await.expect("key");

@@ -13,6 +13,10 @@ use std::time::SystemTime;
 use super::{Engine, StoreError, micros};
 use crate::store::{Bounds, HoldError};
 
+/// Revocations written in one transaction: a million is a hundred syncs, and no batch holds the
+/// target's write lock for long.
+const REVOCATIONS_AT_ONCE: usize = 10_000;
+
 /// What a copy wrote.
 #[derive(Debug, Default, PartialEq)]
 pub struct Copied {
@@ -33,11 +37,15 @@ pub struct Copied {
 pub async fn copy(from: &dyn Engine, to: &dyn Engine) -> Result<Copied, StoreError> {
     let now_us = micros(SystemTime::now());
     let mut copied = Copied::default();
-    for (key, revocation) in from.revocations().await? {
-        if revocation.forget_at_us > now_us {
-            to.revoke(key, revocation).await?;
-            copied.revocations += 1;
-        }
+    let live: Vec<_> = from
+        .revocations()
+        .await?
+        .into_iter()
+        .filter(|(_, revocation)| revocation.forget_at_us > now_us)
+        .collect();
+    for batch in live.chunks(REVOCATIONS_AT_ONCE) {
+        to.revoke_all(batch.to_vec()).await?;
+        copied.revocations += batch.len();
     }
     // The source's bounds were enforced when the messages came; the copy takes them all.
     let unbounded = Bounds::only(usize::MAX, usize::MAX);

@@ -207,7 +207,15 @@ pub trait Engine: Send + Sync {
     /// The revocation kept for `key`, if any.
     async fn revocation(&self, key: RegistrationKey) -> Result<Option<Revocation>, StoreError>;
     /// Keep `revocation` of `key`, merged with any earlier one.
-    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError>;
+    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
+        self.revoke_all(vec![(key, revocation)]).await
+    }
+    /// [`Engine::revoke`] for each, in one transaction: copying a store's million revocations
+    /// then costs one sync, not a million.
+    async fn revoke_all(
+        &self,
+        revocations: Vec<(RegistrationKey, Revocation)>,
+    ) -> Result<(), StoreError>;
     /// [`Engine::revoke`], made at `account`'s request, unless `account` has `cap` other
     /// revocations kept past `revocation.revoked_at_us` already (false: nothing written).
     async fn revoke_within(

@@ -410,10 +410,15 @@ impl Engine for Postgres {
         }))
     }
 
-    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
+    async fn revoke_all(
+        &self,
+        revocations: Vec<(RegistrationKey, Revocation)>,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        keep_revocation(&transaction, key, revocation, None).await?;
+        for (key, revocation) in revocations {
+            keep_revocation(&transaction, key, revocation, None).await?;
+        }
         transaction.commit().await?;
         Ok(())
     }

@@ -216,9 +216,18 @@ impl Engine for Sqlite {
         .await
     }
 
-    async fn revoke(&self, key: RegistrationKey, revocation: Revocation) -> Result<(), StoreError> {
-        self.run(move |db| keep_revocation(db, key, revocation, None))
-            .await
+    async fn revoke_all(
+        &self,
+        revocations: Vec<(RegistrationKey, Revocation)>,
+    ) -> Result<(), StoreError> {
+        self.run(move |db| {
+            let transaction = db.transaction()?;
+            for (key, revocation) in revocations {
+                keep_revocation(&transaction, key, revocation, None)?;
+            }
+            transaction.commit()
+        })
+        .await
     }
 
     async fn revoke_within(
