@@ -570,10 +570,9 @@ mod tests {
         ) -> Result<Option<crate::store::Revocation>, StoreError> {
             unreachable!()
         }
-        async fn revoke(
+        async fn revoke_all(
             &self,
-            _: RegistrationKey,
-            _: crate::store::Revocation,
+            _: Vec<(RegistrationKey, crate::store::Revocation)>,
         ) -> Result<(), StoreError> {
             unreachable!()
         }
