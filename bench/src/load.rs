@@ -43,6 +43,9 @@ pub struct Target {
     pub paths: Vec<String>,
     /// VAPID headers, when the run signs: message `seq` carries `authorization[seq % len]`.
     pub authorization: Vec<String>,
+    /// When not 0, every request is a Matrix homeserver's notify to the gateway instead, naming
+    /// this many endpoints as its devices' pushkeys (the next ones after the last request's).
+    pub notify_devices: usize,
 }
 
 impl Target {
@@ -63,7 +66,34 @@ impl Target {
             host: host.context("no endpoints")?,
             paths,
             authorization: Vec::new(),
+            notify_devices: 0,
         })
+    }
+
+    /// What message `seq` is POSTed to, with its content type and body: the endpoint and `body`
+    /// itself, or a Matrix notify whose devices' pushkeys are endpoints (`body` is then only
+    /// counted by what arrives, not recognised: the app gets the notification's JSON).
+    fn request(&self, seq: u64, body: Vec<u8>) -> (&str, &'static str, Vec<u8>) {
+        let paths = self.paths.len() as u64;
+        if self.notify_devices == 0 {
+            let path = &self.paths[(seq % paths) as usize];
+            return (path, "application/octet-stream", body);
+        }
+        let first = seq * self.notify_devices as u64;
+        let devices: Vec<_> = (first..first + self.notify_devices as u64)
+            .map(|i| {
+                let pushkey = format!("http://{}{}", self.host, self.paths[(i % paths) as usize]);
+                serde_json::json!({ "app_id": "org.example.bench", "pushkey": pushkey })
+            })
+            .collect();
+        let notify = serde_json::json!({ "notification": {
+            "event_id": format!("$bench{seq}"),
+            "room_id": "!bench:localhost",
+            "counts": { "unread": 1 },
+            "devices": devices,
+        }});
+        let body = notify.to_string().into_bytes();
+        ("/_matrix/push/v1/notify", "application/json", body)
     }
 }
 
@@ -259,10 +289,10 @@ async fn exchange(
         Some(connection) => connection,
         None => connection.insert(connect(target).await?),
     };
-    let path = &target.paths[(seq % target.paths.len() as u64) as usize];
-    let mut request = Request::post(path.as_str())
+    let (path, content_type, body) = target.request(seq, body);
+    let mut request = Request::post(path)
         .header(hyper::header::HOST, target.host.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .header(hyper::header::CONTENT_TYPE, content_type)
         .header("TTL", ttl);
     if !target.authorization.is_empty() {
         let header = &target.authorization[(seq % target.authorization.len() as u64) as usize];

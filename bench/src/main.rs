@@ -14,6 +14,7 @@
 //! to stdout, one JSON line per measurement to `--json`. The exit code is 1 if any run lost or
 //! duplicated a push.
 
+mod growth;
 mod ledger;
 mod load;
 mod procstat;
@@ -141,6 +142,9 @@ enum Command {
     /// One xup on SQLite, one on PostgreSQL, and two on one PostgreSQL with the load spread over
     /// both: throughput, latency and the CPU per push of each part.
     Scaling(scaling::ScalingArgs),
+    /// How xup's costs grow with what it keeps (held messages, revocations) and with the load
+    /// (concurrency, Matrix pushkeys), on SQLite and PostgreSQL; the curves drawn as an SVG.
+    Growth(growth::GrowthArgs),
 }
 
 /// A push provider under test.
@@ -162,6 +166,7 @@ async fn main() -> ExitCode {
     let outcome = match args.command.take() {
         Some(Command::Soak(soak)) => soak::run(soak, xup_binary(&args)).await,
         Some(Command::Scaling(scaling)) => scaling::run(scaling, xup_binary(&args)).await,
+        Some(Command::Growth(growth)) => growth::run(growth, xup_binary(&args)).await,
         None => run(args).await,
     };
     match outcome {
@@ -246,8 +251,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.registrations.max(args.endpoints)
     );
     for provider in &mut providers {
-        let (endpoints, per_second) =
-            register(&sessions, provider, args.registrations.max(args.endpoints)).await?;
+        let (endpoints, per_second) = register(
+            &sessions,
+            provider,
+            args.registrations.max(args.endpoints),
+            usize::MAX,
+        )
+        .await?;
         println!("  {:<16} {per_second:>8.0} registrations/s", provider.name);
         out.line(json!({
             "kind": "registrations", "context": context, "provider": provider.name,
@@ -417,21 +427,24 @@ fn xup_binary(args: &Args) -> PathBuf {
 }
 
 /// Register `count` endpoints with `provider`, spread evenly over the sessions and pipelined on
-/// each; returns them with their applications, interleaved by session (endpoint i belongs to
-/// session i mod P), and the rate.
+/// each, at most `in_flight` at a time in all; returns them with their applications, interleaved
+/// by session (endpoint i belongs to session i mod P), and the rate.
 async fn register(
     sessions: &[Session],
     provider: &Provider,
     count: usize,
+    in_flight: usize,
 ) -> anyhow::Result<(Vec<(String, String)>, f64)> {
     let random_digest = || {
         let bytes: [u8; 32] = rand::random();
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
+    let gate = tokio::sync::Semaphore::new(in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
     let started = Instant::now();
     let per_session = try_join_all(sessions.iter().enumerate().map(|(i, session)| {
         let mine = (i..count).step_by(sessions.len()).count();
         try_join_all((0..mine).map(|_| async {
+            let _turn = gate.acquire().await?;
             let application = random_digest();
             let endpoint = session
                 .register(provider.jid.as_str(), application.clone(), random_digest())

@@ -146,7 +146,8 @@ pub async fn run(args: ScalingArgs, xup_binary: std::path::PathBuf) -> anyhow::R
         let endpoints = match &paths {
             Some(paths) => paths.clone(),
             None => {
-                let (registered, _) = register(&sessions, &provider, args.endpoints).await?;
+                let (registered, _) =
+                    register(&sessions, &provider, args.endpoints, usize::MAX).await?;
                 let urls: Vec<String> = registered.into_iter().map(|(url, _)| url).collect();
                 paths = Some(urls.clone());
                 urls

@@ -105,7 +105,7 @@ pub async fn run(args: SoakArgs, xup_binary: std::path::PathBuf) -> anyhow::Resu
             .map(|u| connect(prosody.c2s_port, u.clone(), watched.clone())),
     )
     .await?;
-    let (endpoints, _) = register(&sessions, &provider, args.endpoints).await?;
+    let (endpoints, _) = register(&sessions, &provider, args.endpoints, usize::MAX).await?;
     let endpoints: Vec<String> = endpoints.into_iter().map(|(url, _)| url).collect();
     let mut sessions: Vec<Option<Session>> = sessions.into_iter().map(Some).collect();
     let target = Arc::new(Target::new(provider.http, &endpoints)?);

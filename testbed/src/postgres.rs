@@ -109,6 +109,13 @@ impl Postgres {
         format!("postgres://{DATABASE}@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
+    /// Make another, empty database on this server and return its URL: a fresh store without a
+    /// fresh server (the benchmark's growth curves start each point from nothing).
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE \"{name}\""));
+        format!("postgres://{DATABASE}@127.0.0.1:{}/{name}", self.port)
+    }
+
     /// Run `sql` through `psql`, and return what it printed (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> String {
         let output = self.run_checked(
