@@ -340,9 +340,19 @@ impl Worker {
         let stanza = match item {
             None => bail!("the server closed the connection"),
             Some(Ok(stanza)) => stanza,
-            Some(Err(ReadError::SoftTimeout)) | Some(Err(ReadError::ParseError(_))) => {
+            // An idle stream (a long seeding between two runs) must show the server it is alive,
+            // or the read timeout ends it: a ping without `to` is answered by the server itself.
+            Some(Err(ReadError::SoftTimeout)) => {
+                out.push(
+                    Element::builder("iq", ns::JABBER_CLIENT)
+                        .attr(name("type"), "get")
+                        .attr(name("id"), "keepalive")
+                        .append(Element::builder("ping", ns::PING))
+                        .build(),
+                );
                 return Ok(());
             }
+            Some(Err(ReadError::ParseError(_))) => return Ok(()),
             Some(Err(e)) => bail!("stream failed: {e}"),
         };
         if !stanza.is("iq", ns::JABBER_CLIENT) {

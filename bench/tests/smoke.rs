@@ -145,3 +145,65 @@ fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn a_small_growth_run_draws_every_curve_on_both_engines() {
+    let _turn = ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
+    let xup = bench.with_file_name("xup");
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("results.jsonl");
+    let plot = out.path().join("growth.svg");
+    let status = Command::new(bench)
+        .arg("growth")
+        .arg("--xup")
+        .arg(&xup)
+        .args(["--sizes", "20,200", "--concurrency", "1,8"])
+        .args(["--clients", "2", "--endpoints", "4", "--messages", "40"])
+        .args(["--warmup", "5", "--registrations", "20"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .status()
+        .expect("xup-bench runs");
+    assert!(status.success(), "xup-bench growth failed: {status}");
+    let points: Vec<Value> = std::fs::read_to_string(&json)
+        .expect("JSON lines written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    for engine in ["SQLite", "PostgreSQL"] {
+        let on = |curve: &str| -> Vec<&Value> {
+            points
+                .iter()
+                .filter(|p| p["engine"] == engine && p["curve"] == curve)
+                .collect()
+        };
+        let xs = |curve: &str| -> Vec<f64> {
+            on(curve).iter().filter_map(|p| p["x"].as_f64()).collect()
+        };
+        assert_eq!(xs("held"), [20.0, 200.0], "{engine}");
+        assert_eq!(xs("revocations"), [20.0, 200.0], "{engine}");
+        assert_eq!(xs("concurrency"), [1.0, 8.0], "{engine}");
+        assert_eq!(xs("matrix"), [1.0, 20.0], "{engine}");
+        for point in on("held") {
+            // The whole backlog arrived (the run fails otherwise), and the store holds it.
+            assert!(point["values"]["backlog_s"].as_f64().expect("time") > 0.0);
+            assert!(point["values"]["store_mib"].as_f64().expect("size") > 0.0);
+        }
+        for point in on("matrix") {
+            assert_eq!(point["values"]["lost"], 0.0, "{point}");
+        }
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    for title in [
+        "Held messages: store size",
+        "Revocations: start-up",
+        "Pushes",
+    ] {
+        assert!(svg.contains(title), "{title} drawn");
+    }
+}

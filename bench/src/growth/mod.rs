@@ -55,6 +55,12 @@ pub struct GrowthArgs {
     /// Pushes per measured run (a Matrix run sends this many pushes, in notifies of 1 or 20).
     #[arg(long, default_value_t = 10_000)]
     messages: u64,
+    /// Unmeasured pushes before each measured run.
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
+    /// Registrations at each point of the concurrency curve (at least four per slot in flight).
+    #[arg(long, default_value_t = 2_000)]
+    registrations: usize,
     /// Client sessions, each a distributor on its own c2s connection.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -73,8 +79,6 @@ pub struct GrowthArgs {
 const BACKLOG: usize = 1_000;
 /// Concurrency of the push runs of the revocation and Matrix curves.
 const CONCURRENCY: usize = 64;
-/// Unmeasured pushes before each measured run.
-const WARMUP: u64 = 500;
 /// Pushkeys per notify on the Matrix curve.
 const PUSHKEYS: [usize; 2] = [1, 20];
 
@@ -325,17 +329,17 @@ impl World {
         Target::new(provider.http, &urls)
     }
 
-    /// A warm-up, then `messages` pushes at `concurrency` to `target`, tallied with xup's CPU.
+    /// `warmup` pushes, then `messages` at `concurrency` to `target`, tallied with xup's CPU.
     async fn pushes(
         &mut self,
         target: &Arc<Target>,
         xup: Proc,
-        messages: u64,
+        (warmup, messages): (u64, u64),
         concurrency: usize,
     ) -> anyhow::Result<(Run, f64)> {
         let mut load = Load {
             run: self.run_number(),
-            messages: WARMUP,
+            messages: warmup,
             concurrency,
             body_len: 256,
             epoch: self.epoch,
@@ -500,7 +504,7 @@ async fn revocations_point(
             .await?,
     );
     let (run, cpu) = world
-        .pushes(&target, process, args.messages, CONCURRENCY)
+        .pushes(&target, process, (args.warmup, args.messages), CONCURRENCY)
         .await?;
     xup.stop().await;
     let point = Point {
@@ -534,12 +538,12 @@ async fn load_points(
     let mut sound = true;
     for &concurrency in &args.concurrency {
         // Enough registrations that every one of `concurrency` slots is used a few times.
-        let count = (4 * concurrency).max(2_000);
+        let count = (4 * concurrency).max(args.registrations);
         let (_, registrations) = register(&world.sessions, &provider(port), count, concurrency)
             .await
             .with_context(|| format!("registering at C = {concurrency}"))?;
         let (run, cpu) = world
-            .pushes(&target, process, args.messages, concurrency)
+            .pushes(&target, process, (args.warmup, args.messages), concurrency)
             .await?;
         sound &= run.is_sound();
         points.push(Point {
