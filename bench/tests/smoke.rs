@@ -38,11 +38,7 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
         .expect("xup-bench runs");
     assert!(status.success(), "xup-bench failed: {status}");
 
-    let lines: Vec<Value> = std::fs::read_to_string(&json)
-        .expect("JSON lines written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let lines = json_lines(&json);
     let of_kind = |kind: &str| -> Vec<&Value> {
         lines
             .iter()
@@ -170,11 +166,7 @@ fn a_small_growth_run_draws_every_curve_on_both_engines() {
         .status()
         .expect("xup-bench runs");
     assert!(status.success(), "xup-bench growth failed: {status}");
-    let points: Vec<Value> = std::fs::read_to_string(&json)
-        .expect("JSON lines written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let points = json_lines(&json);
     for engine in ["SQLite", "PostgreSQL"] {
         let on = |curve: &str| -> Vec<&Value> {
             points
@@ -206,4 +198,13 @@ fn a_small_growth_run_draws_every_curve_on_both_engines() {
     ] {
         assert!(svg.contains(title), "{title} drawn");
     }
+}
+
+/// The JSON lines a run appended to `path`, each parsed.
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("JSON lines written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
 }
