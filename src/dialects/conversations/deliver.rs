@@ -28,13 +28,13 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, VecDeque},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use tokio::{
-    sync::{Semaphore, mpsc, watch},
+    sync::{mpsc, watch},
     task::JoinSet,
     time::Instant,
 };
@@ -98,8 +98,8 @@ pub async fn run(
         retry_interval,
         clients: HashMap::new(),
         rounds: JoinSet::new(),
+        due: VecDeque::new(),
         timers: BinaryHeap::new(),
-        offering: Arc::new(Semaphore::new(MAX_ROUNDS_AT_ONCE)),
     };
     let mut retry = tokio::time::interval(retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,10 +139,12 @@ struct Deliverer {
     retry_interval: Duration,
     /// Clients with messages held, by full JID.
     clients: HashMap<String, Client>,
+    /// The rounds offering now, at most [`MAX_ROUNDS_AT_ONCE`].
     rounds: JoinSet<Round>,
+    /// Queues started (counted as running) that wait for a place among the rounds, oldest first.
+    due: VecDeque<(String, RegistrationKey)>,
     /// When a queue that failed may be tried again; stale entries are skipped when they come due.
     timers: BinaryHeap<Reverse<(Instant, String, RegistrationKey)>>,
-    offering: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -233,29 +235,33 @@ impl Deliverer {
         }
         queue.running = true;
         client.running += 1;
-        let parts = (
-            self.parts.relay.clone(),
-            self.parts.held.clone(),
-            self.parts.in_flight.clone(),
-            self.offering.clone(),
-            self.parts.presence.clone(),
-        );
-        let subject = subject.to_owned();
-        self.rounds.spawn(async move {
-            let (relay, held, in_flight, offering, presence) = parts;
-            let end = match offering.acquire_owned().await {
-                Ok(_turn) => {
-                    let minimum = presence.minimum_urgency(&subject);
-                    offer_queue(&subject, registration, minimum, &relay, &held, &in_flight).await
-                }
-                Err(_) => End::Emptied, // never closed
+        self.due.push_back((subject.to_owned(), registration));
+        self.launch();
+    }
+
+    /// Start rounds for the queues in [`Deliverer::due`] while fewer than [`MAX_ROUNDS_AT_ONCE`]
+    /// run. A waiting queue is a line in a list rather than a task of its own: at a reconnect with
+    /// tens of thousands of queues due, a task each was most of xup's memory (BENCHMARKS.md).
+    fn launch(&mut self) {
+        while self.rounds.len() < MAX_ROUNDS_AT_ONCE {
+            let Some((subject, registration)) = self.due.pop_front() else {
+                return;
             };
-            Round {
-                subject,
-                registration,
-                end,
-            }
-        });
+            let relay = self.parts.relay.clone();
+            let held = self.parts.held.clone();
+            let in_flight = self.parts.in_flight.clone();
+            // Read when the round starts, not when it was queued: the client may have said since.
+            let minimum = self.parts.presence.minimum_urgency(&subject);
+            self.rounds.spawn(async move {
+                let end =
+                    offer_queue(&subject, registration, minimum, &relay, &held, &in_flight).await;
+                Round {
+                    subject,
+                    registration,
+                    end,
+                }
+            });
+        }
     }
 
     /// Offer every queue of `subject` that is due and not being offered already (filling the
@@ -364,6 +370,8 @@ impl Deliverer {
             registration,
             end,
         } = round;
+        // A place among the rounds is free.
+        self.launch();
         let Some(client) = self.clients.get_mut(&subject) else {
             return;
         };
