@@ -76,7 +76,7 @@ impl CheckMyPush {
             payload: Ping.into(),
         };
         let sent = Instant::now();
-        if self.link.send(Box::new(Stanza::Iq(ping))).await.is_err() {
+        if self.link.send(|| Box::new(Stanza::Iq(ping))).await.is_err() {
             return "not sent: xup's link to the XMPP server is down".into();
         }
         match tokio::time::timeout(PING_WAIT, ticket.answer()).await {

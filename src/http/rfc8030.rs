@@ -30,7 +30,7 @@ use crate::{
     limits::sender_address,
     message::{self, Request as Message, Urgency},
     metrics::METRICS,
-    push::{Pushes, Verdict},
+    push::{Admitted, Pushes, Verdict},
 };
 
 /// What the handlers share.
@@ -114,11 +114,28 @@ async fn push_by_query(
 }
 
 async fn accept_push(
+    state: State<Arc<AppState>>,
+    peer: ConnectInfo<SocketAddr>,
+    token: String,
+    request: Request,
+) -> Verdict {
+    // Taking the request in (opening the token, perhaps asking the store whether it was renewed,
+    // reading the body) is boxed and over before the wait for the client begins: inline, its
+    // state would widen every push in flight for all of `delivery.answer_within`
+    // (docs/BENCHMARKS.md, "Clients that never answer").
+    match Box::pin(take_in(state.clone(), peer, token, request)).await {
+        Ok((admitted, message)) => state.pushes.deliver(admitted, message).await,
+        Err(verdict) => verdict,
+    }
+}
+
+/// Everything a push is checked for, cheapest first, and its body: the push, admitted.
+async fn take_in(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     token: String,
     request: Request,
-) -> Verdict {
+) -> Result<(Admitted, Message), Verdict> {
     // `delivery.answer_within` counts from here, not from when the client is offered the message.
     let received = std::time::Instant::now();
     let pushes = &state.pushes;
@@ -128,41 +145,25 @@ async fn accept_push(
         let (parts, body) = request.into_parts();
         let sender = sender_address(peer.ip(), &parts.headers, &state.trusted_proxies);
         let authorization = parts.headers.get(header::AUTHORIZATION);
-        let identity =
-            match pushes.admit_sender(sender, authorization.and_then(|h| h.to_str().ok())) {
-                Ok(identity) => identity,
-                Err(verdict) => return verdict,
-            };
-        let claims = match pushes.open(sender, &token).await {
-            Ok(claims) => claims,
-            Err(verdict) => return verdict,
-        };
-        if let Err(verdict) = pushes.authorize(&claims, identity.as_ref()) {
-            return verdict;
-        }
+        let identity = pushes.admit_sender(sender, authorization.and_then(|h| h.to_str().ok()))?;
+        let claims = pushes.open(sender, &token).await?;
+        pushes.authorize(&claims, identity.as_ref())?;
         drop(token);
-        match rfc8030_headers(&parts.headers) {
-            Ok((ttl, topic, urgency)) => {
-                let sender = identity.and_then(|identity| identity.contact);
-                (ttl, topic, urgency, claims, body, sender)
-            }
-            Err(reason) => return Verdict::BadHeader(reason),
-        }
+        let (ttl, topic, urgency) = rfc8030_headers(&parts.headers).map_err(Verdict::BadHeader)?;
+        let sender = identity.and_then(|identity| identity.contact);
+        (ttl, topic, urgency, claims, body, sender)
     };
     let body = match read_body(body, message::MAX_BODY, state.body_timeout).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => return Verdict::TooLarge,
-        Err(BodyError::Unreadable) => return Verdict::Unreadable,
-        Err(BodyError::Slow) => return Verdict::SlowBody,
+        Err(BodyError::TooLarge) => return Err(Verdict::TooLarge),
+        Err(BodyError::Unreadable) => return Err(Verdict::Unreadable),
+        Err(BodyError::Slow) => return Err(Verdict::SlowBody),
     };
     if body.is_empty() {
-        return Verdict::Empty;
+        return Err(Verdict::Empty);
     }
-    let admitted = match pushes.admit(claims) {
-        Ok(admitted) => admitted,
-        Err(verdict) => return verdict,
-    };
-    let request = Message {
+    let admitted = pushes.admit(claims)?;
+    let message = Message {
         body: Vec::from(body),
         ttl,
         topic,
@@ -170,7 +171,7 @@ async fn accept_push(
         received,
         sender,
     };
-    pushes.deliver(admitted, request).await
+    Ok((admitted, message))
 }
 
 /// RFC 8030's request headers: `TTL` (seconds, `None` if absent), `Topic`, `Urgency`.

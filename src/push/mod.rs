@@ -204,7 +204,8 @@ impl Pushes {
                     })?;
                 return Err(Verdict::Gone);
             }
-            Err(TokenError::Lapsed(claims)) => self.renewed(*claims, now).await?,
+            // Boxed: rare, and inline its store query would widen every push's future.
+            Err(TokenError::Lapsed(claims)) => Box::pin(self.renewed(*claims, now)).await?,
             Err(e) => {
                 tracing::debug!(error = %e, "dead endpoint");
                 return Err(Verdict::Gone);

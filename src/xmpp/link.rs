@@ -70,8 +70,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A link that stayed up this long was a success: the next outage starts again at `BACKOFF_FIRST`.
 /// A server that accepts and drops us at once keeps backing off instead.
 const STABLE_LINK: Duration = Duration::from_secs(10);
-/// Stanzas queued for the writer; senders wait when it is full, so memory stays bounded.
-const OUTGOING_QUEUE: usize = 4096;
+/// Stanzas queued for the writer; senders wait when it is full, so memory stays bounded. Sixteen
+/// write batches: more than a server routes in a tenth of a second, so the writer never starves.
+const OUTGOING_QUEUE: usize = 1024;
 /// How many queued stanzas are written before one flush.
 const WRITE_BATCH: usize = 64;
 /// Bound on sending our stream footer at shutdown.
@@ -111,16 +112,17 @@ impl Outgoing {
 pub struct LinkDown;
 
 impl Link {
-    /// Queue `stanza` for the server. Fails at once while the link is down; waits (no internal
-    /// timeout) only while the outgoing queue is full.
-    pub async fn send(&self, stanza: Box<Stanza>) -> Result<(), LinkDown> {
+    /// Queue the stanza `make` builds for the server. Fails at once while the link is down; waits
+    /// (no internal timeout) only while the outgoing queue is full, and builds the stanza only
+    /// once there is room for it, so a burst of pushes waiting for room holds no stanzas
+    /// (about a kilobyte each; docs/BENCHMARKS.md, "Clients that never answer").
+    pub async fn send(&self, make: impl FnOnce() -> Box<Stanza>) -> Result<(), LinkDown> {
         if !*self.up.borrow() {
             return Err(LinkDown);
         }
-        self.outgoing
-            .send(Outgoing::unawaited(stanza))
-            .await
-            .map_err(|_| LinkDown)
+        let room = self.outgoing.reserve().await.map_err(|_| LinkDown)?;
+        room.send(Outgoing::unawaited(make()));
+        Ok(())
     }
 
     /// Queue `stanza` and wait until it is written to the connection: for a stanza that nobody

@@ -388,22 +388,27 @@ impl Relay {
                 None,
             );
         };
-        let iq: Box<Stanza> = Box::new(
-            Iq::Set {
-                from: Some(self.component.clone().into()),
-                to: Some(peer.clone()),
-                id: message.id.clone(),
-                payload: Element::from(Push {
-                    application: message.application.clone(),
-                    instance: message.instance.clone(),
-                    id: Some(message.id.clone()),
-                    urgency: (message.urgency != Urgency::Normal)
-                        .then(|| message.urgency.as_str().to_owned()),
-                    data: STANDARD.encode(&message.body),
-                }),
-            }
-            .into(),
-        );
+        // Built only once the outgoing queue has room for it (`Link::send`): in a burst, the
+        // pushes waiting for room hold no stanza.
+        let to = peer.clone();
+        let iq = move || -> Box<Stanza> {
+            Box::new(
+                Iq::Set {
+                    from: Some(self.component.clone().into()),
+                    to: Some(to),
+                    id: message.id.clone(),
+                    payload: Element::from(Push {
+                        application: message.application.clone(),
+                        instance: message.instance.clone(),
+                        id: Some(message.id.clone()),
+                        urgency: (message.urgency != Urgency::Normal)
+                            .then(|| message.urgency.as_str().to_owned()),
+                        data: STANDARD.encode(&message.body),
+                    }),
+                }
+                .into(),
+            )
+        };
         let mut ticket = self.in_flight.expect(message.id.clone(), peer);
         let sent = Instant::now();
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
