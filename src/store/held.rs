@@ -19,14 +19,15 @@
 //! registration keeps the push path from asking the database whether a registration has anything
 //! waiting. Holds go through one writer task that commits whatever queued up meanwhile in one
 //! transaction, so a burst of silent phones (every push answered at `delivery.answer_within` at
-//! once) costs one sync. With several instances on PostgreSQL only the one that holds the link
+//! once) costs one sync, and a steady trickle is grouped by starting batches a few milliseconds
+//! apart ([`BATCH_SPACING`]). With several instances on PostgreSQL only the one that holds the link
 //! delivers; it counts again when it takes the link over, and hears of what the others hold
 //! (`cluster/`).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -80,6 +81,13 @@ type Hold = (Message, oneshot::Sender<Result<Held, HoldError>>);
 /// Holds written in one transaction at most: a bound on one batch's work, far above any burst
 /// the HTTP side can bring (`http.max_in_flight`).
 const MAX_BATCH: usize = 16_384;
+
+/// The least time between the starts of two batches. A burst groups by itself (it queues while
+/// one batch is written), but a steady trickle, such as the pushes to one stuck app among busy
+/// healthy ones, arrives slower than a sync takes and would be one sync per hold; waiting this
+/// long at most groups it, and bounds the syncs to a few hundred a second whatever comes. A hold
+/// that comes after a quiet spell is written at once.
+const BATCH_SPACING: Duration = Duration::from_millis(5);
 
 /// Held messages per client (full JID) and, within it, per registration; and per account (bare
 /// JID) and domain, for their bounds.
@@ -322,7 +330,12 @@ async fn write_forever(
     bounds: Bounds,
     mut queue: mpsc::UnboundedReceiver<Hold>,
 ) {
+    let mut last_batch: Option<tokio::time::Instant> = None;
     while let Some(first) = queue.recv().await {
+        if let Some(last) = last_batch {
+            tokio::time::sleep_until(last + BATCH_SPACING).await;
+        }
+        last_batch = Some(tokio::time::Instant::now());
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH
             && let Ok(next) = queue.try_recv()
@@ -527,10 +540,11 @@ mod tests {
         assert_eq!(held.total(), 2);
     }
 
-    /// An engine that counts what reaches the store when a message is removed.
+    /// An engine that counts what reaches the store: removals, and batches of holds.
     struct Counting {
         inner: Sqlite,
         removals: std::sync::atomic::AtomicUsize,
+        batches: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -556,6 +570,8 @@ mod tests {
             bounds: Bounds,
             total: usize,
         ) -> Result<Vec<Result<Held, HoldError>>, StoreError> {
+            self.batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.hold_all(messages, bounds, total).await
         }
         // Nothing else is asked of the store here.
@@ -670,6 +686,7 @@ mod tests {
         let engine = Arc::new(Counting {
             inner: Sqlite::open(dir.path()).expect("store"),
             removals: Default::default(),
+            batches: Default::default(),
         });
         let held = HeldMessages::open(engine.clone(), Bounds::only(100, 1000))
             .await
@@ -837,6 +854,44 @@ mod tests {
         assert!(fresh.is_ok());
         assert_eq!(ids(&held).await, ["m0", "m1", "m2", "m3", "m9"]);
         assert_eq!(held.total(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_steady_trickle_of_holds_is_grouped_too() {
+        // One stuck app among busy ones: its pushes come a millisecond apart, each on its own
+        // (none waits for another), slower than a sync takes on a fast disk.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Counting {
+            inner: Sqlite::open(dir.path()).expect("store"),
+            removals: Default::default(),
+            batches: Default::default(),
+        });
+        let held = Arc::new(
+            HeldMessages::open(engine.clone(), Bounds::only(1000, 1000))
+                .await
+                .expect("held"),
+        );
+        const HOLDS: usize = 40;
+        let started = std::time::Instant::now();
+        let mut holds = tokio::task::JoinSet::new();
+        for n in 0..HOLDS {
+            let held = held.clone();
+            holds.spawn(async move { held.hold(message(&format!("m{n}"), "i", None)).await });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let span = started.elapsed();
+        while let Some(outcome) = holds.join_next().await {
+            outcome.expect("task").expect("held");
+        }
+        assert_eq!(held.total(), HOLDS);
+        // Batches start at least BATCH_SPACING apart, except that the last may wait for a slow
+        // commit: however slow this machine, no more than this many fit in the span.
+        let most = (span.as_micros() / BATCH_SPACING.as_micros()) as usize + 2;
+        let batches = engine.batches.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            batches <= most,
+            "{batches} batches for {HOLDS} holds over {span:?}"
+        );
     }
 
     #[tokio::test]

@@ -692,6 +692,8 @@ fn hold_all(
 
 /// Hold one message: replace its topic, make room within its registration's bound, and insert
 /// it, unless the store already holds `bounds.total` messages (`None`; the caller rolls back).
+/// The statements are cached on the connection: a stuck app brings a steady trickle of holds,
+/// each of which would otherwise parse its statements again.
 fn hold_one(
     db: &Connection,
     message: Message,
@@ -701,47 +703,45 @@ fn hold_one(
     let registration = message.registration();
     let mut held = Held::default();
     if let Some(topic) = &message.topic {
-        held.replaced = db.execute(
-            "DELETE FROM held WHERE registration = ?1 AND topic = ?2",
-            params![registration.as_slice(), topic],
-        )?;
+        held.replaced = db
+            .prepare_cached("DELETE FROM held WHERE registration = ?1 AND topic = ?2")?
+            .execute(params![registration.as_slice(), topic])?;
     }
-    let mine: i64 = db.query_row(
-        "SELECT COUNT(*) FROM held WHERE registration = ?1",
-        params![registration.as_slice()],
-        |row| row.get(0),
-    )?;
+    let mine: i64 = db
+        .prepare_cached("SELECT COUNT(*) FROM held WHERE registration = ?1")?
+        .query_row(params![registration.as_slice()], |row| row.get(0))?;
     let mine = usize::try_from(mine).unwrap_or(0);
     if mine >= bounds.per_registration {
-        held.dropped = db.execute(
-            "DELETE FROM held WHERE seq IN (SELECT seq FROM held
-                 WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
-            params![
+        held.dropped = db
+            .prepare_cached(
+                "DELETE FROM held WHERE seq IN (SELECT seq FROM held
+                     WHERE registration = ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![
                 registration.as_slice(),
                 (mine + 1 - bounds.per_registration) as i64
-            ],
-        )?;
+            ])?;
     }
     if total.saturating_sub(held.replaced + held.dropped) >= bounds.total {
         return Ok(None);
     }
-    db.execute(
+    db.prepare_cached(
         "INSERT INTO held (id, registration, subject, application, instance, topic,
                            urgency, body, expires_at_us, held_at_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            message.id,
-            registration.as_slice(),
-            message.subject,
-            message.application,
-            message.instance,
-            message.topic,
-            message.urgency.as_str(),
-            message.body,
-            micros(message.expires_at),
-            micros(message.accepted_at),
-        ],
-    )?;
+    )?
+    .execute(params![
+        message.id,
+        registration.as_slice(),
+        message.subject,
+        message.application,
+        message.instance,
+        message.topic,
+        message.urgency.as_str(),
+        message.body,
+        micros(message.expires_at),
+        micros(message.accepted_at),
+    ])?;
     Ok(Some(held))
 }
 
