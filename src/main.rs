@@ -108,7 +108,11 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // By default a line that cannot be written is reported with `eprintln!`, which panics
+        // when stderr itself is what failed: the task that logged would die. A log collector
+        // that goes away must cost the logs, never the pushes or the shutdown.
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),

@@ -137,6 +137,8 @@ pub struct Xup {
     child: Child,
     logs: mpsc::UnboundedReceiver<String>,
     history: Arc<Mutex<Vec<String>>>,
+    /// The task that reads xup's stderr; aborting it closes the pipe's reading end.
+    reader: tokio::task::JoinHandle<()>,
     pub base_url: String,
     _config: tempfile::NamedTempFile,
 }
@@ -195,7 +197,7 @@ impl Xup {
         let (sender, logs) = mpsc::unbounded_channel();
         let history = Arc::new(Mutex::new(Vec::new()));
         let written = history.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("xup| {line}");
@@ -211,6 +213,7 @@ impl Xup {
             child,
             logs,
             history,
+            reader,
             base_url: format!("http://127.0.0.1:{}", settings.http_port),
             _config: config,
         }
@@ -248,6 +251,13 @@ impl Xup {
     /// Every log line xup has written so far, awaited or not.
     pub fn logs_so_far(&self) -> Vec<String> {
         self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Stop reading xup's stderr and close the pipe, as a log collector that dies does: from
+    /// now on every line xup writes fails. No log line can be awaited after this.
+    pub async fn close_logs(&mut self) {
+        self.reader.abort();
+        let _ = (&mut self.reader).await;
     }
 
     /// Kill xup hard (SIGKILL), as a crash or an OOM kill would, and wait until it is gone.

@@ -1,5 +1,5 @@
 //! What an operator's monitoring sees: `/health` follows the component link, and `/metrics`
-//! counts what happened.
+//! counts what happened; and a log collector that dies takes nothing down with it.
 
 use serde_json::{Value, json};
 
@@ -30,6 +30,48 @@ async fn health_follows_the_component_link() {
     let (_, page) = get(&format!("{}/metrics", stack.xup.base_url)).await;
     assert_eq!(sample(&page, "xup_component_connects_total"), 2.0);
     assert_eq!(sample(&page, "xup_component_link_up"), 1.0);
+}
+
+#[tokio::test]
+async fn a_dead_log_collector_takes_nothing_down_with_it() {
+    // systemd's journal restarting, or the far end of `xup 2>&1 | logger` exiting: from then on
+    // every line xup writes fails. Each step below writes lines from a task of its own.
+    let mut stack = Stack::start_with(|s| s.log_filter = "info").await;
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    stack.xup.close_logs().await;
+
+    // A push's handler, logging the revocation its client asked for.
+    phone.answer_with("item-not-found").await;
+    assert_eq!(post(&endpoint, "gone?").await.status(), 404);
+    assert_eq!(phone.next_push().await.data, b"gone?");
+    phone.answer_with("result").await;
+
+    // The component link's task, logging that the server went and that it is back.
+    stack.server.restart().await;
+    // No log line can be awaited now: the link's own counter says when it is back. The bound is
+    // the reconnect backoff's cap (30 s) and more.
+    let metrics = format!("{}/metrics", stack.xup.base_url);
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let (_, page) = get(&metrics).await;
+        if sample(&page, "xup_component_connects_total") >= 2.0
+            && sample(&page, "xup_component_link_up") == 1.0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the component link never came back:\n{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut phone = stack.juliet("phone").await;
+    let endpoint = phone.register(APP, INSTANCE).await.endpoint;
+    assert_delivered(&endpoint, &mut phone, b"after the restart").await;
+
+    // The signal's task, logging that xup shuts down.
+    assert!(stack.xup.stop().await.success(), "xup exits 0 on SIGTERM");
 }
 
 #[tokio::test]
