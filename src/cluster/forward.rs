@@ -10,7 +10,7 @@ use crate::{
     cluster::{Answer, Cluster, Handoff},
     message::Request,
     metrics::PushOutcome,
-    push::{Deliver, Pushes, Verdict},
+    push::{Deliver, Delivery, Pushes, Verdict},
     store::registration_key,
     token::Claims,
 };
@@ -22,13 +22,12 @@ pub struct Forward {
     pub here: Arc<dyn Deliver>,
 }
 
-#[async_trait::async_trait]
 impl Deliver for Forward {
-    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
+    fn deliver(&self, claims: Claims, request: Request) -> Delivery<'_> {
         if self.cluster.leads() {
-            return self.here.deliver(claims, request).await;
+            return self.here.deliver(claims, request);
         }
-        self.hand_over(claims, request).await
+        Box::pin(self.hand_over(claims, request))
     }
 }
 

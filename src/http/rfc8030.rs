@@ -81,15 +81,13 @@ async fn discover(
 }
 
 /// `POST`/`PUT /push/{token}`: deliver one message or hold it, and say which.
-async fn push(
+fn push(
     state: State<Arc<AppState>>,
     peer: ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
     request: Request,
-) -> Verdict {
-    let verdict = accept_push(state, peer, token, request).await;
-    METRICS.push(verdict.outcome());
-    verdict
+) -> impl Future<Output = Verdict> + Send {
+    accept_push(state, peer, token, request)
 }
 
 /// The token as the Java `up`'s `{?token}` template put it.
@@ -99,33 +97,54 @@ struct TokenQuery {
 }
 
 /// `POST`/`PUT /…?token=…`: [`push`], for endpoints the Java `up` made that way.
-async fn push_by_query(
+fn push_by_query(
     state: State<Arc<AppState>>,
     peer: ConnectInfo<SocketAddr>,
     query: Result<Query<TokenQuery>, QueryRejection>,
     request: Request,
-) -> Verdict {
-    let verdict = match query {
-        Ok(Query(TokenQuery { token })) => accept_push(state, peer, token, request).await,
-        Err(_) => Verdict::Gone,
+) -> impl Future<Output = Verdict> + Send {
+    let accepting = match query {
+        Ok(Query(TokenQuery { token })) => Some(accept_push(state, peer, token, request)),
+        Err(_) => None,
     };
-    METRICS.push(verdict.outcome());
-    verdict
+    async move {
+        match accepting {
+            Some(accepting) => accepting.await,
+            None => {
+                METRICS.push(Verdict::Gone.outcome());
+                Verdict::Gone
+            }
+        }
+    }
 }
 
-async fn accept_push(
+/// Take a push in, hand it on, and count its verdict.
+///
+/// None of these is an `async fn`, on purpose: a push waits here for its client for up to
+/// `delivery.answer_within`, and an `async fn` keeps its arguments (the whole request head) for
+/// as long as it runs, even after it has handed them on. Taking the request in (opening the
+/// token, perhaps asking the store whether it was renewed, reading the body) is boxed and over
+/// before the wait begins, so its state is gone by then too; what waits is the slot and the
+/// dialect's future (docs/BENCHMARKS.md, "Clients that never answer").
+fn accept_push(
     state: State<Arc<AppState>>,
     peer: ConnectInfo<SocketAddr>,
     token: String,
     request: Request,
-) -> Verdict {
-    // Taking the request in (opening the token, perhaps asking the store whether it was renewed,
-    // reading the body) is boxed and over before the wait for the client begins: inline, its
-    // state would widen every push in flight for all of `delivery.answer_within`
-    // (docs/BENCHMARKS.md, "Clients that never answer").
-    match Box::pin(take_in(state.clone(), peer, token, request)).await {
-        Ok((admitted, message)) => state.pushes.deliver(admitted, message).await,
-        Err(verdict) => verdict,
+) -> impl Future<Output = Verdict> + Send {
+    let app = Arc::clone(&state.0);
+    let taking = Box::pin(take_in(state, peer, token, request));
+    async move {
+        let delivering = match taking.await {
+            Ok((admitted, message)) => app.pushes.deliver(admitted, message),
+            Err(verdict) => {
+                METRICS.push(verdict.outcome());
+                return verdict;
+            }
+        };
+        let verdict = delivering.await;
+        METRICS.push(verdict.outcome());
+        verdict
     }
 }
 

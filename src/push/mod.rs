@@ -18,6 +18,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -256,18 +257,38 @@ impl Pushes {
         })
     }
 
-    /// Hand an admitted push to its endpoint's dialect, and say how it went.
-    pub async fn deliver(&self, push: Admitted, request: Request) -> Verdict {
-        let Admitted { claims, _slot } = push;
-        self.route.deliver(claims, request).await
+    /// Hand an admitted push to its endpoint's dialect, and say how it went. Not an `async fn`:
+    /// that would keep its own copy of the claims and the request for as long as the push waits
+    /// for its client; this keeps only the slot and the dialect's future.
+    pub fn deliver(
+        &self,
+        push: Admitted,
+        request: Request,
+    ) -> impl Future<Output = Verdict> + Send + '_ {
+        let Admitted {
+            claims,
+            _slot: slot,
+        } = push;
+        let delivering = self.route.deliver(claims, request);
+        async move {
+            let verdict = delivering.await;
+            drop(slot);
+            verdict
+        }
     }
 }
 
+/// A push on its way to its client, and then its verdict. Boxed, and passed on as it is: a layer
+/// that only chooses where a push goes (the cluster, the table of dialects) returns the future of
+/// the one it chose instead of awaiting it in a future of its own. Each such wrapper kept its own
+/// copy of the claims and the request for as long as the push waited for its client, and 10 000
+/// pushes can wait at once (docs/BENCHMARKS.md).
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+
 /// The one way from a door to the XMPP side: whatever delivers a push (a dialect, the table of
 /// dialects, or on one of several instances the cluster in front of them) says how it went.
-#[async_trait::async_trait]
 pub trait Deliver: Send + Sync {
-    async fn deliver(&self, claims: Claims, request: Request) -> Verdict;
+    fn deliver(&self, claims: Claims, request: Request) -> Delivery<'_>;
 }
 
 /// Each dialect's deliverer, by the dialect its endpoints' tokens name.
@@ -283,14 +304,13 @@ impl Dialects {
     }
 }
 
-#[async_trait::async_trait]
 impl Deliver for Dialects {
-    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
+    fn deliver(&self, claims: Claims, request: Request) -> Delivery<'_> {
         match self.table.get(&claims.dialect) {
-            Some(dialect) => dialect.deliver(claims, request).await,
+            Some(dialect) => dialect.deliver(claims, request),
             None => {
                 tracing::error!(dialect = ?claims.dialect, "no deliverer for this dialect");
-                Verdict::Internal
+                Box::pin(std::future::ready(Verdict::Internal))
             }
         }
     }

@@ -194,16 +194,20 @@ impl HeldMessages {
         self.counts().total
     }
 
-    /// Keep `message` durably; returns once it is on disk. Holds that arrive together are
-    /// written in one transaction (group commit): a burst of thousands costs one sync, not
-    /// thousands. Dropping the future does not undo the write.
-    pub async fn hold(&self, message: Message) -> Result<Held, HoldError> {
+    /// Keep `message` durably; the future ends once it is on disk. Holds that arrive together
+    /// are written in one transaction (group commit): a burst of thousands costs one sync, not
+    /// thousands. The message goes to the writer at once, so the future holds only the wait for
+    /// its answer, and dropping it does not undo the write.
+    pub fn hold(&self, message: Message) -> impl Future<Output = Result<Held, HoldError>> + Send {
         let (reply, held) = oneshot::channel();
-        self.writer
-            .send((message, reply))
-            .map_err(|_| StoreError::Task("the held-message writer has stopped".into()))?;
-        held.await
-            .map_err(|_| StoreError::Task("the held-message writer has stopped".into()))?
+        let queued = self.writer.send((message, reply)).is_ok();
+        async move {
+            let stopped = || StoreError::Task("the held-message writer has stopped".into());
+            if !queued {
+                return Err(stopped().into());
+            }
+            held.await.map_err(|_| stopped())?
+        }
     }
 
     /// The messages waiting in `registration` that have not expired by `now`, oldest first.

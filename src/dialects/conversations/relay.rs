@@ -23,6 +23,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use xmpp_parsers::{
     iq::Iq,
@@ -38,7 +39,7 @@ use crate::{
     message::{Request, Urgency},
     metrics::METRICS,
     metrics::PushOutcome,
-    push::{Deliver, Verdict},
+    push::{Deliver, Delivery, Verdict},
     store::held::Notice,
     store::{HoldError, Message, Store, held::HeldMessages},
     token::{Claims, Dialect},
@@ -88,31 +89,35 @@ pub enum Offered {
     NotNow(Unavailable),
 }
 
-#[async_trait::async_trait]
 impl Deliver for Relay {
-    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
-        match self.push(claims, request).await {
-            Ok(Outcome::Delivered { id, ttl }) => Verdict::Accepted {
-                id,
-                ttl,
-                how: PushOutcome::Delivered,
-            },
-            Ok(Outcome::Held { id, ttl }) => Verdict::Accepted {
-                id,
-                ttl,
-                how: PushOutcome::Held,
-            },
-            Ok(Outcome::Dropped { id }) => Verdict::Accepted {
-                id,
-                ttl: Duration::ZERO,
-                how: PushOutcome::Dropped,
-            },
-            Ok(Outcome::Revoked) => Verdict::Revoked,
-            Ok(Outcome::Full) => Verdict::Full,
-            Err(e) => {
-                tracing::error!(error = %e, "push failed");
-                Verdict::Internal
-            }
+    fn deliver(&self, claims: Claims, request: Request) -> Delivery<'_> {
+        Box::pin(self.push(claims, request).map(verdict_of))
+    }
+}
+
+/// What a push's outcome means to its sender.
+fn verdict_of(outcome: Result<Outcome, RelayError>) -> Verdict {
+    match outcome {
+        Ok(Outcome::Delivered { id, ttl }) => Verdict::Accepted {
+            id,
+            ttl,
+            how: PushOutcome::Delivered,
+        },
+        Ok(Outcome::Held { id, ttl }) => Verdict::Accepted {
+            id,
+            ttl,
+            how: PushOutcome::Held,
+        },
+        Ok(Outcome::Dropped { id }) => Verdict::Accepted {
+            id,
+            ttl: Duration::ZERO,
+            how: PushOutcome::Dropped,
+        },
+        Ok(Outcome::Revoked) => Verdict::Revoked,
+        Ok(Outcome::Full) => Verdict::Full,
+        Err(e) => {
+            tracing::error!(error = %e, "push failed");
+            Verdict::Internal
         }
     }
 }
@@ -121,6 +126,16 @@ impl Deliver for Relay {
 pub enum RelayError {
     #[error("the store failed: {0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+/// How a push begins, decided before its future starts ([`Relay::push`]).
+enum Start {
+    /// `TTL: 0`, and the client cannot take it now.
+    Drop,
+    /// Held at once, for the reason given (for its trace).
+    Hold(&'static str),
+    /// Offered to the client.
+    Offer,
 }
 
 /// Sends pushes and interprets their answers. One per process, shared by every HTTP request and
@@ -184,11 +199,21 @@ impl Relay {
 
     /// Deliver one message to the client `claims` name, or hold it for later, and say which,
     /// within `delivery.answer_within` of the request's arrival (plus a store write). A message
-    /// that is held is on disk before this returns.
-    pub async fn push(&self, claims: Claims, request: Request) -> Result<Outcome, RelayError> {
+    /// that is held is on disk before the future ends.
+    ///
+    /// Not an `async fn`: what can be decided at once is decided before the future starts, and
+    /// the future keeps the message alone, not also the claims and the request it was made of
+    /// (an `async fn` keeps its arguments for as long as it runs, and a push may wait for its
+    /// client for all of `delivery.answer_within`, ten thousand at once; docs/BENCHMARKS.md).
+    pub fn push(
+        &self,
+        claims: Claims,
+        request: Request,
+    ) -> impl Future<Output = Result<Outcome, RelayError>> + Send + '_ {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
         let id = self.ids.next();
+        let received = request.received;
         let message = Message {
             id: id.clone(),
             subject: claims.subject,
@@ -200,19 +225,18 @@ impl Relay {
             expires_at: SystemTime::now() + ttl,
             accepted_at: SystemTime::now(),
         };
-        // No IQ for a client known to be away, for one that takes only more urgent messages now,
-        // or with no link to reach it; and a message waits its turn behind older ones of its
-        // registration rather than overtake them. (The paths that write to the store are boxed:
-        // they are rare, and inline they would make every push in flight carry their state;
-        // docs/BENCHMARKS.md.)
         self.trace(
             &message,
             Event::Accepted {
                 urgency: message.urgency,
                 ttl,
-                sender: request.sender.clone(),
+                sender: request.sender,
             },
         );
+        // No IQ for a client known to be away, for one that takes only more urgent messages now,
+        // or with no link to reach it; and a message waits its turn behind older ones of its
+        // registration rather than overtake them. (The paths that write to the store are boxed:
+        // they are rare, and inline they would make every push in flight carry their state.)
         let unreachable = if !self.link.is_up() {
             Some("the XMPP server is unreachable")
         } else if self.presence.is_offline(&message.subject) {
@@ -222,66 +246,76 @@ impl Relay {
         } else {
             None
         };
-        if unreachable.is_some() && ttl.is_zero() {
+        let start = if unreachable.is_some() && ttl.is_zero() {
             self.trace(
                 &message,
                 Event::Dropped("TTL 0 and the client cannot take it now"),
             );
-            return Ok(Outcome::Dropped { id });
-        }
-        let behind = !ttl.is_zero()
+            Start::Drop
+        } else if let Some(why) = unreachable {
+            Start::Hold(why)
+        } else if !ttl.is_zero()
             && self
                 .held
-                .has_backlog(&message.subject, &message.registration());
-        if let Some(why) = unreachable.or(behind.then_some("waiting behind older messages")) {
-            return Box::pin(self.hold(message, ttl, None, why)).await;
-        }
-        let offered_at = Instant::now();
-        let wait = (request.received + self.answer_within).saturating_duration_since(offered_at);
-        let (offered, ticket) = self.offer(&message, wait).await;
-        match offered {
-            Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
-            Offered::Revoked => Ok(Outcome::Revoked),
-            Offered::Gone => {
-                Box::pin(self.forget_registration(&message)).await?;
-                Ok(Outcome::Revoked)
+                .has_backlog(&message.subject, &message.registration())
+        {
+            Start::Hold("waiting behind older messages")
+        } else {
+            Start::Offer
+        };
+        async move {
+            match start {
+                Start::Drop => return Ok(Outcome::Dropped { id }),
+                Start::Hold(why) => return Box::pin(self.hold(message, ttl, None, why)).await,
+                Start::Offer => {}
             }
-            Offered::NotNow(why) => {
-                tracing::debug!(?why, "holding a push");
-                let outcome = if ttl.is_zero() {
-                    self.trace(
-                        &message,
-                        Event::Dropped("TTL 0 and the client did not take it"),
-                    );
-                    Outcome::Dropped { id }
-                } else {
-                    let why = "to be offered again";
-                    Box::pin(self.hold(message.clone(), ttl, Some(offered_at), why)).await?
-                };
-                // Silent so far: the client may still answer, up to `delivery.timeout`.
-                let Some(mut ticket) = ticket else {
-                    return Ok(outcome);
-                };
-                let detached = Detached {
-                    id: message.id.clone(),
-                    subject: message.subject.clone(),
-                    application: message.application.clone(),
-                    instance: message.instance.clone(),
-                    sent: offered_at,
-                };
-                match ticket.detach(detached, offered_at + self.timeout) {
-                    None => Ok(outcome),
-                    // It answered while the message was being written; the message stays in
-                    // flight (the ticket) until that answer has been acted on.
-                    Some(answer) => {
-                        let outcome =
-                            Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
-                        drop(ticket);
-                        let _ = self.notices.send(Notice::Settled {
-                            registration: message.registration(),
-                            subject: message.subject,
-                        });
-                        outcome
+            let offered_at = Instant::now();
+            let wait = (received + self.answer_within).saturating_duration_since(offered_at);
+            let (offered, ticket) = self.offer(&message, wait).await;
+            match offered {
+                Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
+                Offered::Revoked => Ok(Outcome::Revoked),
+                Offered::Gone => {
+                    Box::pin(self.forget_registration(&message)).await?;
+                    Ok(Outcome::Revoked)
+                }
+                Offered::NotNow(why) => {
+                    tracing::debug!(?why, "holding a push");
+                    let outcome = if ttl.is_zero() {
+                        self.trace(
+                            &message,
+                            Event::Dropped("TTL 0 and the client did not take it"),
+                        );
+                        Outcome::Dropped { id }
+                    } else {
+                        let why = "to be offered again";
+                        Box::pin(self.hold(message.clone(), ttl, Some(offered_at), why)).await?
+                    };
+                    // Silent so far: the client may still answer, up to `delivery.timeout`.
+                    let Some(mut ticket) = ticket else {
+                        return Ok(outcome);
+                    };
+                    let detached = Detached {
+                        id: message.id.clone(),
+                        subject: message.subject.clone(),
+                        application: message.application.clone(),
+                        instance: message.instance.clone(),
+                        sent: offered_at,
+                    };
+                    match ticket.detach(detached, offered_at + self.timeout) {
+                        None => Ok(outcome),
+                        // It answered while the message was being written; the message stays in
+                        // flight (the ticket) until that answer has been acted on.
+                        Some(answer) => {
+                            let outcome =
+                                Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
+                            drop(ticket);
+                            let _ = self.notices.send(Notice::Settled {
+                                registration: message.registration(),
+                                subject: message.subject,
+                            });
+                            outcome
+                        }
                     }
                 }
             }
@@ -290,13 +324,16 @@ impl Relay {
 
     /// Hold `message` (`why`, for its trace), and tell the deliverer. `offered` is when the
     /// client was just offered it.
-    async fn hold(
+    ///
+    /// Not an `async fn`, like [`Relay::push`]: a burst of silent phones holds ten thousand
+    /// messages at once, and each of these futures would keep its own copy of its message.
+    fn hold(
         &self,
         message: Message,
         ttl: Duration,
         offered: Option<Instant>,
         why: &'static str,
-    ) -> Result<Outcome, RelayError> {
+    ) -> impl Future<Output = Result<Outcome, RelayError>> + Send + '_ {
         let notice = Notice::Held {
             id: message.id.clone(),
             subject: message.subject.clone(),
@@ -305,37 +342,42 @@ impl Relay {
         };
         let id = message.id.clone();
         let traced = (message.subject.clone(), message.application.clone());
-        let trace = |event| self.traces.record(&traced.0, &traced.1, &id, event);
-        match self.held.hold(message).await {
-            Ok(held) => {
-                trace(Event::Held(why));
-                if held.dropped > 0 {
-                    tracing::debug!(
-                        dropped = held.dropped,
-                        "dropped the oldest held messages of a registration at its bound"
-                    );
+        let holding = self.held.hold(message);
+        async move {
+            let trace = |event| self.traces.record(&traced.0, &traced.1, &id, event);
+            match holding.await {
+                Ok(held) => {
+                    trace(Event::Held(why));
+                    if held.dropped > 0 {
+                        tracing::debug!(
+                            dropped = held.dropped,
+                            "dropped the oldest held messages of a registration at its bound"
+                        );
+                    }
+                    let _ = self.notices.send(notice);
+                    Ok(Outcome::Held { id, ttl })
                 }
-                let _ = self.notices.send(notice);
-                Ok(Outcome::Held { id, ttl })
+                Err(HoldError::Full) => {
+                    tracing::warn!(
+                        "not holding a push: delivery.max_held messages are held already"
+                    );
+                    trace(Event::Dropped(
+                        "the provider holds all it may; the sender retries",
+                    ));
+                    Ok(Outcome::Full)
+                }
+                Err(HoldError::OwnerFull(setting)) => {
+                    trace(Event::Dropped(
+                        "your account holds all it may; the sender retries",
+                    ));
+                    tracing::debug!(
+                        setting,
+                        "not holding a push: the client's account or domain is full"
+                    );
+                    Ok(Outcome::Full)
+                }
+                Err(HoldError::Store(e)) => Err(e.into()),
             }
-            Err(HoldError::Full) => {
-                tracing::warn!("not holding a push: delivery.max_held messages are held already");
-                trace(Event::Dropped(
-                    "the provider holds all it may; the sender retries",
-                ));
-                Ok(Outcome::Full)
-            }
-            Err(HoldError::OwnerFull(setting)) => {
-                trace(Event::Dropped(
-                    "your account holds all it may; the sender retries",
-                ));
-                tracing::debug!(
-                    setting,
-                    "not holding a push: the client's account or domain is full"
-                );
-                Ok(Outcome::Full)
-            }
-            Err(HoldError::Store(e)) => Err(e.into()),
         }
     }
 

@@ -28,7 +28,7 @@ use xmpp_parsers::{
 use crate::{
     message::Request,
     metrics::PushOutcome,
-    push::{Deliver, Verdict},
+    push::{Deliver, Delivery, Verdict},
     registrar::{self, RegisterError, Registrar, Registration},
     store::Store,
     token::{Claims, Dialect},
@@ -287,18 +287,19 @@ impl Sender {
     }
 }
 
-#[async_trait::async_trait]
 impl Deliver for Sender {
-    async fn deliver(&self, claims: Claims, request: Request) -> Verdict {
-        match self.send(&claims, &request.body, request.sender).await {
-            Ok(id) => Verdict::Accepted {
-                id,
-                ttl: Duration::ZERO,
-                how: PushOutcome::Sent,
-            },
-            Err(e @ SendError::NotText(_)) => Verdict::NotText(e.to_string()),
-            Err(SendError::LinkDown) => Verdict::LinkDown,
-        }
+    fn deliver(&self, claims: Claims, request: Request) -> Delivery<'_> {
+        Box::pin(async move {
+            match self.send(&claims, &request.body, request.sender).await {
+                Ok(id) => Verdict::Accepted {
+                    id,
+                    ttl: Duration::ZERO,
+                    how: PushOutcome::Sent,
+                },
+                Err(e @ SendError::NotText(_)) => Verdict::NotText(e.to_string()),
+                Err(SendError::LinkDown) => Verdict::LinkDown,
+            }
+        })
     }
 }
 
