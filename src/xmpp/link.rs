@@ -116,13 +116,20 @@ impl Link {
     /// (no internal timeout) only while the outgoing queue is full, and builds the stanza only
     /// once there is room for it, so a burst of pushes waiting for room holds no stanzas
     /// (about a kilobyte each; docs/BENCHMARKS.md, "Clients that never answer").
-    pub async fn send(&self, make: impl FnOnce() -> Box<Stanza>) -> Result<(), LinkDown> {
-        if !*self.up.borrow() {
-            return Err(LinkDown);
+    /// (Not an `async fn`, which would keep a second copy of `make` while it waits.)
+    pub fn send<'a>(
+        &'a self,
+        make: impl FnOnce() -> Box<Stanza> + 'a,
+    ) -> impl Future<Output = Result<(), LinkDown>> + 'a {
+        let up = *self.up.borrow();
+        async move {
+            if !up {
+                return Err(LinkDown);
+            }
+            let room = self.outgoing.reserve().await.map_err(|_| LinkDown)?;
+            room.send(Outgoing::unawaited(make()));
+            Ok(())
         }
-        let room = self.outgoing.reserve().await.map_err(|_| LinkDown)?;
-        room.send(Outgoing::unawaited(make()));
-        Ok(())
     }
 
     /// Queue `stanza` and wait until it is written to the connection: for a stanza that nobody

@@ -105,8 +105,9 @@ struct Entry {
 enum State {
     /// A ticket waits for the answer.
     Waiting(oneshot::Sender<Answer>),
-    /// Nobody waits; the answer is reported, or the push expires at `until`.
-    Detached { push: Detached, until: Instant },
+    /// Nobody waits; the answer is reported, or the push expires at `until`. Boxed: every entry
+    /// is as large as its largest state, and most entries are `Waiting` (ten thousand in a burst).
+    Detached { push: Box<Detached>, until: Instant },
     /// Answered; kept until the answer has been acted on. `until` is when a detached push would
     /// have expired: a safety net should nobody settle it.
     Answered { until: Option<Instant> },
@@ -179,7 +180,7 @@ impl InFlight {
             },
             State::Detached { push, until } => {
                 entry.state = State::Answered { until: Some(until) };
-                Resolved::Detached(push)
+                Resolved::Detached(*push)
             }
             answered @ State::Answered { .. } => {
                 entry.state = answered;
@@ -206,7 +207,7 @@ impl InFlight {
         let mut expired = Vec::new();
         self.lock().retain(|_, entry| match &entry.state {
             State::Detached { push, until } if *until <= now => {
-                expired.push(push.clone());
+                expired.push(Detached::clone(push));
                 false
             }
             State::Answered { until: Some(until) } => *until > now,
@@ -236,7 +237,10 @@ impl Ticket {
         let mut entries = self.table.lock();
         match entries.get_mut(&self.id) {
             Some(entry) if matches!(entry.state, State::Waiting(_)) => {
-                entry.state = State::Detached { push, until };
+                entry.state = State::Detached {
+                    push: Box::new(push),
+                    until,
+                };
                 self.detached = true;
                 None
             }

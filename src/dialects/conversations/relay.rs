@@ -41,7 +41,7 @@ use crate::{
     metrics::PushOutcome,
     push::{Deliver, Delivery, Verdict},
     store::held::Notice,
-    store::{HoldError, Message, Store, held::HeldMessages},
+    store::{HoldError, Message, Store, held::HeldMessages, registration_key_of},
     token::{Claims, Dialect},
     trace::{Event, Traces},
     xmpp::{
@@ -212,10 +212,9 @@ impl Relay {
     ) -> impl Future<Output = Result<Outcome, RelayError>> + Send + '_ {
         let requested = request.ttl.map_or(self.default_ttl, Duration::from_secs);
         let ttl = requested.min(self.max_ttl);
-        let id = self.ids.next();
         let received = request.received;
         let message = Message {
-            id: id.clone(),
+            id: self.ids.next(),
             subject: claims.subject,
             application: claims.application,
             instance: claims.instance,
@@ -265,7 +264,7 @@ impl Relay {
         };
         async move {
             match start {
-                Start::Drop => return Ok(Outcome::Dropped { id }),
+                Start::Drop => return Ok(Outcome::Dropped { id: message.id }),
                 Start::Hold(why) => return Box::pin(self.hold(message, ttl, None, why)).await,
                 Start::Offer => {}
             }
@@ -273,7 +272,10 @@ impl Relay {
             let wait = (received + self.answer_within).saturating_duration_since(offered_at);
             let (offered, ticket) = self.offer(&message, wait).await;
             match offered {
-                Offered::Taken => Ok(Outcome::Delivered { id, ttl }),
+                Offered::Taken => Ok(Outcome::Delivered {
+                    id: message.id,
+                    ttl,
+                }),
                 Offered::Revoked => Ok(Outcome::Revoked),
                 Offered::Gone => {
                     Box::pin(self.forget_registration(&message)).await?;
@@ -281,43 +283,62 @@ impl Relay {
                 }
                 Offered::NotNow(why) => {
                     tracing::debug!(?why, "holding a push");
-                    let outcome = if ttl.is_zero() {
-                        self.trace(
-                            &message,
-                            Event::Dropped("TTL 0 and the client did not take it"),
-                        );
-                        Outcome::Dropped { id }
-                    } else {
-                        let why = "to be offered again";
-                        Box::pin(self.hold(message.clone(), ttl, Some(offered_at), why)).await?
-                    };
-                    // Silent so far: the client may still answer, up to `delivery.timeout`.
-                    let Some(mut ticket) = ticket else {
-                        return Ok(outcome);
-                    };
-                    let detached = Detached {
-                        id: message.id.clone(),
-                        subject: message.subject.clone(),
-                        application: message.application.clone(),
-                        instance: message.instance.clone(),
-                        sent: offered_at,
-                    };
-                    match ticket.detach(detached, offered_at + self.timeout) {
-                        None => Ok(outcome),
-                        // It answered while the message was being written; the message stays in
-                        // flight (the ticket) until that answer has been acted on.
-                        Some(answer) => {
-                            let outcome =
-                                Box::pin(self.late_answer(&message, answer, ttl, outcome)).await;
-                            drop(ticket);
-                            let _ = self.notices.send(Notice::Settled {
-                                registration: message.registration(),
-                                subject: message.subject,
-                            });
-                            outcome
-                        }
-                    }
+                    // Boxed: inline, what this step keeps would widen every push that waits.
+                    Box::pin(self.not_taken(message, ticket, offered_at, ttl)).await
                 }
+            }
+        }
+    }
+
+    /// The client did not take `message` within `delivery.answer_within`: hold it, and keep
+    /// listening (the ticket) for an answer until `delivery.timeout`.
+    async fn not_taken(
+        &self,
+        message: Message,
+        ticket: Option<Ticket>,
+        offered_at: Instant,
+        ttl: Duration,
+    ) -> Result<Outcome, RelayError> {
+        // What the push still needs of its message once the message is held: the message itself
+        // goes to the store rather than being copied, as a burst of silent phones holds ten
+        // thousand at once.
+        let push = Detached {
+            id: message.id.clone(),
+            subject: message.subject.clone(),
+            application: message.application.clone(),
+            instance: message.instance.clone(),
+            sent: offered_at,
+        };
+        let outcome = if ttl.is_zero() {
+            self.trace(
+                &message,
+                Event::Dropped("TTL 0 and the client did not take it"),
+            );
+            Outcome::Dropped { id: message.id }
+        } else {
+            let why = "to be offered again";
+            Box::pin(self.hold(message, ttl, Some(offered_at), why)).await?
+        };
+        // Silent so far: the client may still answer, up to `delivery.timeout`.
+        let Some(mut ticket) = ticket else {
+            return Ok(outcome);
+        };
+        match ticket.detach(push.clone(), offered_at + self.timeout) {
+            None => Ok(outcome),
+            // It answered while the message was being written; the message stays in flight (the
+            // ticket) until that answer has been acted on.
+            Some(answer) => {
+                let outcome = Box::pin(self.late_answer(&push, answer, ttl, outcome)).await;
+                drop(ticket);
+                let _ = self.notices.send(Notice::Settled {
+                    registration: registration_key_of(
+                        &push.subject,
+                        &push.application,
+                        &push.instance,
+                    ),
+                    subject: push.subject,
+                });
+                outcome
             }
         }
     }
@@ -381,26 +402,32 @@ impl Relay {
         }
     }
 
-    /// The answer to a message that was held (the `held` outcome) meanwhile: it may have been
-    /// delivered after all.
+    /// The answer to `push`, whose message was held (the `held` outcome) meanwhile: it may have
+    /// been delivered after all.
     async fn late_answer(
         &self,
-        message: &Message,
+        push: &Detached,
         answer: Answer,
         ttl: Duration,
         held: Outcome,
     ) -> Result<Outcome, RelayError> {
-        self.trace(message, answered(&answer));
+        self.traces.record(
+            &push.subject,
+            &push.application,
+            &push.id,
+            answered(&answer),
+        );
         match answer {
             Answer::Result => {
-                self.held.remove(&message.id, &message.subject).await?;
+                self.held.remove(&push.id, &push.subject).await?;
                 Ok(Outcome::Delivered {
-                    id: message.id.clone(),
+                    id: push.id.clone(),
                     ttl,
                 })
             }
             answer if answer.means_gone() => {
-                self.forget_registration(message).await?;
+                self.revoke(&push.subject, &push.application, &push.instance)
+                    .await?;
                 Ok(Outcome::Revoked)
             }
             Answer::Error(_) => Ok(held),
@@ -423,35 +450,38 @@ impl Relay {
             self.trace(message, Event::Revoked);
             return (Offered::Revoked, None);
         }
-        let Ok(peer) = message.subject.parse::<Jid>() else {
-            // Only a token we issued gets here, and we issued it for a parsed JID.
-            return (
-                Offered::NotNow(Unavailable::Refused("bad subject".into())),
-                None,
-            );
+        // Within a block of its own, so that the parsed JID is not kept while the push waits.
+        let (iq, mut ticket) = {
+            let Ok(peer) = message.subject.parse::<Jid>() else {
+                // Only a token we issued gets here, and we issued it for a parsed JID.
+                return (
+                    Offered::NotNow(Unavailable::Refused("bad subject".into())),
+                    None,
+                );
+            };
+            // Built only once the outgoing queue has room for it (`Link::send`): in a burst, the
+            // pushes waiting for room hold no stanza.
+            let to = peer.clone();
+            let iq = move || -> Box<Stanza> {
+                Box::new(
+                    Iq::Set {
+                        from: Some(self.component.clone().into()),
+                        to: Some(to),
+                        id: message.id.clone(),
+                        payload: Element::from(Push {
+                            application: message.application.clone(),
+                            instance: message.instance.clone(),
+                            id: Some(message.id.clone()),
+                            urgency: (message.urgency != Urgency::Normal)
+                                .then(|| message.urgency.as_str().to_owned()),
+                            data: STANDARD.encode(&message.body),
+                        }),
+                    }
+                    .into(),
+                )
+            };
+            (iq, self.in_flight.expect(message.id.clone(), peer))
         };
-        // Built only once the outgoing queue has room for it (`Link::send`): in a burst, the
-        // pushes waiting for room hold no stanza.
-        let to = peer.clone();
-        let iq = move || -> Box<Stanza> {
-            Box::new(
-                Iq::Set {
-                    from: Some(self.component.clone().into()),
-                    to: Some(to),
-                    id: message.id.clone(),
-                    payload: Element::from(Push {
-                        application: message.application.clone(),
-                        instance: message.instance.clone(),
-                        id: Some(message.id.clone()),
-                        urgency: (message.urgency != Urgency::Normal)
-                            .then(|| message.urgency.as_str().to_owned()),
-                        data: STANDARD.encode(&message.body),
-                    }),
-                }
-                .into(),
-            )
-        };
-        let mut ticket = self.in_flight.expect(message.id.clone(), peer);
         let sent = Instant::now();
         // One deadline for queueing and answering alike: a full outgoing queue counts against it.
         let exchange = async {
