@@ -1,11 +1,12 @@
 //! xup-bench: xup side by side with Prosody's own `mod_unified_push`, in one run on one machine.
 //!
 //! One throwaway Prosody hosts both providers: xup as an external component and
-//! `mod_unified_push` (Debian's `prosody-modules`, storage backend) as an internal one. P client
+//! `mod_unified_push` (Debian's `prosody-modules`, storage backend) as an internal one; with
+//! `--server ejabberd`, an ejabberd hosts xup alone. P client
 //! sessions register K endpoints with each, then M numbered messages are POSTed at concurrency C
 //! to each provider in turn, for every C asked for. Each run reports throughput, HTTP and delivery
-//! latency, refusals, lost and duplicated pushes, and the CPU and peak memory of xup, of Prosody
-//! and of the load tool itself. After that, for xup alone: the same load with a share of the
+//! latency, refusals, lost and duplicated pushes, and the CPU and peak memory of xup, of the XMPP
+//! server and of the load tool itself. After that, for xup alone: the same load with a share of the
 //! registrations never answering (fairness under faults), registrations per second (over XMPP,
 //! and the token code alone), and what clients that never answer cost: the senders' wait and
 //! xup's memory with many pushes to them at once.
@@ -36,12 +37,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures::future::{join_all, try_join_all};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use xmpp_parsers::jid::Jid;
-use xup_testbed::{COMPONENT, Prosody, Xup, XupSettings, wait_for_port};
+use xup_testbed::{COMPONENT, Ejabberd, Prosody, Server, Xup, XupSettings, wait_for_port};
 
 use crate::{
     ledger::Ledger,
@@ -119,12 +120,22 @@ struct Args {
     /// a sender that signs every push does. For the cost of verifying, against a run without.
     #[arg(long)]
     vapid: Option<VapidHeaders>,
+    /// The XMPP server xup is a component of and the clients log in to. `mod_unified_push` is
+    /// Prosody's own, so behind ejabberd only xup is measured.
+    #[arg(long, value_enum, default_value_t = ServerKind::Prosody)]
+    server: ServerKind,
     /// Providers to measure, in this order.
     #[arg(long, value_delimiter = ',', default_values_t = ["xup".to_owned(), "mod_unified_push".to_owned()])]
     providers: Vec<String>,
     /// Append one JSON line per measurement here.
     #[arg(long, default_value = "target/xup-bench.jsonl")]
     json: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum ServerKind {
+    Prosody,
+    Ejabberd,
 }
 
 /// How the pushes of a signed run carry their VAPID headers.
@@ -195,12 +206,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "clients": args.clients,
         "endpoints": args.endpoints,
         "xup": xup_binary,
+        "server": args.server.to_possible_value().map(|v| v.get_name().to_owned()),
     });
     let mut out = Output::open(&args.json)?;
 
-    let prosody = Prosody::start_with(MOD_UNIFIED_PUSH).await;
-    wait_for_port(prosody.http_port).await;
-    let prosody_process = Proc::Pid(prosody.pid().context("Prosody's pid")?);
+    if args.server == ServerKind::Ejabberd && args.providers.iter().any(|p| p != "xup") {
+        bail!("behind ejabberd only xup can be measured: add --providers xup");
+    }
+    let server = match args.server {
+        ServerKind::Prosody => {
+            let prosody = Prosody::start_with(MOD_UNIFIED_PUSH).await;
+            wait_for_port(prosody.http_port).await;
+            Server::Prosody(prosody)
+        }
+        ServerKind::Ejabberd => Server::Ejabberd(Ejabberd::start().await),
+    };
+    let server_process = Proc::Pid(server.pid().context("the XMPP server's pid")?);
     let store = tempfile::tempdir()?;
     let mut settings = XupSettings::new(store.path());
     // Long enough for the in-flight measurement to fill up before the first answer is due.
@@ -213,11 +234,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ("max_connections", json!(50_000)),
         ("max_in_flight", json!(50_000)),
     ];
-    let xup = Xup::start(&xup_binary, prosody.component_port, &settings).await;
+    let xup = Xup::start(&xup_binary, server.component_port(), &settings).await;
 
     let epoch = Instant::now();
     let (ledgers, ledger) = watch::channel(Arc::new(Ledger::new(0, 0, epoch)));
-    let sessions = Session::connect_many(&prosody, "bench", args.clients, &ledger).await?;
+    let sessions = Session::connect_many(&server, "bench", args.clients, &ledger).await?;
 
     let mut providers = Vec::new();
     for name in &args.providers {
@@ -233,7 +254,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "mod_unified_push" => Provider {
                 name: "mod_unified_push",
                 jid: MOD_UNIFIED_PUSH_JID.parse()?,
-                http: ([127, 0, 0, 1], prosody.http_port).into(),
+                http: match &server {
+                    Server::Prosody(prosody) => ([127, 0, 0, 1], prosody.http_port).into(),
+                    Server::Ejabberd(_) => bail!("mod_unified_push is Prosody's"),
+                },
                 process: None,
                 target: None,
                 applications: Vec::new(),
@@ -309,12 +333,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 until: None,
             };
             if args.warmup > 0 {
-                measure(provider, &load, &ledgers, prosody_process, |_| true).await?;
+                measure(provider, &load, &ledgers, server_process, |_| true).await?;
             }
             load.run += 1;
             load.messages = args.messages;
             next_run += 2;
-            let run = measure(provider, &load, &ledgers, prosody_process, |_| true).await?;
+            let run = measure(provider, &load, &ledgers, server_process, |_| true).await?;
             println!("{}", run.row());
             out.line(run.json(&context))?;
             sound &= run.is_sound();
@@ -381,7 +405,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             &args,
             &sessions,
             &ledgers,
-            prosody_process,
+            server_process,
             &mut next_run,
             epoch,
         )
@@ -477,13 +501,13 @@ async fn measure(
     provider: &Provider,
     load: &Load,
     ledgers: &watch::Sender<Arc<Ledger>>,
-    prosody: Proc,
+    server: Proc,
     counted: impl Fn(u64) -> bool,
 ) -> anyhow::Result<Run> {
     let target = provider.target.clone().context("no endpoints registered")?;
     let ledger = Arc::new(Ledger::new(load.run, load.messages as usize, load.epoch));
     ledgers.send_replace(ledger.clone());
-    let watched: Vec<Proc> = provider.process.into_iter().chain([prosody]).collect();
+    let watched: Vec<Proc> = provider.process.into_iter().chain([server]).collect();
     for process in &watched {
         // Without the right to reset it, the peak covers the process's whole life instead.
         let _ = process.reset_peak();
@@ -510,9 +534,9 @@ async fn measure(
     };
     if provider.process.is_some() {
         run.xup = Some(usage(0)?);
-        run.prosody = usage(1)?;
+        run.server = usage(1)?;
     } else {
-        run.prosody = usage(0)?;
+        run.server = usage(0)?;
     }
     run.tool = Usage {
         cpu_seconds: tool,
@@ -539,7 +563,7 @@ async fn under_faults(
     args: &Args,
     sessions: &[Session],
     ledgers: &watch::Sender<Arc<Ledger>>,
-    prosody: Proc,
+    server: Proc,
     next_run: &mut u32,
     epoch: Instant,
 ) -> anyhow::Result<[Run; 2]> {
@@ -573,10 +597,10 @@ async fn under_faults(
         } else {
             args.warmup
         };
-        measure(xup, &load, ledgers, prosody, counted).await?;
+        measure(xup, &load, ledgers, server, counted).await?;
         load.run += 1;
         load.messages = args.messages;
-        runs.push(measure(xup, &load, ledgers, prosody, counted).await?);
+        runs.push(measure(xup, &load, ledgers, server, counted).await?);
         load.run += 1;
     }
     try_join_all(sessions.iter().map(|s| s.silence(HashSet::new()))).await?;

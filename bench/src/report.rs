@@ -31,7 +31,8 @@ pub struct Run {
     pub delivery: Vec<u64>,
     /// `None` for a process that takes no part in this provider's path.
     pub xup: Option<Usage>,
-    pub prosody: Usage,
+    /// The XMPP server's process (Prosody, or ejabberd's Erlang VM).
+    pub server: Usage,
     pub tool: Usage,
 }
 
@@ -65,7 +66,7 @@ impl Run {
             http,
             delivery,
             xup: None,
-            prosody: Usage::default(),
+            server: Usage::default(),
             tool: Usage::default(),
         }
     }
@@ -116,12 +117,12 @@ impl Run {
             "duplicated": self.duplicated,
             "strays": self.strays,
             "xup": self.xup.map(usage),
-            "prosody": usage(self.prosody),
+            "server": usage(self.server),
             "load_tool_cpu_percent_of_one_core": self.tool_cpu_percent(),
         })
     }
 
-    pub const HEADER: &'static str = "provider          C   push/s   http p50    p90    p99    max (ms) | deliv p50   p99 | non2xx lost dup | µs/push xup prosody | MiB xup prosody | tool CPU";
+    pub const HEADER: &'static str = "provider          C   push/s   http p50    p90    p99    max (ms) | deliv p50   p99 | non2xx lost dup | µs/push xup  server | MiB xup  server | tool CPU";
 
     pub fn row(&self) -> String {
         let ms = |sorted: &[u64], q: f64| percentile(sorted, q) as f64 / 1e6;
@@ -146,9 +147,9 @@ impl Run {
             self.lost,
             self.duplicated,
             xup_us,
-            self.micros_per_push(self.prosody),
+            self.micros_per_push(self.server),
             xup_mib,
-            self.prosody.peak_rss_kib as f64 / 1024.0,
+            self.server.peak_rss_kib as f64 / 1024.0,
             self.tool_cpu_percent(),
         )
     }

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use tokio::sync::watch;
-use xup_testbed::{COMPONENT, Postgres, Prosody, Xup, XupSettings};
+use xup_testbed::{COMPONENT, Postgres, Prosody, Server, Xup, XupSettings};
 
 use crate::{
     ARRIVAL_GRACE, Provider, cpu_seconds,
@@ -78,7 +78,7 @@ const SETUPS: [Setup; 3] = [
 /// Run every setup; `Ok(false)` if one lost, duplicated or refused a push.
 pub async fn run(args: ScalingArgs, xup_binary: std::path::PathBuf) -> anyhow::Result<bool> {
     procstat::raise_open_files_limit();
-    let prosody = Prosody::start().await;
+    let prosody = Server::Prosody(Prosody::start().await);
     let postgres = Postgres::start().await;
     let prosody_process = Proc::Pid(prosody.pid().context("Prosody's pid")?);
     let postgres_process = Proc::Tree(postgres.pid().context("PostgreSQL's pid")?);
@@ -129,8 +129,8 @@ pub async fn run(args: ScalingArgs, xup_binary: std::path::PathBuf) -> anyhow::R
             let mut settings = settings.clone();
             settings.store_url = setup.postgres.then(|| postgres.url());
             let xup = match i {
-                0 => Xup::start(&xup_binary, prosody.component_port, &settings).await,
-                _ => Xup::start_standby(&xup_binary, prosody.component_port, &settings).await,
+                0 => Xup::start(&xup_binary, prosody.component_port(), &settings).await,
+                _ => Xup::start_standby(&xup_binary, prosody.component_port(), &settings).await,
             };
             instances.push((xup, settings.http_port));
         }

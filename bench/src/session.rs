@@ -67,21 +67,21 @@ pub struct Session {
 }
 
 impl Session {
-    /// `count` users named `{prefix}{i}`, made on `prosody` and logged in at once, each answering
+    /// `count` users named `{prefix}{i}`, made on `server` and logged in at once, each answering
     /// pushes into `ledger`.
     pub async fn connect_many(
-        prosody: &xup_testbed::Prosody,
+        server: &xup_testbed::Server,
         prefix: &str,
         count: usize,
         ledger: &watch::Receiver<Arc<Ledger>>,
     ) -> anyhow::Result<Vec<Session>> {
         futures::future::try_join_all((0..count).map(|i| {
             let user = format!("{prefix}{i}");
-            prosody.add_user(&user, xup_testbed::DOMAIN);
-            let (port, ledger) = (prosody.c2s_port, ledger.clone());
+            let ledger = ledger.clone();
             async move {
+                server.add_user(&user, xup_testbed::DOMAIN).await;
                 Session::connect(
-                    port,
+                    server.c2s_port(),
                     &user,
                     xup_testbed::DOMAIN,
                     xup_testbed::PASSWORD,

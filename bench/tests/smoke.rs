@@ -54,7 +54,7 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
         assert_eq!(run["lost"], 0, "{run}");
         assert_eq!(run["duplicated"], 0, "{run}");
         assert!(run["pushes_per_second"].as_f64().expect("rate") > 0.0);
-        assert!(run["prosody"]["cpu_seconds"].as_f64().is_some());
+        assert!(run["server"]["cpu_seconds"].as_f64().is_some());
     }
     for provider in ["xup", "mod_unified_push"] {
         assert_eq!(

@@ -165,12 +165,29 @@ impl Ejabberd {
         }
     }
 
-    /// Kill ejabberd hard, as a crash or an OOM kill would: the whole process group, so the Erlang
-    /// VM goes too.
     pub fn log_path(&self) -> std::path::PathBuf {
         self.dir.path().join("logs").join("ejabberd.log")
     }
 
+    /// The Erlang VM's process id, for reading ejabberd's CPU time and memory from `/proc`: the
+    /// process started is `ejabberdctl`, a shell script whose child `beam.smp` does the work.
+    pub fn pid(&self) -> Option<u32> {
+        let group = self.child.as_ref()?.id()?;
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // stat(5): the fields after the name's closing ')' are state, ppid, pgrp, …
+                let pgrp = stat.rsplit_once(')')?.1.split_whitespace().nth(2)?;
+                (comm.trim() == "beam.smp" && pgrp == group.to_string()).then_some(pid)
+            })
+    }
+
+    /// Kill ejabberd hard, as a crash or an OOM kill would: the whole process group, so the Erlang
+    /// VM goes too.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_group(&child);

@@ -186,6 +186,14 @@ impl Server {
         }
     }
 
+    /// The process that does the server's work, for reading its CPU time and memory.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Prosody(p) => p.pid(),
+            Server::Ejabberd(e) => e.pid(),
+        }
+    }
+
     /// Create `user@domain` with the shared test password.
     pub async fn add_user(&self, user: &str, domain: &str) {
         match self {

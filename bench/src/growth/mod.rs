@@ -29,7 +29,7 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::watch;
 use xup::store::{Engine, postgres, sqlite::Sqlite};
-use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Postgres, Prosody, Xup, XupSettings};
+use xup_testbed::{COMPONENT, DOMAIN, PASSWORD, Postgres, Prosody, Server, Xup, XupSettings};
 
 use crate::{
     ARRIVAL_GRACE, Output, Provider,
@@ -102,7 +102,7 @@ impl Point {
 /// What every point shares: the servers, the client sessions and where their arrivals go.
 struct World {
     xup_binary: PathBuf,
-    prosody: Prosody,
+    prosody: Server,
     postgres: Option<Postgres>,
     sessions: Vec<Session>,
     ledgers: watch::Sender<Arc<Ledger>>,
@@ -146,8 +146,8 @@ pub async fn run(args: GrowthArgs, xup_binary: PathBuf) -> anyhow::Result<bool> 
             other => bail!("unknown engine {other:?} (sqlite, postgres)"),
         })
         .collect::<anyhow::Result<_>>()?;
-    let prosody = Prosody::start().await;
-    prosody.add_user("back", DOMAIN);
+    let prosody = Server::Prosody(Prosody::start().await);
+    prosody.add_user("back", DOMAIN).await;
     let postgres = match kinds.iter().any(|k| matches!(k, Kind::Postgres)) {
         true => Some(Postgres::start().await),
         false => None,
@@ -310,7 +310,7 @@ impl World {
     /// Start xup on `settings`; it and how long it took to serve HTTP with its link up.
     async fn start(&self, settings: &XupSettings) -> anyhow::Result<(Xup, Proc, f64)> {
         let started = Instant::now();
-        let xup = Xup::start(&self.xup_binary, self.prosody.component_port, settings).await;
+        let xup = Xup::start(&self.xup_binary, self.prosody.component_port(), settings).await;
         let took = started.elapsed().as_secs_f64();
         let process = Proc::Pid(xup.pid().context("xup's pid")?);
         Ok((xup, process, took))
@@ -447,7 +447,7 @@ async fn held_point(world: &mut World, kind: Kind, size: usize) -> anyhow::Resul
     let ledger = Arc::new(Ledger::new(run, BACKLOG, world.epoch));
     world.ledgers.send_replace(ledger.clone());
     let client = Session::connect(
-        world.prosody.c2s_port,
+        world.prosody.c2s_port(),
         "back",
         DOMAIN,
         PASSWORD,
