@@ -8,7 +8,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, config::DbConfig, params};
 
 use super::{
     Engine, HeldCount, PRUNED_NAMED, Pruned, PushNode, RegistrationKey, Revocation, SCHEMA_VERSION,
@@ -145,6 +145,11 @@ impl Sqlite {
         // WAL with full sync: a revocation we answered 404 for is on disk before the answer.
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
+        // One plan per statement, whatever is bound to it. Without this, SQLite prepares a
+        // statement again at every execution if a bound value could change its plan (a `LIMIT ?`,
+        // an `ORDER BY` after an equality on an index), and a stuck app's every hold runs such a
+        // statement from the cache: its preparation was a tenth of the hold.
+        db.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         migrate(&mut db)?;
         Ok(Sqlite(Arc::new(tokio::sync::Mutex::new(db))))
     }
@@ -747,7 +752,7 @@ fn hold_one(
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::*;
     use crate::store::Store;
@@ -788,5 +793,45 @@ mod tests {
             Sqlite::open(dir.path()),
             Err(StoreError::Newer { found, .. }) if found == SCHEMA_VERSION + 1
         ));
+    }
+
+    #[tokio::test]
+    async fn a_cached_statement_is_prepared_once_whatever_is_bound_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Sqlite::open(dir.path()).expect("store");
+        let db = engine.0.lock().await;
+        let message = |i: usize| Message {
+            id: format!("m{i}"),
+            subject: "juliet@example.org/phone".into(),
+            application: "app".into(),
+            instance: format!("i{}", i % 2),
+            body: vec![0; 16],
+            topic: None,
+            urgency: Urgency::Normal,
+            expires_at: SystemTime::now() + std::time::Duration::from_secs(86400),
+            accepted_at: SystemTime::now(),
+        };
+        // Two registrations, each at its bound of three: every hold past the sixth drops one.
+        for i in 0..12 {
+            let held = hold_one(&db, message(i), Bounds::only(3, 1000), i.min(6)).expect("held");
+            assert_eq!(held.map(|h| h.dropped), Some(usize::from(i >= 6)), "hold {i}");
+        }
+        // The kind of statement hold_one runs to drop the oldest, with a new value bound each
+        // time: without the planner's stability guarantee, SQLite prepares it again each time.
+        let mut oldest = db
+            .prepare("SELECT seq FROM held WHERE registration = ?1 ORDER BY seq LIMIT ?2")
+            .expect("query");
+        for i in 0..4 {
+            let registration = message(i).registration();
+            let mut rows = oldest
+                .query(params![registration.as_slice(), i as i64 + 1])
+                .expect("runs");
+            assert!(rows.next().expect("a row").is_some());
+        }
+        assert_eq!(
+            oldest.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "four executions, one preparation"
+        );
     }
 }
