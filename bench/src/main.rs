@@ -198,6 +198,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.body < ledger::ID_LEN || args.clients == 0 || args.endpoints == 0 {
         bail!("--body must be at least 16, --clients and --endpoints at least 1");
     }
+    if args.server == ServerKind::Ejabberd && args.providers.iter().any(|p| p != "xup") {
+        bail!("behind ejabberd only xup can be measured: add --providers xup");
+    }
     let open_files = procstat::raise_open_files_limit();
     let xup_binary = xup_binary(&args);
     let context = json!({
@@ -210,9 +213,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     });
     let mut out = Output::open(&args.json)?;
 
-    if args.server == ServerKind::Ejabberd && args.providers.iter().any(|p| p != "xup") {
-        bail!("behind ejabberd only xup can be measured: add --providers xup");
-    }
     let server = match args.server {
         ServerKind::Prosody => {
             let prosody = Prosody::start_with(MOD_UNIFIED_PUSH).await;

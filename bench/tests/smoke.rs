@@ -1,6 +1,7 @@
 //! A tiny run of the whole benchmark, so that it cannot rot: both providers, two concurrencies,
-//! the registration rates and the in-flight measurement, against a real Prosody. It checks that
-//! every part reports and that no push was lost, duplicated or refused; it asserts no timing.
+//! the registration rates and the in-flight measurement, against a real Prosody, and xup alone
+//! behind a real ejabberd. It checks that every part reports and that no push was lost,
+//! duplicated or refused; it asserts no timing.
 
 use std::{path::Path, process::Command};
 
@@ -95,6 +96,71 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
         let p99 = result["sender_ms"]["p99"].as_f64().expect("p99");
         assert!((2900.0..30_000.0).contains(&p99), "{run}");
     }
+}
+
+#[test]
+fn a_small_run_behind_ejabberd_measures_its_erlang_vm() {
+    let _turn = ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
+    let xup = bench.with_file_name("xup");
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("results.jsonl");
+    let status = Command::new(bench)
+        .args(["--server", "ejabberd", "--providers", "xup"])
+        .arg("--xup")
+        .arg(&xup)
+        .args(["--clients", "2", "--endpoints", "4", "--registrations", "8"])
+        .args(["--messages", "40", "--warmup", "5", "--concurrency", "4"])
+        .args([
+            "--token-iterations",
+            "0",
+            "--in-flight",
+            "0",
+            "--faulty-percent",
+            "0",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .expect("xup-bench runs");
+    assert!(
+        status.success(),
+        "xup-bench --server ejabberd failed: {status}"
+    );
+    let lines = json_lines(&json);
+    let pushes: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "push").collect();
+    assert_eq!(pushes.len(), 1, "one run, xup's");
+    let run = pushes[0];
+    assert_eq!(run["context"]["server"], "ejabberd");
+    assert_eq!(run["non_2xx"], 0, "{run}");
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["duplicated"], 0, "{run}");
+    // The server's memory is the Erlang VM's, tens of MiB; the ejabberdctl script that started it
+    // is a shell of a few.
+    let server_mib = run["server"]["peak_rss_mib"]
+        .as_f64()
+        .expect("server memory");
+    assert!(
+        server_mib > 20.0,
+        "{server_mib} MiB is not ejabberd's VM: {run}"
+    );
+
+    // mod_unified_push is Prosody's: asking for it behind ejabberd is refused, not run.
+    let refused = Command::new(bench)
+        .args([
+            "--server",
+            "ejabberd",
+            "--providers",
+            "xup,mod_unified_push",
+        ])
+        .arg("--xup")
+        .arg(&xup)
+        .output()
+        .expect("xup-bench runs");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only xup"));
 }
 
 #[test]

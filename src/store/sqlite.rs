@@ -814,7 +814,11 @@ mod tests {
         // Two registrations, each at its bound of three: every hold past the sixth drops one.
         for i in 0..12 {
             let held = hold_one(&db, message(i), Bounds::only(3, 1000), i.min(6)).expect("held");
-            assert_eq!(held.map(|h| h.dropped), Some(usize::from(i >= 6)), "hold {i}");
+            assert_eq!(
+                held.map(|h| h.dropped),
+                Some(usize::from(i >= 6)),
+                "hold {i}"
+            );
         }
         // The kind of statement hold_one runs to drop the oldest, with a new value bound each
         // time: without the planner's stability guarantee, SQLite prepares it again each time.
