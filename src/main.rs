@@ -172,20 +172,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// `xup check`: the config at `path` is valid (or xup would not be here); with `connect`, also
 /// try the component handshake once.
 fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
-    println!("{}: configuration is valid", path.display());
+    say(format_args!("{}: configuration is valid", path.display()));
     if let Some(exposure) = config.metrics_exposure() {
-        println!("note: {exposure}");
+        say(format_args!("note: {exposure}"));
     }
     let store = config.store.describe();
     let known = xup::store::SCHEMA_VERSION;
     match read_schema(&config.store) {
-        Ok(Schema::Missing) => {
-            println!("{store}: no store yet; the first start creates it (schema {known})")
-        }
-        Ok(Schema::Current) => println!("{store}: store at schema {known}, this xup's"),
-        Ok(Schema::Older(found)) => {
-            println!("{store}: store at schema {found}; the next start upgrades it to {known}")
-        }
+        Ok(Schema::Missing) => say(format_args!(
+            "{store}: no store yet; the first start creates it (schema {known})"
+        )),
+        Ok(Schema::Current) => say(format_args!("{store}: store at schema {known}, this xup's")),
+        Ok(Schema::Older(found)) => say(format_args!(
+            "{store}: store at schema {found}; the next start upgrades it to {known}"
+        )),
         Ok(Schema::Newer(found)) => {
             eprintln!(
                 "xup: {store}: the store is at schema {found}, newer than this xup knows \
@@ -203,10 +203,10 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     }
     match check_connection(config) {
         Ok(()) => {
-            println!(
+            say(format_args!(
                 "{}: component handshake as {} succeeded",
                 config.component.server, config.component.jid
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -216,11 +216,26 @@ fn check(path: &std::path::Path, config: &Config, connect: bool) -> ExitCode {
     }
 }
 
+/// A line of a subcommand's answer on stdout. A reader that stopped early (`xup status | head -1`)
+/// is not a failure of the command, so the rest is dropped where `println!` would panic; any other
+/// error is (`xup import-up-config > config.json` on a full disk must not look as if it worked).
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            eprintln!("xup: cannot write the answer to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// `value` on stdout as indented JSON.
 fn print_json(value: &impl serde::Serialize) -> ExitCode {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
-            println!("{text}");
+            say(text);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -235,7 +250,7 @@ fn status(config: &Config, json: bool) -> ExitCode {
     match gather_overview(config) {
         Ok(overview) if json => print_json(&overview),
         Ok(overview) => {
-            print!("{}", overview.text());
+            say(overview.text().trim_end_matches('\n'));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -325,7 +340,7 @@ fn copy_store(config: &Config, target: &xup::config::StoreConfig) -> ExitCode {
     let (from, into) = (config.store.describe(), target.describe());
     match copy_between(&config.store, target) {
         Ok(copied) => {
-            println!(
+            say(format_args!(
                 "copied from {from} to {into}: {} revocations, {} held messages ({} there \
                  already), {} VAPID keys, {} app-server nodes, {} registrations",
                 copied.revocations,
@@ -334,7 +349,7 @@ fn copy_store(config: &Config, target: &xup::config::StoreConfig) -> ExitCode {
                 copied.vapid_keys,
                 copied.nodes,
                 copied.registrations
-            );
+            ));
             if copied.vapid_conflicts.is_empty() {
                 return ExitCode::SUCCESS;
             }

@@ -49,6 +49,23 @@ fn the_example_config_passes_xup_check() {
 }
 
 #[test]
+fn a_reader_that_stops_early_is_not_a_failure() {
+    // `xup check | head -1`, with `head` already gone: a pipe whose reading end is closed.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_xup"))
+        .args(["check", "--config", example])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("xup runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn xup_check_says_when_metrics_share_the_public_listener() {
     let dir = tempfile::tempdir().expect("tempdir");
     let example =
