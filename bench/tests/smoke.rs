@@ -13,33 +13,17 @@ static ONE_BENCH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
-    let _turn = ONE_BENCH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
-    // `cargo test --workspace` builds xup's binary for xup's own tests, into the same directory.
-    let xup = bench.with_file_name("xup");
-    assert!(
-        xup.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (scripts/test does)",
-        xup.display()
-    );
     let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("results.jsonl");
-    let status = Command::new(bench)
-        .arg("--xup")
-        .arg(&xup)
-        .args(["--clients", "2", "--endpoints", "4", "--registrations", "8"])
-        .args(["--messages", "40", "--warmup", "5", "--concurrency", "1,4"])
-        .args(["--token-iterations", "50", "--in-flight", "20"])
-        .args(["--faulty-percent", "25", "--faulty-concurrency", "4"])
-        .arg("--json")
-        .arg(&json)
-        .status()
-        .expect("xup-bench runs");
-    assert!(status.success(), "xup-bench failed: {status}");
-
-    let lines = json_lines(&json);
+    let lines = run_bench(
+        &[
+            ["--clients", "2", "--endpoints", "4", "--registrations", "8"].as_slice(),
+            &["--messages", "40", "--warmup", "5", "--concurrency", "1,4"],
+            &["--token-iterations", "50", "--in-flight", "20"],
+            &["--faulty-percent", "25", "--faulty-concurrency", "4"],
+        ]
+        .concat(),
+        out.path(),
+    );
     let of_kind = |kind: &str| -> Vec<&Value> {
         lines
             .iter()
@@ -100,36 +84,18 @@ fn a_small_benchmark_runs_to_the_end_and_loses_nothing() {
 
 #[test]
 fn a_small_run_behind_ejabberd_measures_its_erlang_vm() {
-    let _turn = ONE_BENCH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
-    let xup = bench.with_file_name("xup");
     let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("results.jsonl");
-    let status = Command::new(bench)
-        .args(["--server", "ejabberd", "--providers", "xup"])
-        .arg("--xup")
-        .arg(&xup)
-        .args(["--clients", "2", "--endpoints", "4", "--registrations", "8"])
-        .args(["--messages", "40", "--warmup", "5", "--concurrency", "4"])
-        .args([
-            "--token-iterations",
-            "0",
-            "--in-flight",
-            "0",
-            "--faulty-percent",
-            "0",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .status()
-        .expect("xup-bench runs");
-    assert!(
-        status.success(),
-        "xup-bench --server ejabberd failed: {status}"
+    let lines = run_bench(
+        &[
+            ["--server", "ejabberd", "--providers", "xup"].as_slice(),
+            &["--clients", "2", "--endpoints", "4", "--registrations", "8"],
+            &["--messages", "40", "--warmup", "5", "--concurrency", "4"],
+            &["--token-iterations", "0", "--in-flight", "0"],
+            &["--faulty-percent", "0"],
+        ]
+        .concat(),
+        out.path(),
     );
-    let lines = json_lines(&json);
     let pushes: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "push").collect();
     assert_eq!(pushes.len(), 1, "one run, xup's");
     let run = pushes[0];
@@ -148,15 +114,13 @@ fn a_small_run_behind_ejabberd_measures_its_erlang_vm() {
     );
 
     // mod_unified_push is Prosody's: asking for it behind ejabberd is refused, not run.
-    let refused = Command::new(bench)
+    let refused = Command::new(env!("CARGO_BIN_EXE_xup-bench"))
         .args([
             "--server",
             "ejabberd",
             "--providers",
             "xup,mod_unified_push",
         ])
-        .arg("--xup")
-        .arg(&xup)
         .output()
         .expect("xup-bench runs");
     assert_eq!(refused.status.code(), Some(2));
@@ -165,29 +129,15 @@ fn a_small_run_behind_ejabberd_measures_its_erlang_vm() {
 
 #[test]
 fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
-    let _turn = ONE_BENCH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
-    let xup = bench.with_file_name("xup");
     let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("results.jsonl");
-    let status = Command::new(bench)
-        .arg("scaling")
-        .arg("--xup")
-        .arg(&xup)
-        .args(["--clients", "2", "--endpoints", "4", "--messages", "60"])
-        .args(["--warmup", "5", "--concurrency", "4"])
-        .arg("--json")
-        .arg(&json)
-        .status()
-        .expect("xup-bench runs");
-    assert!(status.success(), "xup-bench scaling failed: {status}");
-    let runs: Vec<Value> = std::fs::read_to_string(&json)
-        .expect("JSON lines written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let runs = run_bench(
+        &[
+            ["scaling", "--clients", "2", "--endpoints", "4"].as_slice(),
+            &["--messages", "60", "--warmup", "5", "--concurrency", "4"],
+        ]
+        .concat(),
+        out.path(),
+    );
     let setups: Vec<&str> = runs.iter().filter_map(|r| r["setup"].as_str()).collect();
     assert_eq!(
         setups,
@@ -210,29 +160,18 @@ fn a_small_scaling_run_measures_every_setup_and_loses_nothing() {
 
 #[test]
 fn a_small_growth_run_draws_every_curve_on_both_engines() {
-    let _turn = ONE_BENCH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
-    let xup = bench.with_file_name("xup");
     let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("results.jsonl");
     let plot = out.path().join("growth.svg");
-    let status = Command::new(bench)
-        .arg("growth")
-        .arg("--xup")
-        .arg(&xup)
-        .args(["--sizes", "20,200", "--concurrency", "1,8"])
-        .args(["--clients", "2", "--endpoints", "4", "--messages", "40"])
-        .args(["--warmup", "5", "--registrations", "20"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
-        .status()
-        .expect("xup-bench runs");
-    assert!(status.success(), "xup-bench growth failed: {status}");
-    let points = json_lines(&json);
+    let points = run_bench(
+        &[
+            ["growth", "--sizes", "20,200", "--concurrency", "1,8"].as_slice(),
+            &["--clients", "2", "--endpoints", "4", "--messages", "40"],
+            &["--warmup", "5", "--registrations", "20"],
+            &["--plot", plot.to_str().expect("a UTF-8 temporary path")],
+        ]
+        .concat(),
+        out.path(),
+    );
     for engine in ["SQLite", "PostgreSQL"] {
         let on = |curve: &str| -> Vec<&Value> {
             points
@@ -264,6 +203,34 @@ fn a_small_growth_run_draws_every_curve_on_both_engines() {
     ] {
         assert!(svg.contains(title), "{title} drawn");
     }
+}
+
+/// Run `xup-bench` with `args` (its subcommand first, if any), measuring the xup built beside it
+/// and writing its JSON lines into `out`, one bench at a time; the lines, each parsed. Panics if
+/// the run fails.
+fn run_bench(args: &[&str], out: &Path) -> Vec<Value> {
+    let _turn = ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let bench = Path::new(env!("CARGO_BIN_EXE_xup-bench"));
+    // `cargo test --workspace` builds xup's binary for xup's own tests, into the same directory.
+    let xup = bench.with_file_name("xup");
+    assert!(
+        xup.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test does)",
+        xup.display()
+    );
+    let json = out.join("results.jsonl");
+    let status = Command::new(bench)
+        .args(args)
+        .arg("--xup")
+        .arg(&xup)
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .expect("xup-bench runs");
+    assert!(status.success(), "xup-bench {args:?} failed: {status}");
+    json_lines(&json)
 }
 
 /// The JSON lines a run appended to `path`, each parsed.
